@@ -1,0 +1,1300 @@
+/**
+ * Shutdown forensics and an orderly shutdown that always ends. Without it "the service keeps dying" leaves
+ * a log that says "Stopping..." and then nothing: nobody knows who sent the signal, which shutdown phase
+ * wedged when systemd finally sent SIGKILL, that the unit's `TimeoutStopSec` is shorter than the drain,
+ * or why a process whose main thread is stuck in a blocking write never exits at all.
+ *
+ * {@linkcode snapshotShutdownContext} answers "who and why" from `/proc` in well under a millisecond, so it
+ * can run inside the signal handler; {@linkcode spawnShutdownDiagnostic} hands the slow questions (`ps`,
+ * `pstree`, OOM lines) to a detached child that outlives us; {@linkcode installShutdown} logs the snapshot
+ * at once, runs the phases in order with their own time limits, and relies on a watchdog outside the main
+ * thread so that a second signal or the force-exit deadline ends the process whatever the main thread does.
+ *
+ * @module
+ */
+
+import {
+  closeFd,
+  exit as platformExit,
+  fstat,
+  getEnv,
+  getPid,
+  getPpid,
+  isLinux,
+  loadAverage,
+  onSignal,
+  openAppend,
+  readFile,
+  readProcCmdline,
+  readProcStatus,
+  readTextFileOrNull,
+  runCommand,
+  signalName,
+  signalNumber,
+  spawnDetached,
+  startWatchdog,
+  statOrNull,
+  type Watchdog,
+  writeAll,
+  writeFileAtomic,
+} from "./platform.ts";
+
+// ---------------------------------------------------------------------------------------------------
+// Public types
+// ---------------------------------------------------------------------------------------------------
+
+/** What `/proc` says about one process. Off Linux only `pid` is known. */
+export interface ProcessSummary {
+  /** The process id. */
+  pid: number;
+  /** The command name (`Name:` of `/proc/<pid>/status`, at most 15 characters). */
+  name?: string;
+  /** One letter: `R` running, `S` sleeping, `D` disk wait, `Z` zombie, `T` stopped, `t` traced, … */
+  state?: string;
+  /** Its parent's pid. */
+  ppid?: number;
+  /** Its real user id. */
+  uid?: number;
+  /** Its argv joined with spaces, redacted unless `cmdline: "full"`, cut to 300 characters. */
+  cmdline?: string;
+}
+
+/** `<pidFile>.takeover.json`: a newer instance announced that it is replacing `targetPid`. */
+export interface TakeoverMarker {
+  /** The pid being replaced. */
+  targetPid: number;
+  /** The pid of the instance taking over. */
+  byPid: number;
+  /** When the marker was written (ISO-8601). */
+  at: string;
+}
+
+/** `<pidFile>.planned-stop.json`: somebody announced that stopping `pid` is intended. */
+export interface PlannedStopMarker {
+  /** The pid whose stop is planned. */
+  pid: number;
+  /** When the marker was written (ISO-8601). */
+  at: string;
+  /** Whatever else the writer recorded (reason, operator, …). */
+  [key: string]: unknown;
+}
+
+/**
+ * The facts of a shutdown, gathered synchronously from `/proc` at the moment the signal is handled.
+ * Every field is plain data: `JSON.stringify(ctx)` is safe (see {@linkcode shutdownContextToJSON}).
+ */
+export interface ShutdownContext {
+  /** Wall-clock time of the snapshot (ISO-8601, UTC). */
+  ts: string;
+  /** Monotonic time of the snapshot in milliseconds (`performance.now()`, counted from process start). */
+  tsMonotonic: number;
+  /** The signal name (`"SIGTERM"`, …), or `"UNKNOWN"` when none was given or it has no name here. */
+  signal: string;
+  /** The signal number, or `null` when none was given or the name is unknown. */
+  signalNumber: number | null;
+  /** Why the shutdown started when it did not come from a signal (`shutdown(reason)`). */
+  reason?: string;
+  /** Our pid. */
+  pid: number;
+  /** Our parent's pid, read fresh (it is 1 or a subreaper once the original parent died). */
+  ppid: number;
+  /** Our own summary. */
+  self: ProcessSummary;
+  /** Our parent's summary: the usual suspect for who sent the signal. */
+  parent: ProcessSummary;
+  /** `true` when `INVOCATION_ID` is set or our parent is pid 1. */
+  underSystemd: boolean;
+  /** `INVOCATION_ID`: systemd's id of this run of the unit (`journalctl _SYSTEMD_INVOCATION_ID=`). */
+  systemdInvocationId?: string;
+  /** `JOURNAL_STREAM` (`device:inode`): stderr is connected to the journal. */
+  systemdJournalStream?: string;
+  /** The 1-minute load average. */
+  loadavg1m?: number;
+  /** `TracerPid` of `/proc/self/status`: the pid of a debugger or `strace` attached to us (0: none). */
+  tracerPid?: number;
+  /** The tracer's summary when `tracerPid` is not 0. */
+  tracer?: ProcessSummary;
+  /** The takeover marker beside `options.pidFile`, when present and well-formed. */
+  takeoverMarker?: TakeoverMarker;
+  /** `true` when the takeover marker names our pid as its target. */
+  takeoverMarkerForSelf?: boolean;
+  /** The planned-stop marker beside `options.pidFile`, when present and well-formed. */
+  plannedStopMarker?: PlannedStopMarker;
+  /** `true` when the planned-stop marker names our pid. */
+  plannedStopMarkerForSelf?: boolean;
+}
+
+/** How command lines appear in a {@linkcode ShutdownContext}. */
+export type CmdlineMode = "redacted" | "full" | "none";
+
+/** Default of {@linkcode SnapshotOptions.cmdline}. */
+export const DEFAULT_CMDLINE_MODE: CmdlineMode = "redacted";
+
+/** Command lines in a snapshot are cut to this many characters. */
+export const CMDLINE_MAX_CHARS = 300;
+
+/** Options for {@linkcode snapshotShutdownContext}. */
+export interface SnapshotOptions {
+  /**
+   * The PID file of this service: the markers `<pidFile>.takeover.json` and `<pidFile>.planned-stop.json`
+   * are read beside it.
+   * @default undefined (no markers are read)
+   */
+  pidFile?: string;
+  /**
+   * `"redacted"` replaces credentials in command lines with `***` (see {@linkcode redactArgv}); `"full"`
+   * keeps them as they are; `"none"` leaves command lines out.
+   * @default "redacted"
+   */
+  cmdline?: CmdlineMode;
+}
+
+/** The stop timeout of the systemd unit we run in, next to what the drain needs. */
+export interface StopTimeoutCheck {
+  /** The unit, e.g. `"app.service"`. */
+  unit: string;
+  /** Its `TimeoutStopSec` in seconds (`Infinity` for `infinity`). */
+  timeoutStopSec: number;
+  /** The drain time the caller asked about, in seconds. */
+  drainSeconds: number;
+  /** `drainSeconds + headroomSeconds`: the least stop timeout that lets the drain and forensics finish. */
+  expectedMinSec: number;
+  /** `true` when `timeoutStopSec < expectedMinSec`: systemd's SIGKILL would cut the drain short. */
+  mismatch: boolean;
+}
+
+/** Default of {@linkcode CheckStopTimeoutOptions.headroomSeconds}. */
+export const DEFAULT_STOP_HEADROOM_SECONDS = 30;
+/** Default of {@linkcode CheckStopTimeoutOptions.timeoutMs}. */
+export const DEFAULT_SYSTEMCTL_TIMEOUT_MS = 2000;
+/** Default of {@linkcode CheckStopTimeoutOptions.cgroupPath}. */
+export const DEFAULT_CGROUP_PATH = "/proc/self/cgroup";
+/** Default of {@linkcode CheckStopTimeoutOptions.systemctl}. */
+export const DEFAULT_SYSTEMCTL = "systemctl";
+
+/** Options for {@linkcode checkSystemdStopTimeout}. */
+export interface CheckStopTimeoutOptions {
+  /**
+   * Seconds on top of the drain that the stop timeout must leave (forensics, flushing, slow disks).
+   * @default 30
+   */
+  headroomSeconds?: number;
+  /**
+   * The cgroup file that names our unit.
+   * @default "/proc/self/cgroup"
+   */
+  cgroupPath?: string;
+  /**
+   * The `systemctl` program to ask.
+   * @default "systemctl"
+   */
+  systemctl?: string;
+  /**
+   * Environment of the `systemctl` call (`PATH`, and `XDG_RUNTIME_DIR` / `DBUS_SESSION_BUS_ADDRESS` for a
+   * user unit).
+   * @default this process's environment
+   */
+  env?: Record<string, string | undefined>;
+  /**
+   * Kill `systemctl` and answer `null` after this many milliseconds.
+   * @default 2000
+   */
+  timeoutMs?: number;
+}
+
+/** Default of {@linkcode DiagnosticOptions.timeoutSeconds}. */
+export const DEFAULT_DIAGNOSTIC_TIMEOUT_SECONDS = 10;
+/** Default of {@linkcode DiagnosticOptions.maxLogBytes}: 1 MiB. */
+export const DEFAULT_DIAGNOSTIC_MAX_BYTES = 1024 * 1024;
+/** The most one diagnostic run appends to its log: 256 KiB (the child caps itself with `head -c`). */
+export const DIAGNOSTIC_RUN_MAX_BYTES = 256 * 1024;
+
+/** Options for {@linkcode spawnShutdownDiagnostic}. */
+export interface DiagnosticOptions {
+  /**
+   * The child kills itself (and everything it started) after this many seconds.
+   * @default 10
+   */
+  timeoutSeconds?: number;
+  /**
+   * The log never grows past this many bytes: the oldest part is dropped before each run. At least twice
+   * {@linkcode DIAGNOSTIC_RUN_MAX_BYTES}.
+   * @default 1048576 (1 MiB)
+   */
+  maxLogBytes?: number;
+  /**
+   * Environment of the child; its `PATH` is also where `sh`, `ps` and the optional tools are looked up.
+   * @default this process's environment
+   */
+  env?: Record<string, string | undefined>;
+}
+
+/** One step of an orderly shutdown (stop accepting, drain, flush, close). */
+export interface ShutdownPhase {
+  /** A short name for the log line (`phase=NAME`). */
+  name: string;
+  /** The work; a returned promise is awaited. */
+  run: () => unknown | Promise<unknown>;
+  /**
+   * Give up on this phase after this many milliseconds (logged as `timeout`) and go on with the next.
+   * @default 10000
+   */
+  timeoutMs?: number;
+}
+
+/** Default of {@linkcode InstallShutdownOptions.signals}. */
+export const DEFAULT_SHUTDOWN_SIGNALS: readonly string[] = Object.freeze(["SIGTERM", "SIGINT"]);
+/** Default of {@linkcode InstallShutdownOptions.forceExitMs}. */
+export const DEFAULT_FORCE_EXIT_MS = 30_000;
+/** Default of {@linkcode ShutdownPhase.timeoutMs}. */
+export const DEFAULT_PHASE_TIMEOUT_MS = 10_000;
+/** How long after `forceExitMs` the watchdog kills a main thread too stuck to exit by itself. */
+export const WATCHDOG_GRACE_MS = 200;
+
+/** Exit status after a clean run, or after a planned stop / takeover marker that names us. */
+export const EXIT_CLEAN = 0;
+/** Exit status when a phase threw or timed out, or the force-exit deadline was reached. */
+export const EXIT_PHASE_FAILED = 1;
+
+/** Options for {@linkcode installShutdown}. */
+export interface InstallShutdownOptions {
+  /**
+   * The signals that start the shutdown. A second one (any of them) ends the process at once.
+   * @default ["SIGTERM", "SIGINT"]
+   */
+  signals?: string[];
+  /**
+   * Milliseconds from the start of the shutdown until the process is ended whatever it is doing, by a
+   * watchdog outside the main thread when the main thread is stuck. `0` disables the deadline.
+   * @default 30000
+   */
+  forceExitMs?: number;
+  /**
+   * Where the lines go. Exceptions it throws are swallowed (logging must never stop a shutdown).
+   * @default a synchronous write of the line to stderr (fd 2) that ignores every error
+   */
+  log?: (line: string) => void;
+  /**
+   * The steps, run in order, each with its own time limit.
+   * @default []
+   */
+  phases?: ShutdownPhase[];
+  /**
+   * The PID file: planned-stop / takeover markers beside it are reported, and when they name us the
+   * exit status is 0.
+   * @default undefined
+   */
+  pidFile?: string;
+  /**
+   * How command lines appear in the snapshot line.
+   * @default "redacted"
+   */
+  cmdline?: CmdlineMode;
+  /**
+   * A log file for {@linkcode spawnShutdownDiagnostic}, started on the first signal.
+   * @default undefined (no diagnostic child)
+   */
+  diagnosticLog?: string;
+  /**
+   * Ends the process with the status. Replace it to embed the sequence (the returned promise of
+   * `shutdown()` then never settles).
+   * @default the runtime's exit
+   */
+  exit?: (code: number) => void;
+}
+
+/** What {@linkcode installShutdown} returns. */
+export interface ShutdownHandle {
+  /** Starts the shutdown sequence from code (same as the first signal); later calls return the same promise. */
+  shutdown(reason?: string): Promise<never>;
+  /** Unhooks everything: the signal listeners, the watchdog, the timers. Idempotent. */
+  dispose(): void;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Snapshot
+// ---------------------------------------------------------------------------------------------------
+
+/**
+ * Gathers who and what is around this shutdown: signal, our and our parent's identity and command line,
+ * systemd, load, a tracer, the takeover / planned-stop markers. Synchronous, never throws, well under a
+ * millisecond: it reads a handful of `/proc` files and nothing else. Off Linux the `/proc` fields are
+ * simply absent.
+ *
+ * @param signal A signal name (`"SIGTERM"`, `"TERM"`, `"sigterm"`) or number (`15`); anything else gives
+ *   `signal: "UNKNOWN"` (a number is kept in `signalNumber`).
+ * @param options The PID file whose markers to read, and how command lines appear.
+ * @returns The context; see {@linkcode formatShutdownContext} for the log line.
+ *
+ * @example Log who sent SIGTERM
+ * ```ts
+ * import { formatShutdownContext, snapshotShutdownContext } from "./shutdown.ts";
+ * const ctx = snapshotShutdownContext("SIGTERM", { pidFile: "/tmp/example.pid" });
+ * console.error(formatShutdownContext(ctx));
+ * console.log(ctx.parent.cmdline, ctx.underSystemd);
+ * ```
+ */
+export function snapshotShutdownContext(
+  signal?: string | number,
+  options: SnapshotOptions = {},
+): ShutdownContext {
+  const tsMonotonic = performance.now();
+  const ts = new Date().toISOString();
+  const mode = cmdlineModeOf(options);
+  const { name, number } = resolveSignal(signal);
+  const pid = safely(getPid, 0);
+
+  const selfStatus = isLinux ? safely(() => readProcStatus(pid), null) : null;
+  const statusPpid = selfStatus ? Number.parseInt(selfStatus.PPid ?? "", 10) : NaN;
+  const ppid = Number.isInteger(statusPpid) ? statusPpid : safely(getPpid, 0);
+
+  const ctx: ShutdownContext = {
+    ts,
+    tsMonotonic,
+    signal: name,
+    signalNumber: number,
+    pid,
+    ppid,
+    self: summarize(pid, selfStatus, mode),
+    parent: summarize(ppid, isLinux ? safely(() => readProcStatus(ppid), null) : null, mode),
+    underSystemd: false,
+  };
+
+  const invocationId = safely(() => getEnv("INVOCATION_ID"), undefined);
+  const journalStream = safely(() => getEnv("JOURNAL_STREAM"), undefined);
+  ctx.underSystemd = (invocationId !== undefined && invocationId !== "") || ppid === 1;
+  if (invocationId) ctx.systemdInvocationId = invocationId;
+  if (journalStream) ctx.systemdJournalStream = journalStream;
+
+  const load = safely(loadAverage, null);
+  if (load && Number.isFinite(load[0])) ctx.loadavg1m = load[0];
+
+  if (selfStatus && selfStatus.TracerPid !== undefined) {
+    const tracerPid = Number.parseInt(selfStatus.TracerPid, 10);
+    if (Number.isInteger(tracerPid)) {
+      ctx.tracerPid = tracerPid;
+      if (tracerPid > 0) {
+        ctx.tracer = summarize(
+          tracerPid,
+          safely(() => readProcStatus(tracerPid), null),
+          mode,
+        );
+      }
+    }
+  }
+
+  if (typeof options.pidFile === "string" && options.pidFile !== "") {
+    const takeover = readTakeoverMarker(`${options.pidFile}.takeover.json`);
+    if (takeover) {
+      ctx.takeoverMarker = takeover;
+      ctx.takeoverMarkerForSelf = takeover.targetPid === pid;
+    }
+    const planned = readPlannedStopMarker(`${options.pidFile}.planned-stop.json`);
+    if (planned) {
+      ctx.plannedStopMarker = planned;
+      ctx.plannedStopMarkerForSelf = planned.pid === pid;
+    }
+  }
+  return ctx;
+}
+
+/**
+ * Replaces credentials in an argv with `***`, argument by argument (before anything joins or cuts it): the
+ * value of `--name VALUE`, `--name=VALUE` and `NAME=VALUE` when the name contains token, secret, password,
+ * passwd, key, auth or credential (any case), the user-info of URLs (`https://user:pass@host` →
+ * `https://***@host`) and such query parameters (`?token=…`). An argument with spaces (a `sh -c` script) is
+ * redacted word by word. After a bare `--token`-like flag the next argument is taken as its value unless it
+ * starts with `--`.
+ *
+ * @param argv The arguments.
+ * @returns A redacted copy.
+ *
+ * @example
+ * ```ts
+ * import { redactArgv } from "./shutdown.ts";
+ * console.log(redactArgv(["app", "--api-key=abc", "--token", "xyz", "https://u:p@db.example"]));
+ * // ["app", "--api-key=***", "--token", "***", "https://***@db.example"]
+ * ```
+ */
+export function redactArgv(argv: readonly string[]): string[] {
+  const out: string[] = [];
+  let valueNext = false;
+  for (const arg of argv) {
+    const text = String(arg);
+    if (valueNext && !text.startsWith("--")) {
+      out.push(REDACTED);
+      valueNext = false;
+      continue;
+    }
+    if (/\s/.test(text)) {
+      out.push(redactWords(text));
+      valueNext = false;
+      continue;
+    }
+    const word = redactWord(text);
+    out.push(word.text);
+    valueNext = word.valueNext;
+  }
+  return out;
+}
+
+/**
+ * Formats a context as one scannable line of `key=value` pairs: `signal=` first, `parent_cmdline=` last and
+ * always quoted. Values with spaces, quotes or control characters are quoted with JSON escaping, so a
+ * newline or a quote inside a command line cannot break the line.
+ *
+ * @param ctx A context from {@linkcode snapshotShutdownContext}.
+ * @returns The line, without a trailing newline.
+ *
+ * @example
+ * ```ts
+ * import { formatShutdownContext, snapshotShutdownContext } from "./shutdown.ts";
+ * console.log(formatShutdownContext(snapshotShutdownContext(15)));
+ * // signal=SIGTERM signal_number=15 pid=… ppid=… … parent_cmdline="bash"
+ * ```
+ */
+export function formatShutdownContext(ctx: ShutdownContext): string {
+  const pairs: string[] = [];
+  const add = (key: string, value: unknown) => {
+    if (value === undefined || value === null) return;
+    pairs.push(`${key}=${formatValue(value)}`);
+  };
+  add("signal", ctx.signal);
+  add("signal_number", ctx.signalNumber);
+  add("reason", ctx.reason);
+  add("pid", ctx.pid);
+  add("ppid", ctx.ppid);
+  add("parent_name", ctx.parent?.name);
+  add("parent_state", ctx.parent?.state);
+  add("parent_ppid", ctx.parent?.ppid);
+  add("parent_uid", ctx.parent?.uid);
+  add("self_name", ctx.self?.name);
+  add("self_state", ctx.self?.state);
+  add("self_uid", ctx.self?.uid);
+  add("under_systemd", ctx.underSystemd);
+  add("invocation_id", ctx.systemdInvocationId);
+  add("journal_stream", ctx.systemdJournalStream);
+  add("loadavg_1m", ctx.loadavg1m === undefined ? undefined : Number(ctx.loadavg1m.toFixed(2)));
+  add("tracer_pid", ctx.tracerPid);
+  add("tracer_name", ctx.tracer?.name);
+  add("tracer_cmdline", ctx.tracer?.cmdline);
+  if (ctx.takeoverMarker) {
+    add("takeover_target_pid", ctx.takeoverMarker.targetPid);
+    add("takeover_by_pid", ctx.takeoverMarker.byPid);
+    add("takeover_at", ctx.takeoverMarker.at);
+    add("takeover_for_self", ctx.takeoverMarkerForSelf);
+  }
+  if (ctx.plannedStopMarker) {
+    add("planned_stop_pid", ctx.plannedStopMarker.pid);
+    add("planned_stop_at", ctx.plannedStopMarker.at);
+    add("planned_stop_for_self", ctx.plannedStopMarkerForSelf);
+  }
+  add("ts", ctx.ts);
+  add("mono_ms", Number.isFinite(ctx.tsMonotonic) ? Math.round(ctx.tsMonotonic) : undefined);
+  add("self_cmdline", ctx.self?.cmdline);
+  pairs.push(`parent_cmdline=${quote(ctx.parent?.cmdline ?? "")}`);
+  return pairs.join(" ");
+}
+
+/**
+ * The context as one line of JSON, for structured logs (a context is plain data; this only makes the
+ * choice of escaping explicit: U+2028 and U+2029 are escaped too so no viewer splits the line).
+ *
+ * @param ctx A context from {@linkcode snapshotShutdownContext}.
+ * @returns One JSON object, without a trailing newline.
+ *
+ * @example
+ * ```ts
+ * import { shutdownContextToJSON, snapshotShutdownContext } from "./shutdown.ts";
+ * const record = JSON.parse(shutdownContextToJSON(snapshotShutdownContext("SIGINT")));
+ * console.log(record.signal, record.pid);
+ * ```
+ */
+export function shutdownContextToJSON(ctx: ShutdownContext): string {
+  return escapeLineSeparators(JSON.stringify(ctx));
+}
+
+// ---------------------------------------------------------------------------------------------------
+// systemd time spans and stop timeout
+// ---------------------------------------------------------------------------------------------------
+
+/**
+ * Parses a systemd time span (`TimeoutStopSec=`, `RestartSec=`, `systemctl show` output) into
+ * microseconds, exactly as `systemd-analyze timespan` does: parts such as `1h 30min`, `1h30m`, `2.5s`,
+ * `.5s`, a bare number as seconds, units us/usec/μs/µs, ms/msec, s/sec/second(s), m/min/minute(s),
+ * h/hr/hour(s), d/day(s), w/week(s), M/month(s) (30.44 days), y/year(s) (365.25 days), `infinity`.
+ * Fraction digits are truncated to whole microseconds, as systemd does; a leading `-` anywhere, an empty
+ * text, an unknown unit or a value of 2^64-1 µs and over give `null`. Values above 2^53 µs (285 years) are
+ * rounded to the nearest double.
+ *
+ * @param text The time span.
+ * @returns Microseconds, `Infinity` for `infinity`, or `null` when systemd would reject it.
+ *
+ * @example
+ * ```ts
+ * import { parseSystemdTimespan } from "./shutdown.ts";
+ * console.log(parseSystemdTimespan("1min 30s")); // 90000000
+ * console.log(parseSystemdTimespan("infinity")); // Infinity
+ * console.log(parseSystemdTimespan("5 parsecs")); // null
+ * ```
+ */
+export function parseSystemdTimespan(text: string): number | null {
+  if (typeof text !== "string") return null;
+  const usec = parseTimespanBig(text);
+  if (usec === null) return null;
+  return usec === USEC_INFINITY ? Infinity : Number(usec);
+}
+
+/**
+ * Compares the `TimeoutStopSec` of the systemd unit we run in with the drain time we need: the unit comes
+ * from `/proc/self/cgroup` (`…/app.service`, or `…/user@1000.service/app.slice/app.service` for a user
+ * unit, then asked with `--user`), the timeout from `systemctl show <unit> -p TimeoutStopUSec` with a 2 s
+ * limit. A bare number in that output is microseconds (the property is `…USec`); anything else is parsed
+ * with {@linkcode parseSystemdTimespan}.
+ *
+ * @param drainSeconds How long the drain may take, in seconds.
+ * @param options Headroom on top of the drain, and what to ask (for tests and odd hosts).
+ * @returns The comparison, or `null` outside a systemd service or when it cannot tell (no cgroup file,
+ *   `systemctl` missing, failing, slow or answering nonsense).
+ *
+ * @example Warn about a unit that kills us mid-drain
+ * ```ts
+ * import { checkSystemdStopTimeout } from "./shutdown.ts";
+ * const check = await checkSystemdStopTimeout(60);
+ * if (check?.mismatch) {
+ *   console.error(`${check.unit}: TimeoutStopSec=${check.timeoutStopSec}s < ${check.expectedMinSec}s`);
+ * }
+ * ```
+ */
+export async function checkSystemdStopTimeout(
+  drainSeconds: number,
+  options: CheckStopTimeoutOptions = {},
+): Promise<StopTimeoutCheck | null> {
+  if (typeof drainSeconds !== "number" || !Number.isFinite(drainSeconds) || drainSeconds < 0) {
+    throw new RangeError(`Cannot check the stop timeout: drainSeconds ${String(drainSeconds)} is not >= 0`);
+  }
+  const headroomSeconds = options.headroomSeconds ?? DEFAULT_STOP_HEADROOM_SECONDS;
+  if (typeof headroomSeconds !== "number" || !Number.isFinite(headroomSeconds) || headroomSeconds < 0) {
+    throw new RangeError(
+      `Cannot check the stop timeout: headroomSeconds ${String(headroomSeconds)} is not >= 0`,
+    );
+  }
+  const timeoutMs = options.timeoutMs ?? DEFAULT_SYSTEMCTL_TIMEOUT_MS;
+  if (typeof timeoutMs !== "number" || !Number.isFinite(timeoutMs) || timeoutMs <= 0) {
+    throw new RangeError(`Cannot check the stop timeout: timeoutMs ${String(timeoutMs)} is not > 0`);
+  }
+  const unit = systemdUnitFromCgroup(options.cgroupPath ?? DEFAULT_CGROUP_PATH);
+  if (!unit) return null;
+  const args = [...(unit.user ? ["--user"] : []), "show", unit.name, "-p", "TimeoutStopUSec"];
+  const result = await runCommand(options.systemctl ?? DEFAULT_SYSTEMCTL, args, {
+    timeoutMs,
+    env: options.env,
+  });
+  if (result.code !== 0 || result.timedOut) return null;
+  const match = /^TimeoutStopUSec=(.*)$/m.exec(result.stdout);
+  if (!match) return null;
+  const value = match[1].trim();
+  const usec = /^\d+$/.test(value) ? Number(value) : parseSystemdTimespan(value);
+  if (usec === null) return null;
+  const timeoutStopSec = usec / 1e6;
+  const expectedMinSec = drainSeconds + headroomSeconds;
+  return {
+    unit: unit.name,
+    timeoutStopSec,
+    drainSeconds,
+    expectedMinSec,
+    mismatch: timeoutStopSec < expectedMinSec,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Diagnostic child
+// ---------------------------------------------------------------------------------------------------
+
+/**
+ * Starts a detached child (its own session, so it survives our death and our process group's signals)
+ * that appends to `logPath`: a header, `ps` (top 60 by CPU), `pstree` of us, the load, and recent OOM /
+ * kill lines from `dmesg` or the journal (best-effort: each tool only when present and permitted). Returns
+ * at once. The child kills itself after `timeoutSeconds` and caps its output at
+ * {@linkcode DIAGNOSTIC_RUN_MAX_BYTES} with `head -c`; the log is created `0600` (an existing one is
+ * narrowed to `0600`) and its oldest part is dropped before each run so it stays under `maxLogBytes`,
+ * whatever the number of shutdowns. Several runs at the very same time may exceed the limit by one run
+ * each until the next run trims it.
+ *
+ * @param logPath The log file (created when absent).
+ * @param signal The signal being handled, written in the header.
+ * @param options The child's time limit, the log's size limit, the environment.
+ * @returns The child's pid, or `null` when `sh` or `ps` is not on `PATH` or the child could not start.
+ *
+ * @example On SIGTERM, let a child record what the machine looked like
+ * ```ts
+ * import { spawnShutdownDiagnostic } from "./shutdown.ts";
+ * const pid = spawnShutdownDiagnostic("/tmp/example-shutdown-diag.log", "SIGTERM", { timeoutSeconds: 5 });
+ * console.log(pid === null ? "no sh/ps here" : `diagnostic child ${pid}`);
+ * ```
+ */
+export function spawnShutdownDiagnostic(
+  logPath: string,
+  signal: string,
+  options: DiagnosticOptions = {},
+): number | null {
+  if (typeof logPath !== "string" || logPath === "") {
+    throw new TypeError(`Cannot start a diagnostic: logPath ${JSON.stringify(logPath)} is not a path`);
+  }
+  if (typeof signal !== "string") {
+    throw new TypeError(`Cannot start a diagnostic: signal ${String(signal)} is not a string`);
+  }
+  const timeoutSeconds = options.timeoutSeconds ?? DEFAULT_DIAGNOSTIC_TIMEOUT_SECONDS;
+  if (typeof timeoutSeconds !== "number" || !Number.isFinite(timeoutSeconds) || timeoutSeconds <= 0) {
+    throw new RangeError(`Cannot start a diagnostic: timeoutSeconds ${String(timeoutSeconds)} is not > 0`);
+  }
+  const maxLogBytes = options.maxLogBytes ?? DEFAULT_DIAGNOSTIC_MAX_BYTES;
+  if (!Number.isInteger(maxLogBytes) || maxLogBytes < 2 * DIAGNOSTIC_RUN_MAX_BYTES) {
+    throw new RangeError(
+      `Cannot start a diagnostic: maxLogBytes ${String(maxLogBytes)} is below ${
+        2 * DIAGNOSTIC_RUN_MAX_BYTES
+      }`,
+    );
+  }
+  const env = options.env ?? undefined;
+  const searchPath = env ? env.PATH : getEnv("PATH");
+  const sh = findOnPath("sh", searchPath);
+  if (!sh || !findOnPath("ps", searchPath)) return null;
+
+  trimLogHead(logPath, maxLogBytes - DIAGNOSTIC_RUN_MAX_BYTES);
+  const fd = openAppend(logPath, { mode: 0o600 });
+  try {
+    const seconds = String(Math.max(1, Math.ceil(timeoutSeconds)));
+    return spawnDetached(
+      sh,
+      [
+        "-c",
+        DIAGNOSTIC_SCRIPT,
+        "keelson-diagnostic",
+        String(getPid()),
+        signal,
+        seconds,
+        String(DIAGNOSTIC_RUN_MAX_BYTES - DIAGNOSTIC_TRAILER_BYTES),
+      ],
+      { stdoutFd: fd, stderrFd: fd, env },
+    );
+  } finally {
+    closeFd(fd);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Orderly shutdown
+// ---------------------------------------------------------------------------------------------------
+
+/**
+ * Hooks an orderly shutdown to the signals. On the first signal (or `shutdown(reason)`): the formatted
+ * {@linkcode snapshotShutdownContext} line is logged at once, the optional diagnostic child starts, the
+ * phases run in order, each logged as `+X.XXs phase=NAME ok|timeout|error` (seconds since the start of the
+ * shutdown), then `+X.XXs shutdown total=… exit=N` and the process exits.
+ *
+ * Exit status: 0 ({@linkcode EXIT_CLEAN}) after a clean run, and also whenever a planned-stop or takeover
+ * marker beside `pidFile` names us (the stop was intended, so a supervisor must not restart us); otherwise
+ * 1 ({@linkcode EXIT_PHASE_FAILED}) when a phase threw or timed out or `forceExitMs` was reached; 128 + the
+ * signal number (143 for SIGTERM) when a second signal ended it. A watchdog outside the main thread ends
+ * the process `forceExitMs` (+ {@linkcode WATCHDOG_GRACE_MS}) after the start, and on a second signal,
+ * even while the main thread is blocked in a synchronous write (it kills with SIGKILL then, so the status
+ * is "killed by signal 9"). Under systemd it warns once at install when `forceExitMs` is not below the
+ * unit's `TimeoutStopSec` (systemd's SIGKILL would always come first and the forensics would never run).
+ *
+ * @param options Signals, phases, deadline, log, PID file.
+ * @returns `shutdown(reason)` to start the same sequence from code, `dispose()` to unhook it all.
+ *
+ * @example Drain an HTTP server on SIGTERM
+ * ```ts
+ * import { installShutdown } from "./shutdown.ts";
+ * const handle = installShutdown({
+ *   forceExitMs: 20_000,
+ *   phases: [
+ *     { name: "stop-accepting", run: () => {}, timeoutMs: 1000 },
+ *     { name: "drain", run: () => new Promise((resolve) => setTimeout(resolve, 100)), timeoutMs: 15_000 },
+ *   ],
+ * });
+ * handle.dispose(); // a test or a hot reload unhooks it again
+ * ```
+ */
+export function installShutdown(options: InstallShutdownOptions = {}): ShutdownHandle {
+  const signals = [...(options.signals ?? DEFAULT_SHUTDOWN_SIGNALS)];
+  if (!Array.isArray(options.signals ?? []) || signals.length === 0) {
+    throw new TypeError(`Cannot install the shutdown: signals ${JSON.stringify(options.signals)} is empty`);
+  }
+  const forceExitMs = options.forceExitMs ?? DEFAULT_FORCE_EXIT_MS;
+  if (typeof forceExitMs !== "number" || !Number.isFinite(forceExitMs) || forceExitMs < 0) {
+    throw new RangeError(`Cannot install the shutdown: forceExitMs ${String(forceExitMs)} is not >= 0`);
+  }
+  const phases = [...(options.phases ?? [])];
+  for (const [index, phase] of phases.entries()) {
+    if (typeof phase !== "object" || phase === null || typeof phase.name !== "string" || phase.name === "") {
+      throw new TypeError(`Cannot install the shutdown: phases[${index}] has no name`);
+    }
+    if (typeof phase.run !== "function") {
+      throw new TypeError(
+        `Cannot install the shutdown: phases[${index}] (${phase.name}) has no run function`,
+      );
+    }
+    const timeoutMs = phase.timeoutMs ?? DEFAULT_PHASE_TIMEOUT_MS;
+    if (typeof timeoutMs !== "number" || !Number.isFinite(timeoutMs) || timeoutMs <= 0) {
+      throw new RangeError(
+        `Cannot install the shutdown: phases[${index}] (${phase.name}) timeoutMs ${
+          String(timeoutMs)
+        } is not > 0`,
+      );
+    }
+  }
+  if (options.log !== undefined && typeof options.log !== "function") {
+    throw new TypeError(`Cannot install the shutdown: log ${String(options.log)} is not a function`);
+  }
+  if (options.exit !== undefined && typeof options.exit !== "function") {
+    throw new TypeError(`Cannot install the shutdown: exit ${String(options.exit)} is not a function`);
+  }
+  const cmdline = cmdlineModeOf(options);
+  const userLog = options.log ?? writeStderrLine;
+  const log = (line: string) => {
+    try {
+      userLog(line);
+    } catch {
+      // Documented: a failing log must never stop or break the shutdown.
+    }
+  };
+  const exitWith = options.exit ?? ((code: number) => platformExit(code));
+
+  // Subscribing first validates every name before anything else is started.
+  const unsubscribe: Array<() => void> = [];
+  try {
+    for (const signal of signals) unsubscribe.push(onSignal(signal, (name) => onSignalReceived(name)));
+  } catch (error) {
+    for (const off of unsubscribe) off();
+    throw error;
+  }
+  const watchdog: Watchdog | null = safely(
+    () => startWatchdog({ signals, secondSignalExit: true }),
+    null,
+  );
+
+  let disposed = false;
+  let started: Promise<never> | null = null;
+  let startMs = 0;
+  let currentPhase: string | null = null;
+  let forceTimer: ReturnType<typeof setTimeout> | undefined;
+  let exited = false;
+
+  const elapsed = () => `+${((performance.now() - startMs) / 1000).toFixed(2)}s`;
+  const finish = (code: number) => {
+    if (exited) return;
+    exited = true;
+    clearTimeout(forceTimer);
+    exitWith(code);
+  };
+
+  function onSignalReceived(name: string): void {
+    if (disposed) return;
+    if (started === null) {
+      // The watchdog counts this delivery itself; from here on, a second one ends the process.
+      void begin(name, undefined);
+      return;
+    }
+    const number = signalNumber(name) ?? 0;
+    log(`${elapsed()} shutdown second-signal=${name} exit=${128 + number}`);
+    finish(128 + number);
+  }
+
+  function begin(signal: string | undefined, reason: string | undefined): Promise<never> {
+    if (started) return started;
+    startMs = performance.now();
+    const ctx = snapshotShutdownContext(signal, { pidFile: options.pidFile, cmdline });
+    if (reason !== undefined) ctx.reason = reason;
+    log(formatShutdownContext(ctx));
+    if (forceExitMs > 0) {
+      safely(() => watchdog?.arm(forceExitMs + WATCHDOG_GRACE_MS), undefined);
+      forceTimer = setTimeout(() => {
+        log(`${elapsed()} shutdown force-exit after=${forceExitMs}ms phase=${currentPhase ?? "-"} exit=1`);
+        finish(EXIT_PHASE_FAILED);
+      }, forceExitMs);
+    }
+    if (options.diagnosticLog) {
+      const diagnosticLog = options.diagnosticLog;
+      const pid = safely(() => spawnShutdownDiagnostic(diagnosticLog, ctx.signal), null);
+      log(`${elapsed()} shutdown diagnostic=${pid === null ? "unavailable" : `pid:${pid}`}`);
+    }
+    started = new Promise<never>(() => {
+      void runPhases(ctx);
+    });
+    return started;
+  }
+
+  async function runPhases(ctx: ShutdownContext): Promise<void> {
+    let failed = 0;
+    for (const phase of phases) {
+      if (exited) return;
+      currentPhase = phase.name;
+      const outcome = await runPhase(phase);
+      const detail = outcome.error === undefined ? "" : ` error=${quote(describeError(outcome.error))}`;
+      log(`${elapsed()} phase=${formatValue(phase.name)} ${outcome.status}${detail}`);
+      if (outcome.status !== "ok") failed += 1;
+    }
+    currentPhase = null;
+    const intended = ctx.plannedStopMarkerForSelf === true || ctx.takeoverMarkerForSelf === true;
+    const code = intended || failed === 0 ? EXIT_CLEAN : EXIT_PHASE_FAILED;
+    const total = ((performance.now() - startMs) / 1000).toFixed(2);
+    log(
+      `${elapsed()} shutdown total=${total}s phases=${phases.length} failed=${failed}` +
+        `${intended ? " intended=true" : ""} exit=${code}`,
+    );
+    finish(code);
+  }
+
+  if (forceExitMs > 0 && !watchdog?.capabilities.deadline) {
+    log("shutdown warning: no watchdog thread here; forceExitMs cannot end a blocked main thread");
+  }
+  if (forceExitMs > 0) {
+    void warnAboutStopTimeout(forceExitMs, log, () => disposed);
+  }
+
+  return {
+    shutdown(reason?: string): Promise<never> {
+      if (started) return started;
+      if (disposed) return new Promise<never>(() => {});
+      // Counts as the first signal: a signal during this shutdown ends the process at once.
+      safely(() => watchdog?.noteSignal(), undefined);
+      return begin(undefined, reason ?? "shutdown() called");
+    },
+    dispose(): void {
+      if (disposed) return;
+      disposed = true;
+      for (const off of unsubscribe) off();
+      clearTimeout(forceTimer);
+      safely(() => watchdog?.stop(), undefined);
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Private helpers: snapshot
+// ---------------------------------------------------------------------------------------------------
+
+const REDACTED = "***";
+const SENSITIVE_NAME = /token|secret|password|passwd|key|auth|credential/i;
+const URL_USERINFO = /([A-Za-z][A-Za-z0-9+.-]*:\/\/)[^/?#\s]*@/g;
+const SENSITIVE_QUERY =
+  /([?&;][^=&#\s]*(?:token|secret|password|passwd|key|auth|credential)[^=&#\s]*=)[^&#\s]*/gi;
+
+function safely<T>(fn: () => T, fallback: T): T {
+  try {
+    return fn();
+  } catch {
+    return fallback;
+  }
+}
+
+function cmdlineModeOf(options: { cmdline?: CmdlineMode }): CmdlineMode {
+  const mode = options.cmdline ?? DEFAULT_CMDLINE_MODE;
+  return mode === "full" || mode === "none" ? mode : "redacted";
+}
+
+function resolveSignal(signal: string | number | undefined): { name: string; number: number | null } {
+  if (typeof signal === "number") {
+    if (!Number.isInteger(signal) || signal <= 0) return { name: "UNKNOWN", number: null };
+    return { name: safely(() => signalName(signal), undefined) ?? "UNKNOWN", number: signal };
+  }
+  if (typeof signal !== "string") return { name: "UNKNOWN", number: null };
+  const text = signal.trim();
+  if (/^\d+$/.test(text)) return resolveSignal(Number(text));
+  const upper = text.toUpperCase();
+  const name = upper.startsWith("SIG") ? upper : `SIG${upper}`;
+  const number = safely(() => signalNumber(name), undefined);
+  return number === undefined ? { name: "UNKNOWN", number: null } : { name, number };
+}
+
+function summarize(pid: number, status: Record<string, string> | null, mode: CmdlineMode): ProcessSummary {
+  const summary: ProcessSummary = { pid };
+  if (!status) return summary;
+  if (status.Name !== undefined) summary.name = status.Name;
+  if (status.State !== undefined) summary.state = status.State.charAt(0);
+  const ppid = Number.parseInt(status.PPid ?? "", 10);
+  if (Number.isInteger(ppid)) summary.ppid = ppid;
+  const uid = Number.parseInt(status.Uid ?? "", 10);
+  if (Number.isInteger(uid)) summary.uid = uid;
+  if (mode !== "none") {
+    const argv = safely(() => readProcCmdline(pid), null);
+    if (argv) {
+      summary.cmdline = (mode === "full" ? argv : redactArgv(argv)).join(" ").slice(0, CMDLINE_MAX_CHARS);
+    }
+  }
+  return summary;
+}
+
+function redactWords(text: string): string {
+  const parts = text.split(/(\s+)/);
+  let valueNext = false;
+  for (let i = 0; i < parts.length; i += 2) {
+    const part = parts[i];
+    if (part === "") continue;
+    if (valueNext && !part.startsWith("--")) {
+      parts[i] = REDACTED;
+      valueNext = false;
+      continue;
+    }
+    const word = redactWord(part);
+    parts[i] = word.text;
+    valueNext = word.valueNext;
+  }
+  return parts.join("");
+}
+
+function redactWord(word: string): { text: string; valueNext: boolean } {
+  let text = word.replace(URL_USERINFO, `$1${REDACTED}@`).replace(SENSITIVE_QUERY, `$1${REDACTED}`);
+  const equals = text.indexOf("=");
+  if (equals > 0) {
+    const name = text.slice(0, equals);
+    if (!name.includes("://") && !name.includes("?") && SENSITIVE_NAME.test(name)) {
+      text = `${name}=${REDACTED}`;
+    }
+    return { text, valueNext: false };
+  }
+  const valueNext = /^-{1,2}[^-]/.test(text) && SENSITIVE_NAME.test(text);
+  return { text, valueNext };
+}
+
+function readTakeoverMarker(path: string): TakeoverMarker | undefined {
+  const data = readJsonObject(path);
+  if (!data) return undefined;
+  const { targetPid, byPid, at } = data;
+  if (!Number.isInteger(targetPid) || !Number.isInteger(byPid)) return undefined;
+  return { targetPid: targetPid as number, byPid: byPid as number, at: typeof at === "string" ? at : "" };
+}
+
+function readPlannedStopMarker(path: string): PlannedStopMarker | undefined {
+  const data = readJsonObject(path);
+  if (!data || !Number.isInteger(data.pid)) return undefined;
+  return { ...data, pid: data.pid as number, at: typeof data.at === "string" ? data.at : "" };
+}
+
+function readJsonObject(path: string): Record<string, unknown> | null {
+  try {
+    const text = readTextFileOrNull(path);
+    if (text === null) return null;
+    const data: unknown = JSON.parse(text);
+    return typeof data === "object" && data !== null && !Array.isArray(data)
+      ? data as Record<string, unknown>
+      : null;
+  } catch {
+    // Unreadable or garbage marker: a snapshot never throws; the marker is simply not reported.
+    return null;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Private helpers: formatting
+// ---------------------------------------------------------------------------------------------------
+
+function formatValue(value: unknown): string {
+  const text = typeof value === "string" ? value : String(value);
+  return /^[A-Za-z0-9_.:/@+,-]+$/.test(text) ? text : quote(text);
+}
+
+function quote(text: string): string {
+  return escapeLineSeparators(JSON.stringify(text));
+}
+
+function escapeLineSeparators(json: string): string {
+  return json.replace(/[\u2028\u2029\u0085]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+}
+
+type PhaseOutcome = { status: "ok" | "timeout" | "error"; error?: unknown };
+
+/** Runs one phase under its own time limit; never rejects. A phase that times out keeps running. */
+function runPhase(phase: ShutdownPhase): Promise<PhaseOutcome> {
+  const timeoutMs = phase.timeoutMs ?? DEFAULT_PHASE_TIMEOUT_MS;
+  return new Promise<PhaseOutcome>((resolve) => {
+    let settled = false;
+    const settle = (outcome: PhaseOutcome) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      resolve(outcome);
+    };
+    const timer = setTimeout(() => settle({ status: "timeout" }), timeoutMs);
+    try {
+      Promise.resolve(phase.run()).then(
+        () => settle({ status: "ok" }),
+        (error: unknown) => settle({ status: "error", error }),
+      );
+    } catch (error) {
+      settle({ status: "error", error });
+    }
+  });
+}
+
+function describeError(error: unknown): string {
+  if (error instanceof Error) return `${error.name}: ${error.message}`;
+  return safely(() => String(error), "unprintable error");
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Private helpers: systemd
+// ---------------------------------------------------------------------------------------------------
+
+const USEC_INFINITY = (1n << 64n) - 1n;
+const LLONG_MAX = (1n << 63n) - 1n;
+/** systemd's WHITESPACE: what it skips between parts. */
+const SYSTEMD_WHITESPACE = " \t\n\r";
+/** C `isspace` in the C locale: what `strtoll` skips before a number. */
+const C_SPACE = " \t\n\v\f\r";
+const USEC_PER_SEC = 1_000_000n;
+const USEC_PER_MINUTE = 60n * USEC_PER_SEC;
+const USEC_PER_HOUR = 60n * USEC_PER_MINUTE;
+const USEC_PER_DAY = 24n * USEC_PER_HOUR;
+/** In the order systemd tries them: the first prefix that matches wins. */
+const TIMESPAN_UNITS: ReadonlyArray<readonly [string, bigint]> = [
+  ["seconds", USEC_PER_SEC],
+  ["second", USEC_PER_SEC],
+  ["sec", USEC_PER_SEC],
+  ["s", USEC_PER_SEC],
+  ["minutes", USEC_PER_MINUTE],
+  ["minute", USEC_PER_MINUTE],
+  ["min", USEC_PER_MINUTE],
+  ["months", 2_629_800n * USEC_PER_SEC],
+  ["month", 2_629_800n * USEC_PER_SEC],
+  ["M", 2_629_800n * USEC_PER_SEC],
+  ["msec", 1000n],
+  ["ms", 1000n],
+  ["m", USEC_PER_MINUTE],
+  ["hours", USEC_PER_HOUR],
+  ["hour", USEC_PER_HOUR],
+  ["hr", USEC_PER_HOUR],
+  ["h", USEC_PER_HOUR],
+  ["days", USEC_PER_DAY],
+  ["day", USEC_PER_DAY],
+  ["d", USEC_PER_DAY],
+  ["weeks", 7n * USEC_PER_DAY],
+  ["week", 7n * USEC_PER_DAY],
+  ["w", 7n * USEC_PER_DAY],
+  ["years", 31_557_600n * USEC_PER_SEC],
+  ["year", 31_557_600n * USEC_PER_SEC],
+  ["y", 31_557_600n * USEC_PER_SEC],
+  ["usec", 1n],
+  ["us", 1n],
+  ["\u03bcs", 1n], // GREEK SMALL LETTER MU
+  ["\u00b5s", 1n], // MICRO SIGN
+];
+
+function isDigit(c: string | undefined): boolean {
+  return c !== undefined && c >= "0" && c <= "9";
+}
+
+function skipChars(text: string, at: number, set: string): number {
+  while (at < text.length && set.includes(text[at])) at += 1;
+  return at;
+}
+
+/** systemd's parse_time() with seconds as the default unit; `null` for every error it returns. */
+function parseTimespanBig(text: string): bigint | null {
+  if (text.includes("\0")) return null; // a C string would end there; no argv can carry one
+  let p = skipChars(text, 0, SYSTEMD_WHITESPACE);
+  if (text.startsWith("infinity", p)) {
+    return skipChars(text, p + "infinity".length, SYSTEMD_WHITESPACE) === text.length ? USEC_INFINITY : null;
+  }
+  let usec = 0n;
+  let something = false;
+  for (;;) {
+    p = skipChars(text, p, SYSTEMD_WHITESPACE);
+    if (p === text.length) return something ? usec : null;
+    if (text[p] === "-") return null; // "Don't allow -0"
+    // strtoll(p, &e, 10): C spaces, an optional sign, decimal digits.
+    let q = skipChars(text, p, C_SPACE);
+    let negative = false;
+    if (text[q] === "+" || text[q] === "-") {
+      negative = text[q] === "-";
+      q += 1;
+    }
+    const digitsStart = q;
+    while (isDigit(text[q])) q += 1;
+    let integer = 0n;
+    let e = p; // no conversion: strtoll leaves the end pointer at its start
+    if (q > digitsStart) {
+      integer = BigInt(text.slice(digitsStart, q));
+      if (integer > LLONG_MAX) return null; // ERANGE from strtoll
+      if (negative && integer > 0n) return null; // l < 0
+      e = q;
+    }
+    const hasFraction = text[e] === ".";
+    if (hasFraction) {
+      p = e + 1;
+      while (isDigit(text[p])) p += 1;
+    } else if (e === p) {
+      return null;
+    } else {
+      p = e;
+    }
+    const unitAt = skipChars(text, p, SYSTEMD_WHITESPACE);
+    let multiplier = USEC_PER_SEC;
+    let s = unitAt;
+    for (const [suffix, value] of TIMESPAN_UNITS) {
+      if (text.startsWith(suffix, unitAt)) {
+        multiplier = value;
+        s = unitAt + suffix.length;
+        break;
+      }
+    }
+    if (s === p && s !== text.length) return null; // "12.34.56", "5x"
+    p = s;
+    if (integer >= USEC_INFINITY / multiplier) return null;
+    const k = integer * multiplier;
+    if (k >= USEC_INFINITY - usec) return null;
+    usec += k;
+    something = true;
+    if (hasFraction) {
+      let m = multiplier / 10n;
+      let b = e + 1;
+      for (; isDigit(text[b]); b += 1, m /= 10n) {
+        const part = BigInt(text.charCodeAt(b) - 48) * m;
+        if (part >= USEC_INFINITY - usec) return null;
+        usec += part;
+      }
+      if (b === e + 1) return null; // "3.", "3.sec", "0.-0"
+    }
+  }
+}
+
+function systemdUnitFromCgroup(cgroupPath: string): { name: string; user: boolean } | null {
+  let text: string | null;
+  try {
+    text = readTextFileOrNull(cgroupPath);
+  } catch {
+    return null;
+  }
+  if (text === null) return null;
+  // Lines are "hierarchy-id:controllers:path"; the unified (0::) line wins, then name=systemd.
+  let path: string | null = null;
+  for (const line of text.split("\n")) {
+    const first = line.indexOf(":");
+    const second = line.indexOf(":", first + 1);
+    if (first < 0 || second < 0) continue;
+    const controllers = line.slice(first + 1, second);
+    const value = line.slice(second + 1).trim();
+    if (line.startsWith("0::")) {
+      path = value;
+      break;
+    }
+    if (controllers === "name=systemd") path = value;
+  }
+  if (!path) return null;
+  const parts = path.split("/").filter((part) => part !== "");
+  for (let i = parts.length - 1; i >= 0; i -= 1) {
+    if (!parts[i].endsWith(".service")) continue;
+    if (/^user@\d+\.service$/.test(parts[i])) return null; // the user manager's own subtree, not a unit of ours
+    const user = parts.slice(0, i).some((part) => /^user@\d+\.service$/.test(part));
+    return { name: parts[i], user };
+  }
+  return null;
+}
+
+async function warnAboutStopTimeout(
+  forceExitMs: number,
+  log: (line: string) => void,
+  isDisposed: () => boolean,
+): Promise<void> {
+  let check: StopTimeoutCheck | null;
+  try {
+    check = await checkSystemdStopTimeout(forceExitMs / 1000, { headroomSeconds: 0 });
+  } catch (error) {
+    log(`shutdown warning: cannot read the unit's TimeoutStopSec: ${describeError(error)}`);
+    return;
+  }
+  if (!check || isDisposed()) return;
+  if (forceExitMs / 1000 >= check.timeoutStopSec) {
+    log(
+      `shutdown warning: forceExitMs=${forceExitMs} is not below TimeoutStopSec=${check.timeoutStopSec}s of ` +
+        `${check.unit}: systemd's SIGKILL comes first and the shutdown forensics never run`,
+    );
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Private helpers: diagnostic and logging
+// ---------------------------------------------------------------------------------------------------
+
+const encoder = new TextEncoder();
+/** Room left in a run's budget for the one line the child's timer writes outside `head -c`. */
+const DIAGNOSTIC_TRAILER_BYTES = 1024;
+
+function writeStderrLine(line: string): void {
+  try {
+    writeAll(2, encoder.encode(line.endsWith("\n") ? line : `${line}\n`));
+  } catch {
+    // Documented: stderr may be a closed pipe during a shutdown; the line is dropped, nothing throws.
+  }
+}
+
+function findOnPath(name: string, searchPath: string | undefined): string | null {
+  for (const dir of (searchPath ?? "").split(":")) {
+    if (dir === "") continue;
+    const candidate = `${dir}/${name}`;
+    const info = safely(() => statOrNull(candidate), null);
+    if (info && info.isFile && (info.mode & 0o111) !== 0) return candidate;
+  }
+  return null;
+}
+
+/** Drops the oldest part of `path` (at a line boundary) so that at most `keepBytes` remain. */
+function trimLogHead(path: string, keepBytes: number): void {
+  const info = statOrNull(path);
+  if (!info || info.size <= keepBytes) return;
+  const bytes = readFile(path);
+  const notice = encoder.encode(`[keelson: older diagnostics dropped to keep this log under its limit]\n`);
+  let from = bytes.length - (keepBytes - notice.length);
+  const newline = bytes.indexOf(0x0a, from);
+  from = newline >= 0 ? newline + 1 : bytes.length;
+  const kept = new TextDecoder().decode(bytes.subarray(from));
+  writeFileAtomic(path, new TextDecoder().decode(notice) + kept, { mode: 0o600 });
+  const fd = openAppend(path, { mode: 0o600 });
+  try {
+    if (fstat(fd).size > keepBytes) throw new RangeError(`Cannot trim ${path} below ${keepBytes} bytes`);
+  } finally {
+    closeFd(fd);
+  }
+}
+
+/**
+ * The diagnostic child: `sh -c SCRIPT name OURPID SIGNAL SECONDS MAXBYTES`. It is a session leader, so
+ * `kill -KILL -$$` ends it and everything it started when the time is up.
+ */
+const DIAGNOSTIC_SCRIPT = `
+ourpid=$1; sig=$2; secs=$3; cap=$4
+(
+  sleep "$secs" &
+  sleeper=$!
+  trap 'kill "$sleeper" 2>/dev/null; exit 0' TERM
+  wait "$sleeper"
+  echo "[keelson: diagnostic of pid $ourpid timed out after \${secs}s]"
+  kill -KILL -$$
+) 2>/dev/null &
+killer=$!
+{
+  echo "=== keelson shutdown diagnostic: pid=$ourpid signal=$sig at=$(date -u +%Y-%m-%dT%H:%M:%SZ 2>/dev/null) ==="
+  echo "--- load"
+  cat /proc/loadavg 2>/dev/null || uptime 2>/dev/null
+  echo "--- ps (top 60 by cpu)"
+  listing=$(ps -eo pid,ppid,user,stat,pcpu,pmem,rss,etime,args --sort=-pcpu 2>/dev/null) || listing=$(ps 2>&1)
+  printf '%s\\n' "$listing" | head -n 61
+  if command -v pstree >/dev/null 2>&1; then
+    echo "--- pstree $ourpid"
+    pstree -alp "$ourpid" 2>&1 | head -n 200
+  fi
+  echo "--- recent oom/kill lines"
+  if command -v dmesg >/dev/null 2>&1; then
+    dmesg 2>/dev/null | grep -iE 'out of memory|oom|killed process' | tail -n 20
+  fi
+  if command -v journalctl >/dev/null 2>&1; then
+    journalctl -k -q --no-pager --since=-1h 2>/dev/null | grep -iE 'out of memory|oom|killed process' | tail -n 20
+  fi
+  echo "=== end of diagnostic pid=$ourpid ==="
+} 2>&1 | head -c "$cap"
+kill "$killer" 2>/dev/null
+exit 0
+`;
