@@ -145,6 +145,8 @@ export class WalDowngradeRefusedError extends Error {
   readonly answeredMode: string | null;
 
   /**
+   * Creates the error from the evidence gathered before any change.
+   *
    * @param path The path `applyWal` was given.
    * @param evidence What the filesystem said.
    * @param cause Why WAL could not be set.
@@ -197,6 +199,8 @@ export class WalUnsupportedError extends Error {
   readonly answeredMode: string | null;
 
   /**
+   * Creates the error from the evidence gathered before any change.
+   *
    * @param path The path `applyWal` was given.
    * @param evidence What the filesystem said.
    * @param cause Why WAL could not be set.
