@@ -1,0 +1,1125 @@
+/**
+ * PID files that never crash-loop a supervisor and never let two instances run. Without this module a
+ * service killed by SIGKILL, the OOM killer or a power cut leaves a PID file that names a dead (or
+ * reused) PID, every restart fails its exclusive create and systemd or launchd respawns it for hours;
+ * or two racing starters both judge a record stale, one deletes the file the other just wrote, and two
+ * instances run.
+ *
+ * Protocol (no `flock`, the same on every runtime). A record is written to a temporary file beside the
+ * PID file and published with `link(tmp, path)`, which fails with `EEXIST` when anything is there, so
+ * a reader never sees half a record and only one of many starters on an absent path wins. A record is
+ * stale when its PID is gone or a zombie, when the process now behind the PID started at another time
+ * (PID reuse), when it names our own PID but we did not write it (an earlier incarnation, typical for
+ * PID 1 in a container), or when it was written during an earlier boot; a file that is no record
+ * (empty, garbage, truncated, negative or fractional PID, unreadable) is invalid. To replace a stale or
+ * invalid file `X`, a starter first wins a claim on exactly that file: `X` is identified by its inode,
+ * size, mtime and content (`id`), and the claim is the file `<path>.replace-<id>.<n>` created with
+ * `link` for the lowest `n` whose lower levels all belong to dead claimants (a claimant killed in the
+ * middle never blocks anyone; a live one makes the others wait, then report it as the holder). Under
+ * the claim it reads the PID file again and, only if it is still `X` and still stale, swaps in its own
+ * record with `rename(tmp, path)`; the PID file is never absent in between, so nobody can slip in. A
+ * live claimant is unique for `X` (a level is only taken when all lower ones are dead), `X` once
+ * replaced never comes back, and a slow starter that judged `X` long ago fails the check under its
+ * claim: nobody ever deletes or overwrites a record another process just wrote. Claims of `X` are
+ * removed by the winner; litter of dead processes is swept after a replacement.
+ *
+ * Release: `release()` removes the file only while it still holds our exact record. By default it also
+ * runs at normal exit (`exit()`, `process.exit()`, `Deno.exit()`, an empty event loop, and therefore
+ * after any signal handler that ends in an exit), and on SIGTERM / SIGINT when nobody else listens to
+ * them: then it releases and re-raises the signal, so the process still ends by that signal, as it
+ * would have without us. When someone else listens (a graceful shutdown), the signal is theirs: the
+ * file stays until they exit, so a new instance cannot start while the old one drains. A process that
+ * dies by a signal's default action or SIGKILL leaves its record, which is stale by construction.
+ *
+ * @module
+ */
+
+import {
+  errorCode,
+  getPid,
+  HANDLED_SIGNALS,
+  hostname,
+  isAlive,
+  isLinux,
+  kill,
+  link,
+  onExit,
+  onSignal,
+  processArgv,
+  processStartTime,
+  readDir,
+  readHead,
+  readProcStat,
+  readTextFileOrNull,
+  rename,
+  signalListenerCount,
+  sleepSync,
+  statOrNull,
+  tempPathBeside,
+  unlinkIfExists,
+  writeFileAtomic,
+  writeTextFile,
+} from "./platform.ts";
+import type { FileStat } from "./platform.ts";
+
+// ---------------------------------------------------------------------------------------------------
+// Public types
+// ---------------------------------------------------------------------------------------------------
+
+/**
+ * What a PID file says about the process that holds it. A plain decimal file (`"1234\n"`) reads as a
+ * record with `startTime`, `startTicks`, `bootId` and `hostname` all `null`, `argv` empty and
+ * `createdAt` the file's modification time.
+ */
+export interface PidRecord {
+  /** The holder's process id. */
+  pid: number;
+  /** When the holder started, in milliseconds since the epoch (from `/proc`), or `null` when unknown. */
+  startTime: number | null;
+  /** The holder's command line, or `[]` when unknown. */
+  argv: string[];
+  /** When the record was written, ISO-8601. */
+  createdAt: string;
+  /** The host that wrote the record, or `null` when unknown. Records of other hosts are never judged. */
+  hostname: string | null;
+  /**
+   * The holder's start time in clock ticks since boot (`/proc/<pid>/stat` field 22), or `null`. Exact,
+   * unlike `startTime`, which moves when the wall clock is stepped: compared instead of it when known.
+   */
+  startTicks: number | null;
+  /** The kernel boot id when the record was written, or `null`: a record of an earlier boot is stale. */
+  bootId: string | null;
+}
+
+/** A PID file that nobody can read as a record. */
+export interface PidFileInvalid {
+  /** The file exists but is no record: empty, garbage, truncated, unreadable, a bad PID. */
+  state: "invalid";
+  /** Why it is not a record. */
+  reason: string;
+}
+
+/** What {@linkcode readPidFile} found. */
+export type PidFileStatus =
+  | { state: "absent" }
+  | {
+    state: "running";
+    record: PidRecord;
+    /** Why it counts as running (alive and the same process, or unverifiable). */
+    reason: string;
+    /** `true` when the record comes from another host: assumed running, never signalled. */
+    foreignHost: boolean;
+  }
+  | { state: "stale"; record: PidRecord; reason: string }
+  | PidFileInvalid;
+
+/** A PID file this process holds. Disposable: `using pidFile = await acquirePidFile(path)`. */
+export interface PidFile {
+  /** The PID file's path, as given. */
+  readonly path: string;
+  /** The record this process wrote. */
+  readonly record: PidRecord;
+  /** `true` once {@linkcode PidFile.release} ran (directly, at exit or on a signal). */
+  readonly released: boolean;
+  /**
+   * Removes the PID file if it still holds our record; leaves whatever else is there. Idempotent.
+   * Throws {@linkcode PidFileError} when the file cannot be read or removed.
+   */
+  release(): void;
+  /** Same as {@linkcode PidFile.release}. */
+  [Symbol.dispose](): void;
+}
+
+/** Default of {@linkcode AcquirePidFileOptions.replace}. */
+export const DEFAULT_REPLACE = false;
+/** Default of {@linkcode AcquirePidFileOptions.replaceTimeoutMs}. */
+export const DEFAULT_REPLACE_TIMEOUT_MS = 5000;
+/** Default of {@linkcode AcquirePidFileOptions.mode}. */
+export const DEFAULT_PID_FILE_MODE = 0o644;
+/** Default of {@linkcode AcquirePidFileOptions.releaseOnExit}. */
+export const DEFAULT_RELEASE_ON_EXIT = true;
+/** Default of {@linkcode AcquirePidFileOptions.releaseOnSignals}. */
+export const DEFAULT_RELEASE_SIGNALS: readonly string[] = Object.freeze(["SIGTERM", "SIGINT"]);
+/** Default of {@linkcode AcquirePidFileOptions.contentionTimeoutMs}. */
+export const DEFAULT_CONTENTION_TIMEOUT_MS = 3000;
+
+/** Options for {@linkcode acquirePidFile}. */
+export interface AcquirePidFileOptions {
+  /**
+   * Stop a live holder on this host: write `<path>.takeover.json` naming it, send SIGTERM, wait up to
+   * `replaceTimeoutMs`, send SIGKILL if it is still alive, then acquire. Never signals a record of
+   * another host, nor this process.
+   * @default false
+   */
+  replace?: boolean;
+  /**
+   * How long `replace` waits after SIGTERM before it sends SIGKILL, in milliseconds.
+   * @default 5000
+   */
+  replaceTimeoutMs?: number;
+  /**
+   * Permission bits of the PID file, whatever the umask.
+   * @default 0o644
+   */
+  mode?: number;
+  /**
+   * Release at normal exit (event loop done, `exit()`, `process.exit()`, `Deno.exit()`).
+   * @default true
+   */
+  releaseOnExit?: boolean;
+  /**
+   * Signals on which the file is released and the signal re-raised, when nobody else listens to them
+   * (when someone does, the file is released at their exit instead). `[]` opts out.
+   * @default ["SIGTERM", "SIGINT"]
+   */
+  releaseOnSignals?: readonly string[];
+  /**
+   * How long to wait for another live starter that is replacing the same stale file before reporting
+   * it as the holder ({@linkcode PidFileLockedError} with `acquiring: true`), in milliseconds.
+   * @default 3000
+   */
+  contentionTimeoutMs?: number;
+  /**
+   * Receives failures that cannot be thrown: a release at exit or on a signal, the sweep of litter.
+   * @default writes the error to the console
+   */
+  onError?: (error: unknown) => void;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------------------
+
+/** Thrown by {@linkcode acquirePidFile} when a live process holds the PID file. */
+export class PidFileLockedError extends Error {
+  /** The PID file. */
+  readonly path: string;
+  /** The record of the process that holds it (or that is replacing it, when `acquiring`). */
+  readonly holder: PidRecord;
+  /** `true` when the holder's record comes from another host (its liveness cannot be checked). */
+  readonly foreignHost: boolean;
+  /** `true` when the holder is another starter in the middle of replacing a stale file. */
+  readonly acquiring: boolean;
+
+  /**
+   * @param path The PID file.
+   * @param holder The holder's record.
+   * @param reason Why the holder counts as running.
+   * @param options `foreignHost`, `acquiring`, `cause`.
+   *
+   * @example Report who holds the file
+   * ```ts
+   * import { acquirePidFile, PidFileLockedError } from "./pidfile.ts";
+   * try {
+   *   await acquirePidFile("/tmp/example.pid");
+   * } catch (error) {
+   *   if (error instanceof PidFileLockedError) console.error(`already running as pid ${error.holder.pid}`);
+   *   else throw error;
+   * }
+   * ```
+   */
+  constructor(
+    path: string,
+    holder: PidRecord,
+    reason: string,
+    options: { foreignHost?: boolean; acquiring?: boolean; cause?: unknown } = {},
+  ) {
+    super(`PID file ${JSON.stringify(path)} is held by pid ${holder.pid}: ${reason}`, {
+      cause: options.cause,
+    });
+    this.name = "PidFileLockedError";
+    this.path = path;
+    this.holder = holder;
+    this.foreignHost = options.foreignHost ?? false;
+    this.acquiring = options.acquiring ?? false;
+  }
+}
+
+/**
+ * Thrown when a PID file or a marker cannot be used: a directory or other non-file at the path, a
+ * folder that is missing or not writable, an I/O error, a holder that cannot be signalled. Nothing was
+ * deleted.
+ */
+export class PidFileError extends Error {
+  /** The file that could not be used. */
+  readonly path: string;
+  /** The errno name (`"EACCES"`, `"EISDIR"`, …), or `undefined`. */
+  readonly code: string | undefined;
+
+  /**
+   * @param path The file.
+   * @param message What could not be done.
+   * @param options `code` and `cause`.
+   *
+   * @example Tell a bad path from a held one
+   * ```ts
+   * import { acquirePidFile, PidFileError } from "./pidfile.ts";
+   * try {
+   *   await acquirePidFile("/tmp");
+   * } catch (error) {
+   *   if (error instanceof PidFileError) console.error(error.code, error.path); // "EISDIR" "/tmp"
+   * }
+   * ```
+   */
+  constructor(path: string, message: string, options: { code?: string; cause?: unknown } = {}) {
+    super(message, { cause: options.cause });
+    this.name = "PidFileError";
+    this.path = path;
+    this.code = options.code;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Public functions
+// ---------------------------------------------------------------------------------------------------
+
+/** Suffix of the takeover marker written beside the PID file by `replace: true`. */
+export const TAKEOVER_MARKER_SUFFIX = ".takeover.json";
+/** Suffix of the planned-stop marker written beside the PID file by {@linkcode markPlannedStop}. */
+export const PLANNED_STOP_MARKER_SUFFIX = ".planned-stop.json";
+
+/**
+ * Reads a PID file and judges it: absent, running, stale (with the reason) or invalid. Only reads:
+ * it never deletes, renames or rewrites anything, whatever it finds.
+ *
+ * @param path The PID file.
+ * @returns What is there. A record of another host is `running` with `foreignHost: true`.
+ * @throws {PidFileError} when something that is not a regular file is at `path`, or on an I/O error.
+ *
+ * @example A status command
+ * ```ts
+ * import { readPidFile } from "./pidfile.ts";
+ * const status = readPidFile("/tmp/example.pid");
+ * if (status.state === "running") console.log(`running as pid ${status.record.pid}`);
+ * else if (status.state === "absent") console.log("not running");
+ * else console.log(`not running (${status.state}: ${status.reason})`);
+ * ```
+ */
+export function readPidFile(path: string): PidFileStatus {
+  checkPath(path, "path");
+  return statusOf(takeSnapshot(path));
+}
+
+/**
+ * Acquires a PID file: creates it when absent, replaces it when stale or invalid (whoever wrote it),
+ * and throws {@linkcode PidFileLockedError} when a live process holds it. Race-safe: when many
+ * processes acquire one path at once, exactly one wins (see the module comment for the protocol).
+ *
+ * @param path The PID file.
+ * @param options `replace` a live holder, file `mode`, automatic release, error reporting.
+ * @returns The held PID file.
+ * @throws {PidFileLockedError} when a live process holds the file (or, with `replace`, survived SIGKILL).
+ * @throws {PidFileError} for a directory at the path, a missing or unwritable folder, an I/O error.
+ *
+ * @example Run as a single instance
+ * ```ts
+ * import { acquirePidFile } from "./pidfile.ts";
+ * using pidFile = await acquirePidFile("/tmp/example.pid");
+ * console.log(`running as pid ${pidFile.record.pid}`);
+ * ```
+ *
+ * @example Take over from a running instance
+ * ```ts
+ * import { acquirePidFile } from "./pidfile.ts";
+ * const pidFile = await acquirePidFile("/tmp/example.pid", { replace: true, replaceTimeoutMs: 2000 });
+ * pidFile.release();
+ * ```
+ */
+export async function acquirePidFile(path: string, options: AcquirePidFileOptions = {}): Promise<PidFile> {
+  const settings = checkOptions(path, options);
+  if (!settings.replace) return acquireNow(path, settings);
+  try {
+    return acquireNow(path, settings);
+  } catch (error) {
+    if (!(error instanceof PidFileLockedError) || error.foreignHost || error.acquiring) throw error;
+    if (error.holder.pid === getPid()) throw error;
+    await stopHolder(path, error.holder, settings.replaceTimeoutMs);
+    return acquireNow(path, settings);
+  }
+}
+
+/**
+ * Announces that stopping this process is intended: writes `<pidPath>.planned-stop.json` =
+ * `{"pid": <our pid>, "at": <ISO-8601>, ...info}` atomically, for `shutdown.ts` (and operators) to
+ * tell a planned stop from an unexpected one.
+ *
+ * @param pidPath The PID file the marker belongs beside.
+ * @param info Extra JSON fields (e.g. `{ reason: "upgrade" }`); they may override `pid` and `at`.
+ * @throws {TypeError} when `info` is not a plain object or cannot be serialised.
+ * @throws {PidFileError} when the marker cannot be written.
+ *
+ * @example Before a planned restart
+ * ```ts
+ * import { markPlannedStop } from "./pidfile.ts";
+ * markPlannedStop("/tmp/example.pid", { reason: "upgrade", by: "deploy" });
+ * ```
+ */
+export function markPlannedStop(pidPath: string, info: Record<string, unknown> = {}): void {
+  checkPath(pidPath, "pidPath");
+  if (typeof info !== "object" || info === null || Array.isArray(info)) {
+    throw new TypeError(`Cannot mark a planned stop: info must be a plain object, got ${describe(info)}`);
+  }
+  let json: string;
+  try {
+    json = JSON.stringify({ pid: getPid(), at: new Date().toISOString(), ...info });
+  } catch (error) {
+    throw new TypeError(`Cannot mark a planned stop: info is not JSON-serialisable (${message(error)})`, {
+      cause: error,
+    });
+  }
+  writeMarker(pidPath + PLANNED_STOP_MARKER_SUFFIX, json);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Private: settings
+// ---------------------------------------------------------------------------------------------------
+
+interface Settings {
+  replace: boolean;
+  replaceTimeoutMs: number;
+  mode: number;
+  releaseOnExit: boolean;
+  releaseOnSignals: readonly string[];
+  contentionTimeoutMs: number;
+  onError: (error: unknown) => void;
+}
+
+function checkPath(path: unknown, name: string): void {
+  if (typeof path !== "string" || path === "") {
+    throw new TypeError(`Expected ${name} to be a non-empty string, got ${describe(path)}`);
+  }
+  if (path.includes("\0")) throw new TypeError(`Expected ${name} without NUL bytes, got ${describe(path)}`);
+}
+
+function checkOptions(path: string, options: AcquirePidFileOptions): Settings {
+  checkPath(path, "path");
+  if (typeof options !== "object" || options === null) {
+    throw new TypeError(`Expected options to be an object, got ${describe(options)}`);
+  }
+  const replace = options.replace ?? DEFAULT_REPLACE;
+  if (typeof replace !== "boolean") {
+    throw new TypeError(`Expected options.replace to be a boolean, got ${describe(replace)}`);
+  }
+  const replaceTimeoutMs = checkMs(options.replaceTimeoutMs, DEFAULT_REPLACE_TIMEOUT_MS, "replaceTimeoutMs");
+  const contentionTimeoutMs = checkMs(
+    options.contentionTimeoutMs,
+    DEFAULT_CONTENTION_TIMEOUT_MS,
+    "contentionTimeoutMs",
+  );
+  const mode = options.mode ?? DEFAULT_PID_FILE_MODE;
+  if (!Number.isInteger(mode) || mode < 0 || mode > 0o7777) {
+    throw new RangeError(`Expected options.mode to be permission bits (0 to 0o7777), got ${describe(mode)}`);
+  }
+  const releaseOnExit = options.releaseOnExit ?? DEFAULT_RELEASE_ON_EXIT;
+  if (typeof releaseOnExit !== "boolean") {
+    throw new TypeError(`Expected options.releaseOnExit to be a boolean, got ${describe(releaseOnExit)}`);
+  }
+  const releaseOnSignals = options.releaseOnSignals ?? DEFAULT_RELEASE_SIGNALS;
+  if (!Array.isArray(releaseOnSignals) || releaseOnSignals.some((s) => !HANDLED_SIGNALS.includes(s))) {
+    throw new TypeError(
+      `Expected options.releaseOnSignals to be a list of ${HANDLED_SIGNALS.join(", ")}, got ${
+        describe(releaseOnSignals)
+      }`,
+    );
+  }
+  const onError = options.onError ?? reportToConsole;
+  if (typeof onError !== "function") {
+    throw new TypeError(`Expected options.onError to be a function, got ${describe(onError)}`);
+  }
+  return {
+    replace,
+    replaceTimeoutMs,
+    mode,
+    releaseOnExit,
+    releaseOnSignals: [...releaseOnSignals],
+    contentionTimeoutMs,
+    onError,
+  };
+}
+
+function checkMs(value: unknown, fallback: number, name: string): number {
+  const ms = value ?? fallback;
+  if (typeof ms !== "number" || !Number.isFinite(ms) || ms < 0) {
+    throw new RangeError(`Expected options.${name} to be a finite number >= 0, got ${describe(value)}`);
+  }
+  return ms;
+}
+
+function reportToConsole(error: unknown): void {
+  console.error(`keelson pidfile: ${message(error)}`);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Private: reading and judging
+// ---------------------------------------------------------------------------------------------------
+
+/** A record larger than this is no PID file (someone pointed us at a log). */
+const MAX_RECORD_BYTES = 64 * 1024;
+/** Start times from `/proc` + btime move by up to a second when the wall clock is stepped. */
+const START_TIME_TOLERANCE_MS = 1000;
+/** The largest PID any kernel hands out (Linux `pid_max` is at most 2^22). */
+const MAX_PID = 2 ** 31 - 1;
+const BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id";
+
+/** One consistent look at a file: `id` names exactly this file, content and all. */
+type Snapshot =
+  | { kind: "absent" }
+  | { kind: "file"; id: string; stat: FileStat; bytes: Uint8Array | null; readError: string | null };
+
+const decoder = new TextDecoder();
+
+function takeSnapshot(path: string): Snapshot {
+  for (let attempt = 0;; attempt += 1) {
+    const before = statPath(path);
+    if (before === null) return { kind: "absent" };
+    if (before.isDirectory) {
+      throw new PidFileError(path, `Cannot use ${JSON.stringify(path)} as a PID file: it is a directory`, {
+        code: "EISDIR",
+      });
+    }
+    if (!before.isFile) {
+      throw new PidFileError(path, `Cannot use ${JSON.stringify(path)} as a PID file: not a regular file`, {
+        code: "EINVAL",
+      });
+    }
+    let bytes: Uint8Array | null = null;
+    let readError: string | null = null;
+    try {
+      bytes = readHead(path, MAX_RECORD_BYTES + 1);
+    } catch (error) {
+      const code = errorCode(error);
+      if (code === "ENOENT" && attempt < 5) continue; // removed between stat and read: look again
+      if (code === "EACCES" || code === "EPERM") readError = code;
+      else throw ioError(path, "read the PID file", error);
+    }
+    const after = statPath(path);
+    if (after === null && attempt < 5) continue;
+    const stat = after ?? before;
+    if (after !== null && !sameFile(before, after) && attempt < 5) continue; // changed while read
+    const content = bytes === null ? `<${readError}>` : decoder.decode(bytes);
+    return { kind: "file", id: fileId(stat, content), stat, bytes, readError };
+  }
+}
+
+function statPath(path: string): FileStat | null {
+  try {
+    return statOrNull(path);
+  } catch (error) {
+    throw ioError(path, "inspect the PID file", error);
+  }
+}
+
+function sameFile(a: FileStat, b: FileStat): boolean {
+  return a.ino === b.ino && a.dev === b.dev && a.size === b.size && a.mtimeMs === b.mtimeMs;
+}
+
+/** 64 bits of FNV-1a over the file's identity and content: two different files never share a claim. */
+function fileId(stat: FileStat, content: string): string {
+  const text = `${stat.dev}:${stat.ino ?? "?"}:${stat.size}:${stat.mtimeMs}:${content}`;
+  let a = 0x811c9dc5;
+  let b = 0x01000193 ^ text.length;
+  for (let i = 0; i < text.length; i += 1) {
+    const c = text.charCodeAt(i);
+    a = Math.imul(a ^ c, 0x01000193);
+    b = Math.imul(b ^ c, 0x5bd1e995) ^ (b >>> 15);
+  }
+  return (a >>> 0).toString(16).padStart(8, "0") + (b >>> 0).toString(16).padStart(8, "0");
+}
+
+function statusOf(snapshot: Snapshot): PidFileStatus {
+  if (snapshot.kind === "absent") return { state: "absent" };
+  if (snapshot.bytes === null) {
+    return { state: "invalid", reason: `the file cannot be read (${snapshot.readError})` };
+  }
+  if (snapshot.bytes.length > MAX_RECORD_BYTES) {
+    return { state: "invalid", reason: `the file is larger than ${MAX_RECORD_BYTES} bytes: not a PID file` };
+  }
+  const text = decoder.decode(snapshot.bytes);
+  const parsed = parseRecord(text, snapshot.stat.mtimeMs);
+  if ("state" in parsed) return parsed;
+  return judge(parsed, text);
+}
+
+function parseRecord(text: string, mtimeMs: number): PidRecord | PidFileInvalid {
+  if (text.trim() === "") return { state: "invalid", reason: "the file is empty" };
+  const plain = /^\s*(\d+)\s*$/.exec(text);
+  if (plain) {
+    const pid = Number(plain[1]);
+    if (!validPid(pid)) return { state: "invalid", reason: `${plain[1]} is not a process id` };
+    return {
+      pid,
+      startTime: null,
+      argv: [],
+      createdAt: new Date(mtimeMs).toISOString(),
+      hostname: null,
+      startTicks: null,
+      bootId: null,
+    };
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    return {
+      state: "invalid",
+      reason: `not a PID file (neither a decimal pid nor a JSON record): ${preview(text)}`,
+    };
+  }
+  if (typeof value === "number") return { state: "invalid", reason: `${value} is not a process id` };
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    return { state: "invalid", reason: `not a PID record: ${preview(text)}` };
+  }
+  const fields = value as Record<string, unknown>;
+  if (!validPid(fields.pid)) {
+    return { state: "invalid", reason: `pid ${describe(fields.pid)} is not a process id` };
+  }
+  const startTime = fields.startTime ?? null;
+  if (startTime !== null && (typeof startTime !== "number" || !Number.isFinite(startTime))) {
+    return { state: "invalid", reason: `startTime ${describe(startTime)} is not a number` };
+  }
+  const startTicks = fields.startTicks ?? null;
+  if (startTicks !== null && (!Number.isSafeInteger(startTicks) || (startTicks as number) < 0)) {
+    return { state: "invalid", reason: `startTicks ${describe(startTicks)} is not a tick count` };
+  }
+  const argv = fields.argv ?? [];
+  if (!Array.isArray(argv) || argv.some((arg) => typeof arg !== "string")) {
+    return { state: "invalid", reason: `argv ${describe(argv)} is not a list of strings` };
+  }
+  const createdAt = fields.createdAt ?? new Date(mtimeMs).toISOString();
+  const host = fields.hostname ?? null;
+  const bootId = fields.bootId ?? null;
+  for (const [name, field] of [["createdAt", createdAt], ["hostname", host], ["bootId", bootId]] as const) {
+    if (field !== null && typeof field !== "string") {
+      return { state: "invalid", reason: `${name} ${describe(field)} is not a string` };
+    }
+  }
+  return {
+    pid: fields.pid as number,
+    startTime: startTime as number | null,
+    argv: argv as string[],
+    createdAt: createdAt as string,
+    hostname: host as string | null,
+    startTicks: startTicks as number | null,
+    bootId: bootId as string | null,
+  };
+}
+
+function validPid(pid: unknown): boolean {
+  return typeof pid === "number" && Number.isInteger(pid) && pid > 0 && pid <= MAX_PID;
+}
+
+function judge(record: PidRecord, text: string): PidFileStatus {
+  const localHost = hostname();
+  if (record.hostname !== null && record.hostname !== localHost) {
+    return {
+      state: "running",
+      record,
+      reason: `written on host ${JSON.stringify(record.hostname)} (this is ${
+        JSON.stringify(localHost)
+      }): its liveness cannot be checked from here`,
+      foreignHost: true,
+    };
+  }
+  const self = getPid();
+  if (record.pid === self) {
+    if (isHeldHere(text)) {
+      return { state: "running", record, reason: "held by this process", foreignHost: false };
+    }
+    return {
+      state: "stale",
+      record,
+      reason: `names this process (pid ${self}) but was not written by it: an earlier incarnation`,
+    };
+  }
+  const bootId = currentBootId();
+  if (record.bootId !== null && bootId !== null && record.bootId !== bootId) {
+    return { state: "stale", record, reason: `written during an earlier boot (boot id ${record.bootId})` };
+  }
+  const life = liveness(record);
+  if (life.alive) return { state: "running", record, reason: life.reason, foreignHost: false };
+  return { state: "stale", record, reason: life.reason };
+}
+
+/** Whether the process a record names is still that process, and why. */
+function liveness(record: PidRecord): { alive: boolean; reason: string } {
+  const pid = record.pid;
+  if (!isAlive(pid)) return { alive: false, reason: `process ${pid} is gone` };
+  const stat = readProcStat(pid);
+  if (stat === null && isLinux && !isAlive(pid)) return { alive: false, reason: `process ${pid} is gone` };
+  if (stat !== null && stat.state === "Z") {
+    return { alive: false, reason: `process ${pid} has exited (a zombie not yet reaped)` };
+  }
+  if (stat !== null && record.startTicks !== null) {
+    if (stat.startTicks !== record.startTicks) {
+      return {
+        alive: false,
+        reason:
+          `pid ${pid} was reused: the process started at tick ${stat.startTicks}, the record says ${record.startTicks}`,
+      };
+    }
+    return { alive: true, reason: `process ${pid} is alive (same start time)` };
+  }
+  if (record.startTime !== null) {
+    const actual = processStartTime(pid);
+    if (actual !== null && Math.abs(actual - record.startTime) > START_TIME_TOLERANCE_MS) {
+      return {
+        alive: false,
+        reason: `pid ${pid} was reused: the process started at ${isoOrNumber(actual)}, the record says ${
+          isoOrNumber(record.startTime)
+        }`,
+      };
+    }
+    if (actual !== null) return { alive: true, reason: `process ${pid} is alive (same start time)` };
+  }
+  return { alive: true, reason: `process ${pid} is alive (its start time cannot be compared)` };
+}
+
+let bootIdCache: string | null | undefined;
+
+function currentBootId(): string | null {
+  if (bootIdCache !== undefined) return bootIdCache;
+  bootIdCache = null;
+  if (isLinux) {
+    try {
+      const text = readTextFileOrNull(BOOT_ID_PATH)?.trim();
+      if (text) bootIdCache = text;
+    } catch {
+      // A restricted /proc: records are then judged by PID and start time alone.
+    }
+  }
+  return bootIdCache;
+}
+
+function ownRecord(): PidRecord {
+  const pid = getPid();
+  const stat = readProcStat(pid);
+  return {
+    pid,
+    startTime: processStartTime(pid),
+    argv: processArgv(),
+    createdAt: new Date().toISOString(),
+    hostname: hostname(),
+    startTicks: stat?.startTicks ?? null,
+    bootId: currentBootId(),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Private: acquiring
+// ---------------------------------------------------------------------------------------------------
+
+/** Claim levels tried before giving up: each one costs a claimant killed inside a sub-millisecond window. */
+const MAX_CLAIM_LEVELS = 1000;
+/** Rounds of "look, then act" before the path is declared unusable (it keeps changing under us). */
+const MAX_ROUNDS = 10_000;
+const WAIT_MIN_MS = 1;
+const WAIT_MAX_MS = 50;
+
+const held = new Set<HeldPidFile>();
+
+function isHeldHere(text: string): boolean {
+  for (const file of held) if (file.text === text) return true;
+  return false;
+}
+
+function acquireNow(path: string, settings: Settings): HeldPidFile {
+  const record = ownRecord();
+  const text = JSON.stringify(record) + "\n";
+  const deadline = Date.now() + settings.contentionTimeoutMs;
+  let tmp: string | null = null;
+  let waitMs = WAIT_MIN_MS;
+  try {
+    for (let round = 0; round < MAX_ROUNDS; round += 1) {
+      const found = takeSnapshot(path);
+      if (found.kind === "absent") {
+        tmp ??= writeTemp(path, text, settings.mode);
+        try {
+          link(tmp, path); // publish if absent: EEXIST when anyone else got there first
+        } catch (error) {
+          if (errorCode(error) === "EEXIST") continue;
+          throw ioError(path, "create the PID file", error);
+        }
+        return holdNew(path, record, text, settings, false);
+      }
+      const status = statusOf(found);
+      if (status.state === "absent") continue; // cannot happen for a file; keeps the types exact
+      if (status.state === "running") {
+        throw new PidFileLockedError(path, status.record, status.reason, { foreignHost: status.foreignHost });
+      }
+      tmp ??= writeTemp(path, text, settings.mode);
+      const claim = claimReplacement(path, found.id, tmp);
+      if (claim.kind === "retry") continue;
+      if (claim.kind === "busy") {
+        if (Date.now() >= deadline) {
+          throw new PidFileLockedError(
+            path,
+            claim.holder,
+            `it is replacing the ${status.state} PID file (${status.reason})`,
+            { acquiring: true },
+          );
+        }
+        sleepSync(waitMs);
+        waitMs = Math.min(waitMs * 2, WAIT_MAX_MS);
+        continue;
+      }
+      let replaced = false;
+      try {
+        // Under the claim nobody else may replace this file: check it is still the one judged, still dead.
+        const again = takeSnapshot(path);
+        if (again.kind === "file" && again.id === found.id) {
+          const state = statusOf(again).state;
+          if (state === "stale" || state === "invalid") {
+            try {
+              rename(tmp, path);
+            } catch (error) {
+              throw ioError(path, "replace the PID file", error);
+            }
+            tmp = null;
+            replaced = true;
+          }
+        }
+      } finally {
+        dropClaims(path, found.id, replaced ? claim.level : -1, claim.level, settings.onError);
+      }
+      if (replaced) return holdNew(path, record, text, settings, true);
+    }
+    throw new PidFileError(path, `Cannot acquire PID file ${JSON.stringify(path)}: it kept changing`, {
+      code: "EAGAIN",
+    });
+  } finally {
+    if (tmp !== null) {
+      try {
+        unlinkIfExists(tmp);
+      } catch (error) {
+        settings.onError(ioError(tmp, "remove the temporary file", error));
+      }
+    }
+  }
+}
+
+function writeTemp(path: string, text: string, mode: number): string {
+  const tmp = tempPathBeside(path);
+  try {
+    writeTextFile(tmp, text, { mode });
+  } catch (error) {
+    try {
+      unlinkIfExists(tmp);
+    } catch {
+      // The create itself failed; the error below says why.
+    }
+    throw ioError(path, "create the PID file", error);
+  }
+  return tmp;
+}
+
+type Claim = { kind: "won"; level: number } | { kind: "busy"; holder: PidRecord } | { kind: "retry" };
+
+function claimName(path: string, id: string, level: number): string {
+  return `${path}.replace-${id}.${level}`;
+}
+
+/** Takes the lowest claim level on file `id` whose lower levels all belong to dead claimants. */
+function claimReplacement(path: string, id: string, tmp: string): Claim {
+  let vanished = 0;
+  for (let level = 0; level < MAX_CLAIM_LEVELS;) {
+    const name = claimName(path, id, level);
+    try {
+      link(tmp, name);
+      return { kind: "won", level };
+    } catch (error) {
+      if (errorCode(error) !== "EEXIST") throw ioError(path, "claim the stale PID file", error);
+    }
+    const other = takeSnapshot(name);
+    if (other.kind === "absent") {
+      // Its winner cleaned up: the file was replaced meanwhile, which the next look will show.
+      vanished += 1;
+      if (vanished > 3) return { kind: "retry" };
+      continue;
+    }
+    const status = statusOf(other);
+    if (status.state === "running") return { kind: "busy", holder: status.record };
+    level += 1; // a dead claimant: its level blocks nobody
+  }
+  throw new PidFileError(path, `Cannot acquire PID file ${JSON.stringify(path)}: too many abandoned claims`, {
+    code: "EAGAIN",
+  });
+}
+
+/** After a win, removes every claim of the replaced file; after a failed check, only our own level. */
+function dropClaims(
+  path: string,
+  id: string,
+  upTo: number,
+  own: number,
+  onError: (e: unknown) => void,
+): void {
+  const from = upTo >= 0 ? 0 : own;
+  const to = upTo >= 0 ? upTo : own;
+  for (let level = from; level <= to; level += 1) {
+    const name = claimName(path, id, level);
+    try {
+      unlinkIfExists(name);
+    } catch (error) {
+      onError(ioError(name, "remove the claim file", error));
+    }
+  }
+}
+
+function holdNew(
+  path: string,
+  record: PidRecord,
+  text: string,
+  settings: Settings,
+  replaced: boolean,
+): HeldPidFile {
+  const file = new HeldPidFile(path, record, text, settings);
+  held.add(file);
+  syncHooks();
+  if (replaced) sweepLitter(path, settings.onError);
+  return file;
+}
+
+/** Removes temporary files and claims left beside `path` by processes that are gone. */
+function sweepLitter(path: string, onError: (e: unknown) => void): void {
+  const slash = path.lastIndexOf("/");
+  const dir = slash < 0 ? "." : slash === 0 ? "/" : path.slice(0, slash);
+  const base = path.slice(slash + 1);
+  const prefix = dir === "." && slash < 0 ? "" : dir.endsWith("/") ? dir : dir + "/";
+  const current = takeSnapshot(path);
+  const currentId = current.kind === "file" ? current.id : "";
+  const self = getPid();
+  let names: string[];
+  try {
+    names = readDir(dir);
+  } catch (error) {
+    onError(ioError(dir, "list the folder", error));
+    return;
+  }
+  for (const name of names) {
+    if (!name.startsWith(base + ".")) continue;
+    const rest = name.slice(base.length + 1);
+    const tmp = /^(\d+)\.\d+\.[0-9a-z]+\.tmp$/.exec(rest);
+    const claim = /^replace-([0-9a-f]{16})\.\d+$/.exec(rest);
+    try {
+      if (tmp) {
+        const pid = Number(tmp[1]);
+        if (pid !== self && !isAlive(pid)) unlinkIfExists(prefix + name);
+      } else if (claim && claim[1] !== currentId) {
+        const status = statusOf(takeSnapshot(prefix + name));
+        if (status.state === "stale" || status.state === "invalid") unlinkIfExists(prefix + name);
+      }
+    } catch (error) {
+      onError(ioError(prefix + name, "sweep the leftover", error));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Private: replacing a live holder
+// ---------------------------------------------------------------------------------------------------
+
+/** How long a holder may take to vanish after SIGKILL (a process in uninterruptible sleep lingers). */
+const KILL_WAIT_MS = 5000;
+const POLL_MIN_MS = 5;
+const POLL_MAX_MS = 100;
+
+async function stopHolder(path: string, holder: PidRecord, timeoutMs: number): Promise<void> {
+  const marker = { targetPid: holder.pid, byPid: getPid(), at: new Date().toISOString() };
+  writeMarker(path + TAKEOVER_MARKER_SUFFIX, JSON.stringify(marker));
+  signalHolder(path, holder, "SIGTERM");
+  if (await waitUntilGone(holder, timeoutMs)) return;
+  signalHolder(path, holder, "SIGKILL");
+  if (await waitUntilGone(holder, KILL_WAIT_MS)) return;
+  throw new PidFileLockedError(
+    path,
+    holder,
+    `it survived SIGTERM and SIGKILL for ${timeoutMs + KILL_WAIT_MS} ms`,
+  );
+}
+
+function signalHolder(path: string, holder: PidRecord, signal: string): void {
+  if (!liveness(holder).alive) return; // gone, or its pid now belongs to someone else: never signal that
+  try {
+    kill(holder.pid, signal);
+  } catch (error) {
+    if (errorCode(error) === "ESRCH") return;
+    throw new PidFileError(
+      path,
+      `Cannot replace the holder of PID file ${
+        JSON.stringify(path)
+      }: ${signal} to pid ${holder.pid} failed (${errorCode(error) ?? message(error)})`,
+      { code: errorCode(error), cause: error },
+    );
+  }
+}
+
+async function waitUntilGone(holder: PidRecord, timeoutMs: number): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  let pause = POLL_MIN_MS;
+  for (;;) {
+    if (!liveness(holder).alive) return true;
+    const left = deadline - Date.now();
+    if (left <= 0) return false;
+    await new Promise((resolve) => setTimeout(resolve, Math.min(pause, left)));
+    pause = Math.min(pause * 2, POLL_MAX_MS);
+  }
+}
+
+function writeMarker(markerPath: string, json: string): void {
+  try {
+    writeFileAtomic(markerPath, json + "\n", { mode: DEFAULT_PID_FILE_MODE });
+  } catch (error) {
+    throw ioError(markerPath, "write the marker", error);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Private: the held file and its release hooks
+// ---------------------------------------------------------------------------------------------------
+
+class HeldPidFile implements PidFile {
+  readonly path: string;
+  readonly record: PidRecord;
+  readonly text: string;
+  readonly settings: Settings;
+  #released = false;
+
+  constructor(path: string, record: PidRecord, text: string, settings: Settings) {
+    this.path = path;
+    this.record = record;
+    this.text = text;
+    this.settings = settings;
+  }
+
+  get released(): boolean {
+    return this.#released;
+  }
+
+  release(): void {
+    if (this.#released) return;
+    this.#released = true;
+    held.delete(this);
+    syncHooks();
+    let current: Uint8Array | null;
+    try {
+      const stat = statOrNull(this.path);
+      current = stat !== null && stat.isFile ? readHead(this.path, MAX_RECORD_BYTES + 1) : null;
+    } catch (error) {
+      if (errorCode(error) === "ENOENT") return;
+      throw ioError(this.path, "read the PID file", error);
+    }
+    if (current === null || decoder.decode(current) !== this.text) return; // someone else's now: keep it
+    try {
+      unlinkIfExists(this.path);
+    } catch (error) {
+      throw ioError(this.path, "remove the PID file", error);
+    }
+  }
+
+  /** Release from a hook, where nothing can be thrown. */
+  releaseQuietly(): void {
+    try {
+      this.release();
+    } catch (error) {
+      this.settings.onError(error);
+    }
+  }
+
+  [Symbol.dispose](): void {
+    this.release();
+  }
+}
+
+let exitHookOff: (() => void) | null = null;
+const signalHooksOff = new Map<string, () => void>();
+
+/** Subscribes the exit hook and the signal listeners the held files need, and nothing more. */
+function syncHooks(): void {
+  let wantExit = false;
+  const wantSignals = new Set<string>();
+  for (const file of held) {
+    if (file.settings.releaseOnExit) wantExit = true;
+    for (const signal of file.settings.releaseOnSignals) wantSignals.add(signal);
+  }
+  if (wantExit && exitHookOff === null) exitHookOff = onExit(releaseAtExit);
+  if (!wantExit && exitHookOff !== null) {
+    exitHookOff();
+    exitHookOff = null;
+  }
+  for (const [signal, off] of signalHooksOff) {
+    if (!wantSignals.has(signal)) {
+      off();
+      signalHooksOff.delete(signal);
+    }
+  }
+  for (const signal of wantSignals) {
+    // Unknown listener count: re-raising could not be done safely, so leave the signal alone.
+    if (signalHooksOff.has(signal) || signalListenerCount(signal) === null) continue;
+    signalHooksOff.set(signal, onSignal(signal, releaseOnSignal));
+  }
+}
+
+function releaseAtExit(): void {
+  for (const file of [...held]) if (file.settings.releaseOnExit) file.releaseQuietly();
+}
+
+function releaseOnSignal(signal: string): void {
+  // Someone else listens: the signal is theirs, and the exit hook releases when they end the process.
+  if (signalListenerCount(signal) !== 1) return;
+  for (const file of [...held]) if (file.settings.releaseOnSignals.includes(signal)) file.releaseQuietly();
+  signalHooksOff.get(signal)?.();
+  signalHooksOff.delete(signal);
+  // With no listener left the default action is back: the process ends by this signal, as without us.
+  kill(getPid(), signal);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Private: messages
+// ---------------------------------------------------------------------------------------------------
+
+function ioError(path: string, action: string, error: unknown): PidFileError {
+  const code = errorCode(error);
+  const why = code === "EACCES" || code === "EPERM"
+    ? "permission denied"
+    : code === "ENOENT"
+    ? "its folder does not exist"
+    : code === "ENOTDIR"
+    ? "a part of its folder is not a directory"
+    : code === "EISDIR"
+    ? "it is a directory"
+    : message(error);
+  return new PidFileError(
+    path,
+    `Cannot ${action} ${JSON.stringify(path)}: ${why}${code ? ` (${code})` : ""}`,
+    {
+      code,
+      cause: error,
+    },
+  );
+}
+
+function message(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+function describe(value: unknown): string {
+  if (typeof value === "string") return JSON.stringify(value);
+  if (typeof value === "number" || typeof value === "boolean" || value === null || value === undefined) {
+    return String(value);
+  }
+  try {
+    return JSON.stringify(value) ?? typeof value;
+  } catch {
+    return typeof value;
+  }
+}
+
+function preview(text: string): string {
+  const line = JSON.stringify(text.length > 40 ? text.slice(0, 40) + "…" : text);
+  return line;
+}
+
+function isoOrNumber(ms: number): string {
+  const date = new Date(ms);
+  return Number.isNaN(date.getTime()) ? String(ms) : date.toISOString();
+}
