@@ -1,0 +1,1098 @@
+/**
+ * A log file that many processes can share and rotate without losing, splitting or clobbering it.
+ * A plain rotating handler keeps its descriptor on the old inode: after a sibling or `logrotate` renames
+ * `app.log`, it writes into `app.log.1` forever, and its later size-based rollover renames the fresh file
+ * a sibling just created.
+ *
+ * The protocol: every record is one `write(2)` on an `O_APPEND` descriptor (records never tear). Before
+ * a write (every record by default) the `(dev, ino)` of the open file is compared with one `stat` of the
+ * path, which also gives the live size; a different or missing file is reopened. A rollover takes the
+ * lock file `<path>.lock` (published with `link(2)`, holding pid and start time, recovered when its
+ * holder is dead or it is stale) and checks again under it: a file someone else already rotated is
+ * reopened, never renamed.
+ *
+ * @module
+ */
+
+import {
+  closeFd,
+  createExclusive,
+  errorCode,
+  fchmod,
+  fstat,
+  getPid,
+  isAlive,
+  link,
+  openAppend,
+  processStartTime,
+  readProcStat,
+  readTextFileOrNull,
+  rename,
+  sleepSync,
+  stat,
+  statIdentity,
+  statOrNull,
+  tempPathBeside,
+  unlinkIfExists,
+  writeAll,
+  writeOnce,
+  writeTextFile,
+} from "./platform.ts";
+import type { FileIdentity } from "./platform.ts";
+
+// ---------------------------------------------------------------------------------------------------
+// Public types
+// ---------------------------------------------------------------------------------------------------
+
+/** Default of {@linkcode RotatingFileOptions.maxBytes}: 10 MiB. */
+export const DEFAULT_MAX_BYTES = 10 * 1024 * 1024;
+/** Default of {@linkcode RotatingFileOptions.backups}. */
+export const DEFAULT_BACKUPS = 5;
+/** Default of {@linkcode RotatingFileOptions.checkEvery}: check before every record. */
+export const DEFAULT_CHECK_EVERY = 1;
+/** Default of {@linkcode RotatingFileOptions.lockTimeoutMs}. */
+export const DEFAULT_LOCK_TIMEOUT_MS = 5_000;
+/** Default of {@linkcode RotatingFileOptions.lockStaleMs}. */
+export const DEFAULT_LOCK_STALE_MS = 10_000;
+
+/** Options for {@linkcode openRotatingFile}. */
+export interface RotatingFileOptions {
+  /**
+   * Roll over before the live file would grow past this many bytes, judged from the file's real size
+   * (shared by every process writing it). A record larger than this still goes, alone, into a fresh
+   * file. `0` never rolls over.
+   * @default {DEFAULT_MAX_BYTES} (10 MiB)
+   */
+  maxBytes?: number;
+  /**
+   * Keep `path.1` (newest) … `path.N` (oldest); a rollover removes the oldest. `0` keeps no backup: a
+   * rollover discards the full file.
+   * @default {DEFAULT_BACKUPS} (5)
+   */
+  backups?: number;
+  /**
+   * Permission bits (e.g. `0o640`) for every file the handle creates, rolls over to or reopens, applied
+   * with `fchmod` so the umask cannot change them.
+   * @default undefined (new files get 0o666 narrowed by the umask; existing bits are kept)
+   */
+  mode?: number;
+  /**
+   * Records between two external-rotation checks. With 1 no record written after a rename lands in
+   * the backup; with N up to N-1 may, for fewer `stat` calls. The first write of a handle always checks.
+   * @default {DEFAULT_CHECK_EVERY} (1)
+   */
+  checkEvery?: number;
+  /**
+   * Receives every failure: `write`, `rotate`, `reopen` and `close` never throw. Usually a
+   * {@linkcode RotatingFileError}.
+   * @default one line on stderr, at most one every 5 seconds (with a count of the lines held back)
+   */
+  onError?: (error: unknown) => void;
+  /**
+   * How long a rollover waits for the lock held by a live sibling before it gives up (reported to
+   * `onError`; the record still goes into the current file, and the rollover is tried again later).
+   * @default {DEFAULT_LOCK_TIMEOUT_MS} (5000)
+   */
+  lockTimeoutMs?: number;
+  /**
+   * A lock file older than this is taken over even when its holder seems alive (a holder stopped or
+   * frozen mid-rollover, a pid reused in another namespace). A rollover takes milliseconds.
+   * @default {DEFAULT_LOCK_STALE_MS} (10000)
+   */
+  lockStaleMs?: number;
+}
+
+/** What a {@linkcode RotatingFile} was doing when it failed. */
+export type RotatingFileOperation = "open" | "check" | "write" | "rollover" | "close";
+
+/**
+ * A failure of a {@linkcode RotatingFile}, handed to `onError`. It tells whether the record at hand was
+ * dropped (`lost`) or still written to the current descriptor.
+ *
+ * @example Count dropped records
+ * ```ts
+ * import { openRotatingFile, RotatingFileError } from "./logging.ts";
+ * let dropped = 0;
+ * const log = openRotatingFile("/nonexistent-dir/app.log", {
+ *   onError: (error) => {
+ *     if (error instanceof RotatingFileError && error.lost) dropped++;
+ *   },
+ * });
+ * log.write("hello");
+ * console.log(dropped); // 1
+ * ```
+ */
+export class RotatingFileError extends Error {
+  /** The log file's path. */
+  readonly path: string;
+  /** What failed. */
+  readonly operation: RotatingFileOperation;
+  /** The errno name of the cause (`"ENOSPC"`, `"EACCES"`, …), when it has one. */
+  readonly code: string | undefined;
+  /** `true` when the record being written was dropped; `false` when it still reached a descriptor. */
+  readonly lost: boolean;
+
+  /**
+   * @param path The log file's path.
+   * @param operation What failed.
+   * @param message What could not be done.
+   * @param options `cause`: the original error; `lost`: whether a record was dropped.
+   */
+  constructor(
+    path: string,
+    operation: RotatingFileOperation,
+    message: string,
+    options: { cause?: unknown; lost?: boolean } = {},
+  ) {
+    super(message, { cause: options.cause });
+    this.name = "RotatingFileError";
+    this.path = path;
+    this.operation = operation;
+    this.code = errorCode(options.cause);
+    this.lost = options.lost ?? false;
+  }
+}
+
+/**
+ * A log file opened by {@linkcode openRotatingFile}. Also a valid pino-style destination: anything
+ * with `write(string)`.
+ */
+export interface RotatingFile {
+  /** The live file's path. */
+  readonly path: string;
+  /** `true` once {@linkcode RotatingFile.close} was called. */
+  readonly closed: boolean;
+  /**
+   * Appends one record with one `write(2)` on an `O_APPEND` descriptor, adding `"\n"` when missing.
+   * Synchronous; never throws (failures go to `onError`).
+   */
+  write(record: string | Uint8Array): void;
+  /**
+   * Rolls over now under the lock. If the file this handle writes was already rotated by someone else,
+   * adopts the new live file instead of rotating again.
+   */
+  rotate(): void;
+  /** Reopens the path now (SIGHUP-style), creating it when gone. */
+  reopen(): void;
+  /** Closes the descriptor. Idempotent; later writes go to `onError`. */
+  close(): void;
+  /** Same as {@linkcode RotatingFile.close}, so `using log = openRotatingFile(…)` works. */
+  [Symbol.dispose](): void;
+}
+
+/** The levels of a {@linkcode Logger}, lowest first. */
+export type LogLevel = "debug" | "info" | "warn" | "error";
+
+/** The levels in order, lowest first. */
+export const LOG_LEVELS: readonly LogLevel[] = Object.freeze(["debug", "info", "warn", "error"]);
+
+/** Default of {@linkcode LoggerOptions.level}. */
+export const DEFAULT_LOG_LEVEL: LogLevel = "info";
+
+/** Where a {@linkcode Logger} writes its lines: a {@linkcode RotatingFile}, a stream, anything. */
+export interface LogSink {
+  /** Receives one complete JSON line, ending in `"\n"`. */
+  write(line: string): unknown;
+}
+
+/** Options for {@linkcode createLogger}. */
+export interface LoggerOptions {
+  /** Receives one JSON line per record. */
+  sink: LogSink;
+  /**
+   * Records below this level are dropped.
+   * @default {DEFAULT_LOG_LEVEL} ("info")
+   */
+  level?: LogLevel;
+  /**
+   * Fields added to every record (copied now: later changes to the object are not seen).
+   * @default {} (none)
+   */
+  fields?: Record<string, unknown>;
+  /**
+   * Receives a failure of the sink; a log call never throws.
+   * @default one line on stderr, at most one every 5 seconds
+   */
+  onError?: (error: unknown) => void;
+}
+
+/** Fields of one record: any values; errors, cycles and BigInt are made JSON-safe. */
+export type LogFields = Record<string, unknown>;
+
+/**
+ * A structured logger writing one JSON line per record: `{"ts","level","msg",...fields}`.
+ * Errors become `{name, message, stack, cause}`; circular references and BigInt never throw.
+ */
+export interface Logger {
+  /** The lowest level written. */
+  readonly level: LogLevel;
+  /** Writes a `debug` record. */
+  debug(msg: string, fields?: LogFields): void;
+  /** Writes an `info` record. */
+  info(msg: string, fields?: LogFields): void;
+  /** Writes a `warn` record. */
+  warn(msg: string, fields?: LogFields): void;
+  /** Writes an `error` record. */
+  error(msg: string, fields?: LogFields): void;
+  /** A logger writing to the same sink with these fields added to (and overriding) this one's. */
+  child(fields: LogFields): Logger;
+  /** Whether records of `level` are written. */
+  isLevelEnabled(level: LogLevel): boolean;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Public functions
+// ---------------------------------------------------------------------------------------------------
+
+/**
+ * Opens a log file that survives external rotation and rolls over safely with many processes writing
+ * it. Only bad options throw (`TypeError`, `RangeError`); a path that cannot be opened now is reported
+ * to `onError` and retried on each write.
+ *
+ * @param path The live log file.
+ * @param options Size limit, backups, mode, check period, error callback.
+ * @returns The open file.
+ *
+ * @example Append records, rotated at 1 MiB with 3 backups
+ * ```ts
+ * import { openRotatingFile } from "./logging.ts";
+ * using log = openRotatingFile("/tmp/example-app.log", { maxBytes: 1 << 20, backups: 3, mode: 0o640 });
+ * log.write("service started");
+ * log.write(JSON.stringify({ event: "ready", port: 8080 }) + "\n");
+ * ```
+ *
+ * @example Reopen on SIGHUP, for a logrotate `postrotate` that signals
+ * ```ts ignore
+ * import { openRotatingFile } from "./logging.ts";
+ * import { onSignal } from "./platform.ts";
+ * const log = openRotatingFile("/var/log/app/app.log");
+ * onSignal("SIGHUP", () => log.reopen());
+ * ```
+ *
+ * @example As a pino destination (anything with `write(string)`)
+ * ```ts ignore
+ * import pino from "pino";
+ * import { openRotatingFile } from "./logging.ts";
+ * const logger = pino(openRotatingFile("/tmp/example-app.log"));
+ * logger.info("hello");
+ * ```
+ */
+export function openRotatingFile(path: string, options: RotatingFileOptions = {}): RotatingFile {
+  if (typeof path !== "string" || path === "") {
+    throw new TypeError(`Cannot open log file ${safeQuote(path)}: path must be a non-empty string`);
+  }
+  if (typeof options !== "object" || options === null) {
+    throw new TypeError(
+      `Cannot open log file "${path}": options must be an object, got ${safeQuote(options)}`,
+    );
+  }
+  const settings: Settings = {
+    maxBytes: checkInteger("maxBytes", options.maxBytes, DEFAULT_MAX_BYTES, 0),
+    backups: checkInteger("backups", options.backups, DEFAULT_BACKUPS, 0),
+    mode: checkMode(options.mode),
+    checkEvery: checkInteger("checkEvery", options.checkEvery, DEFAULT_CHECK_EVERY, 1),
+    onError: checkCallback(options.onError) ?? createStderrReporter(),
+    lockTimeoutMs: checkInteger("lockTimeoutMs", options.lockTimeoutMs, DEFAULT_LOCK_TIMEOUT_MS, 0),
+    lockStaleMs: checkInteger("lockStaleMs", options.lockStaleMs, DEFAULT_LOCK_STALE_MS, 1),
+  };
+  return new RotatingFileHandle(path, settings);
+}
+
+/**
+ * Creates a structured logger that writes one JSON line per record to `sink`.
+ *
+ * @param options The sink, the lowest level written, base fields, error callback.
+ * @returns The logger.
+ *
+ * @example Log to a rotating file
+ * ```ts
+ * import { createLogger, openRotatingFile } from "./logging.ts";
+ * const log = createLogger({ sink: openRotatingFile("/tmp/example-app.log"), fields: { app: "gateway" } });
+ * log.info("listening", { port: 8080 });
+ * const request = log.child({ requestId: "r-1" });
+ * request.error("failed", { err: new Error("boom", { cause: new Error("disk") }) });
+ * ```
+ */
+export function createLogger(options: LoggerOptions): Logger {
+  if (typeof options !== "object" || options === null) {
+    throw new TypeError(`Cannot create logger: options must be an object, got ${safeQuote(options)}`);
+  }
+  const { sink } = options;
+  if (typeof sink !== "object" || sink === null || typeof sink.write !== "function") {
+    throw new TypeError(`Cannot create logger: option "sink" must have a write(line) method`);
+  }
+  const level = options.level ?? DEFAULT_LOG_LEVEL;
+  if (!LOG_LEVELS.includes(level)) {
+    throw new TypeError(
+      `Cannot create logger: option "level" must be one of ${LOG_LEVELS.join(", ")}, got ${safeQuote(level)}`,
+    );
+  }
+  const fields = options.fields ?? {};
+  if (typeof fields !== "object" || fields === null || Array.isArray(fields)) {
+    throw new TypeError(`Cannot create logger: option "fields" must be an object, got ${safeQuote(fields)}`);
+  }
+  const onError = checkCallback(options.onError) ?? createStderrReporter();
+  return new JsonLogger(sink, level, toPlainFields(fields), onError);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Private: the rotating file
+// ---------------------------------------------------------------------------------------------------
+
+interface Settings {
+  maxBytes: number;
+  backups: number;
+  mode: number | undefined;
+  checkEvery: number;
+  onError: (error: unknown) => void;
+  lockTimeoutMs: number;
+  lockStaleMs: number;
+}
+
+/** After a rollover gave up waiting for the lock, writes go on for this long before the next try. */
+const ROLLOVER_RETRY_MS = 1_000;
+/** Lock waits sleep from the first to the last value, doubling. */
+const LOCK_SLEEP_MIN_MS = 1;
+const LOCK_SLEEP_MAX_MS = 32;
+/** How often a backup shift starts over when siblings keep filling the slot it just freed. */
+const SHIFT_ATTEMPTS = 3;
+/** Errors of `link(2)` that mean "this filesystem has no hard links": fall back to `rename(2)`. */
+const NO_LINK_CODES = new Set(["EPERM", "ENOTSUP", "EOPNOTSUPP", "ENOSYS", "EXDEV", "EMLINK"]);
+/** Records up to this many UTF-16 units are encoded into one reused buffer (no allocation). */
+const SCRATCH_BYTES = 64 * 1024;
+const NEWLINE = 0x0a;
+
+const encoder = new TextEncoder();
+
+class RotatingFileHandle implements RotatingFile {
+  readonly path: string;
+  readonly #settings: Settings;
+  readonly #lockPath: string;
+  /** The open descriptor, or -1 when none could be opened. */
+  #fd = -1;
+  /** Identity of the open file; `ino` null = unknown (never taken as a change). */
+  #dev = 0;
+  #ino: number | null = null;
+  /** The live file's size as last seen by a stat, plus what this handle wrote since. */
+  #size = 0;
+  /** Writes left before the next external-rotation check; 0 = check before the next write. */
+  #untilCheck = 0;
+  #closed = false;
+  /** `Date.now()` before which no size rollover is tried again (after a lock timeout). */
+  #rolloverRetryAt = 0;
+  #scratch = new Uint8Array(SCRATCH_BYTES);
+
+  constructor(path: string, settings: Settings) {
+    this.path = path;
+    this.#settings = settings;
+    this.#lockPath = `${path}.lock`;
+    this.#open("open", false);
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  write(record: string | Uint8Array): void {
+    if (this.#closed) {
+      this.#fail("write", "the handle is closed", undefined, true);
+      return;
+    }
+    const bytes = this.#encode(record);
+    if (this.#untilCheck <= 0) {
+      this.#untilCheck = this.#settings.checkEvery;
+      this.#check(bytes.length);
+    }
+    this.#untilCheck -= 1;
+    if (this.#fd < 0) return; // #check reported the record as lost
+    const { maxBytes } = this.#settings;
+    if (maxBytes > 0 && this.#size > 0 && this.#size + bytes.length > maxBytes) {
+      this.#rollover(bytes.length, false);
+    }
+    this.#append(bytes);
+  }
+
+  rotate(): void {
+    if (this.#closed) {
+      this.#fail("rollover", "the handle is closed", undefined, false);
+      return;
+    }
+    this.#rollover(0, true);
+  }
+
+  reopen(): void {
+    if (this.#closed) {
+      this.#fail("open", "the handle is closed", undefined, false);
+      return;
+    }
+    if (this.#open("open", false)) this.#untilCheck = this.#settings.checkEvery;
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    if (this.#fd < 0) return;
+    const fd = this.#fd;
+    this.#fd = -1;
+    try {
+      closeFd(fd);
+    } catch (error) {
+      this.#fail("close", "close failed", error, false);
+    }
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  /** The record as bytes ending in a newline; short records reuse one buffer. */
+  #encode(record: string | Uint8Array): Uint8Array {
+    if (typeof record !== "string") {
+      if (record instanceof Uint8Array) {
+        if (record.length > 0 && record[record.length - 1] === NEWLINE) return record;
+        const bytes = new Uint8Array(record.length + 1);
+        bytes.set(record);
+        bytes[record.length] = NEWLINE;
+        return bytes;
+      }
+      record = String(record);
+    }
+    const newline = record.length === 0 || record.charCodeAt(record.length - 1) !== NEWLINE;
+    if (record.length * 3 < SCRATCH_BYTES) {
+      const { written } = encoder.encodeInto(record, this.#scratch);
+      if (!newline) return this.#scratch.subarray(0, written);
+      this.#scratch[written] = NEWLINE;
+      return this.#scratch.subarray(0, written + 1);
+    }
+    return encoder.encode(newline ? record + "\n" : record);
+  }
+
+  /**
+   * The external-rotation check: one stat of the path gives its identity and its size. A missing or
+   * different file is reopened; on failure the current descriptor is kept.
+   */
+  #check(incoming: number): void {
+    let seen: FileIdentity | null;
+    try {
+      seen = statIdentity(this.path);
+    } catch (error) {
+      if (this.#fd >= 0) {
+        this.#fail("check", "stat failed; writing to the current descriptor", error, false);
+        return;
+      }
+      seen = null;
+    }
+    if (seen !== null && this.#fd >= 0 && !this.#isOtherFile(seen)) {
+      this.#size = seen.size;
+      return;
+    }
+    if (!this.#open("check", incoming > 0) && this.#fd < 0) this.#untilCheck = 0;
+  }
+
+  /** `true` when `seen` is known to be another file than the open one (unknown inodes never are). */
+  #isOtherFile(seen: FileIdentity): boolean {
+    if (seen.ino === null || this.#ino === null) return false;
+    return seen.ino !== this.#ino || seen.dev !== this.#dev;
+  }
+
+  /**
+   * Opens (creating) the path, applies `mode`, and swaps it in for the current descriptor. On failure
+   * the current descriptor stays; `recordAtStake` says whether a write is waiting for this open.
+   */
+  #open(operation: RotatingFileOperation, recordAtStake: boolean): boolean {
+    let fd: number;
+    try {
+      fd = openAppend(this.path);
+    } catch (error) {
+      const keeps = this.#fd >= 0;
+      const lost = recordAtStake && !keeps;
+      const what = keeps ? "open failed; writing to the current descriptor" : "open failed";
+      this.#fail(operation, what, error, lost);
+      return false;
+    }
+    let opened;
+    try {
+      opened = fstat(fd);
+    } catch (error) {
+      try {
+        closeFd(fd);
+      } catch {
+        // The fstat error below is the one that matters; this descriptor is unusable either way.
+      }
+      this.#fail(operation, "fstat failed", error, recordAtStake && this.#fd < 0);
+      return false;
+    }
+    const { mode } = this.#settings;
+    if (mode !== undefined && (opened.mode & 0o7777) !== mode) {
+      try {
+        fchmod(fd, mode);
+      } catch (error) {
+        this.#fail(operation, `cannot set mode ${mode.toString(8)}; writing anyway`, error, false);
+      }
+    }
+    const previous = this.#fd;
+    this.#fd = fd;
+    this.#dev = opened.dev;
+    this.#ino = opened.ino;
+    this.#size = opened.size;
+    if (previous >= 0) {
+      try {
+        closeFd(previous);
+      } catch (error) {
+        this.#fail(operation, "closing the previous descriptor failed", error, false);
+      }
+    }
+    return true;
+  }
+
+  /** One `write(2)`; a short write (full disk) is completed with `writeAll`, never dropped silently. */
+  #append(bytes: Uint8Array): void {
+    let written = 0;
+    try {
+      written = writeOnce(this.#fd, bytes);
+      if (written < bytes.length) writeAll(this.#fd, bytes.subarray(written));
+      this.#size += bytes.length;
+    } catch (error) {
+      this.#fail("write", "write failed; the record was dropped", error, true);
+    }
+  }
+
+  /**
+   * Rolls the live file over under the lock. Under the lock, the path is checked again: a file that is
+   * no longer ours (rotated by someone else) is reopened, not renamed, and a size rollover happens only
+   * if the real size still calls for it.
+   */
+  #rollover(incoming: number, force: boolean): void {
+    if (!force && Date.now() < this.#rolloverRetryAt) return;
+    const lock = acquireLock(this.#lockPath, this.#settings);
+    if (typeof lock !== "string") {
+      this.#rolloverRetryAt = Date.now() + ROLLOVER_RETRY_MS;
+      this.#fail("rollover", "cannot take the rollover lock; writing to the current file", lock.error, false);
+      return;
+    }
+    try {
+      let seen: FileIdentity | null;
+      try {
+        seen = statIdentity(this.path);
+      } catch (error) {
+        this.#fail("rollover", "stat failed; rollover skipped", error, false);
+        return;
+      }
+      if (seen === null || this.#isOtherFile(seen)) {
+        // Someone else rotated (or removed) it: adopt the live file instead of renaming it.
+        if (!this.#open("rollover", false) || force) return;
+      } else if (!seen.isFile) {
+        this.#fail("rollover", "not a regular file; rollover skipped", undefined, false);
+        return;
+      } else {
+        this.#size = seen.size;
+      }
+      const { maxBytes } = this.#settings;
+      if (!force && !(this.#size > 0 && this.#size + incoming > maxBytes)) return;
+      this.#shiftBackups();
+      this.#open("rollover", false);
+    } finally {
+      const released = releaseLock(this.#lockPath, lock);
+      if (released !== null) this.#fail("rollover", released, undefined, false);
+    }
+  }
+
+  /** `path.N` is removed, `path.i` becomes `path.i+1`, the live file becomes `path.1`. */
+  #shiftBackups(): void {
+    const { backups } = this.#settings;
+    try {
+      if (backups === 0) {
+        unlinkIfExists(this.path);
+        return;
+      }
+      for (let attempt = 1;; attempt++) {
+        unlinkIfExists(`${this.path}.${backups}`);
+        let occupied = false;
+        for (let i = backups - 1; i >= 1 && !occupied; i--) {
+          occupied =
+            moveNoClobber(`${this.path}.${i}`, `${this.path}.${i + 1}`, attempt >= SHIFT_ATTEMPTS) ===
+              "occupied";
+        }
+        if (!occupied) {
+          occupied = moveNoClobber(this.path, `${this.path}.1`, attempt >= SHIFT_ATTEMPTS) === "occupied";
+        }
+        if (!occupied) return;
+        // A sibling filled a slot we had just freed: start over from the oldest end.
+      }
+    } catch (error) {
+      this.#fail("rollover", "shifting the backups failed", error, false);
+    }
+  }
+
+  #fail(operation: RotatingFileOperation, what: string, cause: unknown, lost: boolean): void {
+    const reason = cause === undefined ? "" : `: ${describeCause(cause)}`;
+    const message = `Log file "${this.path}" (${operation}): ${what}${reason}`;
+    const error = new RotatingFileError(this.path, operation, message, { cause, lost });
+    try {
+      this.#settings.onError(error);
+    } catch {
+      // onError itself threw: write() promised never to throw, and there is nobody left to tell.
+    }
+  }
+}
+
+/**
+ * Moves `from` to `to` without replacing anything at `to` (`link` then `unlink`). `"vanished"` when
+ * `from` is gone (a sibling moved it), `"occupied"` when something appeared at `to`. `clobber` (the
+ * last attempt) and filesystems without hard links use `rename(2)`.
+ */
+function moveNoClobber(from: string, to: string, clobber: boolean): "moved" | "vanished" | "occupied" {
+  if (!clobber) {
+    try {
+      link(from, to);
+      unlinkIfExists(from);
+      return "moved";
+    } catch (error) {
+      const code = errorCode(error);
+      if (code === "ENOENT") return "vanished";
+      if (code === "EEXIST") return "occupied";
+      if (!NO_LINK_CODES.has(code ?? "")) throw error;
+    }
+  }
+  try {
+    rename(from, to);
+    return "moved";
+  } catch (error) {
+    if (errorCode(error) === "ENOENT") return "vanished";
+    throw error;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Private: the rollover lock
+// ---------------------------------------------------------------------------------------------------
+
+interface LockRecord {
+  pid: number;
+  startTime: number | null;
+  token: string;
+  at: string;
+}
+
+/**
+ * Takes `<path>.lock`: a fully written temporary file is published with `link(2)` (atomic, fails when
+ * a lock exists). A lock whose holder is dead, a zombie, another process with the same pid, or older
+ * than `lockStaleMs` is taken over. Returns the token, or the error after `lockTimeoutMs`.
+ */
+function acquireLock(
+  lockPath: string,
+  settings: { lockTimeoutMs: number; lockStaleMs: number },
+): string | { error: unknown } {
+  const pid = getPid();
+  const token = `${pid}-${Date.now()}-${Math.random().toString(36).slice(2)}`;
+  const record: LockRecord = { pid, startTime: processStartTime(pid), token, at: new Date().toISOString() };
+  const text = JSON.stringify(record) + "\n";
+  const deadline = Date.now() + settings.lockTimeoutMs;
+  let sleepMs = LOCK_SLEEP_MIN_MS;
+  let tmp: string | null = tempPathBeside(lockPath);
+  try {
+    writeTextFile(tmp, text);
+  } catch (error) {
+    return { error };
+  }
+  try {
+    for (;;) {
+      try {
+        if (tmp !== null) link(tmp, lockPath);
+        else closeFd(writeExclusive(lockPath, text));
+        return token;
+      } catch (error) {
+        const code = errorCode(error);
+        if (tmp !== null && NO_LINK_CODES.has(code ?? "")) {
+          unlinkIfExists(tmp); // no hard links here: exclusive create instead (see writeExclusive)
+          tmp = null;
+          continue;
+        }
+        if (code !== "EEXIST") return { error };
+      }
+      if (takeOverIfStale(lockPath, settings.lockStaleMs)) continue;
+      if (Date.now() >= deadline) {
+        const holder = readTextFileOrNull(lockPath)?.trim() ?? "gone";
+        return {
+          error: new Error(`lock "${lockPath}" still held after ${settings.lockTimeoutMs} ms by ${holder}`),
+        };
+      }
+      sleepSync(sleepMs);
+      sleepMs = Math.min(sleepMs * 2, LOCK_SLEEP_MAX_MS);
+    }
+  } catch (error) {
+    return { error };
+  } finally {
+    if (tmp !== null) {
+      try {
+        unlinkIfExists(tmp);
+      } catch {
+        // A leftover temporary beside the lock is harmless; the lock outcome is what matters.
+      }
+    }
+  }
+}
+
+/** Exclusive create then write: the fallback where `link(2)` is missing (an empty lock looks young). */
+function writeExclusive(lockPath: string, text: string): number {
+  const fd = createExclusive(lockPath);
+  writeAll(fd, encoder.encode(text));
+  return fd;
+}
+
+/**
+ * Removes the lock at `lockPath` when it is stale; returns whether the caller should retry at once.
+ * The stale file is first renamed aside and checked to be the one judged stale, so a lock that a
+ * sibling recovered meanwhile is never removed.
+ */
+function takeOverIfStale(lockPath: string, staleMs: number): boolean {
+  const seen = statOrNull(lockPath);
+  if (seen === null) return true; // released meanwhile
+  const text = readTextFileOrNull(lockPath);
+  if (text === null) return true;
+  let holder: Partial<LockRecord> | null = null;
+  try {
+    holder = JSON.parse(text) as Partial<LockRecord>;
+  } catch {
+    holder = null;
+  }
+  const old = Date.now() - seen.mtimeMs > staleMs;
+  if (!old && !(holder !== null && isDeadHolder(holder))) return false;
+  const aside = tempPathBeside(lockPath);
+  try {
+    rename(lockPath, aside);
+  } catch (error) {
+    if (errorCode(error) === "ENOENT") return true; // someone else took it over first
+    throw error;
+  }
+  const taken = stat(aside);
+  if (taken.ino !== null && seen.ino !== null && taken.ino !== seen.ino) {
+    // Not the file we judged: a sibling's fresh lock. Put it back (unless a third one exists).
+    try {
+      link(aside, lockPath);
+    } catch {
+      // Someone holds the lock again; theirs stands.
+    }
+  }
+  unlinkIfExists(aside);
+  return true;
+}
+
+function isDeadHolder(holder: Partial<LockRecord>): boolean {
+  const pid = holder.pid;
+  if (typeof pid !== "number" || !Number.isInteger(pid) || pid <= 0) return true;
+  if (!isAlive(pid)) return true;
+  if (readProcStat(pid)?.state === "Z") return true;
+  if (typeof holder.startTime === "number") {
+    const started = processStartTime(pid);
+    if (started !== null && started !== holder.startTime) return true; // the pid was reused
+  }
+  return false;
+}
+
+/** Removes the lock if it still holds our token; returns a complaint when it did not. */
+function releaseLock(lockPath: string, token: string): string | null {
+  try {
+    const text = readTextFileOrNull(lockPath);
+    if (text === null || !text.includes(token)) {
+      return `the rollover lock "${lockPath}" was taken over while held (held longer than lockStaleMs?)`;
+    }
+    unlinkIfExists(lockPath);
+    return null;
+  } catch (error) {
+    return `cannot release the rollover lock "${lockPath}": ${describeCause(error)}`;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Private: the logger
+// ---------------------------------------------------------------------------------------------------
+
+const LEVEL_RANK: Record<LogLevel, number> = { debug: 10, info: 20, warn: 30, error: 40 };
+/** Keys every record starts with; a field of the same name is written as `_<key>`. */
+const RESERVED_KEYS = new Set(["ts", "level", "msg"]);
+/** Nesting below this depth is written as `"[Too deep]"`. */
+const MAX_DEPTH = 32;
+
+class JsonLogger implements Logger {
+  readonly level: LogLevel;
+  readonly #sink: LogSink;
+  readonly #rank: number;
+  readonly #fields: LogFields;
+  /** `#fields` as JSON members (`,"a":1,"b":2`), serialised once. */
+  readonly #fieldsJson: string;
+  readonly #onError: (error: unknown) => void;
+
+  constructor(sink: LogSink, level: LogLevel, fields: LogFields, onError: (error: unknown) => void) {
+    this.level = level;
+    this.#sink = sink;
+    this.#rank = LEVEL_RANK[level];
+    this.#fields = fields;
+    this.#fieldsJson = jsonMembers(fields);
+    this.#onError = onError;
+  }
+
+  debug(msg: string, fields?: LogFields): void {
+    if (this.#rank <= LEVEL_RANK.debug) this.#write("debug", msg, fields);
+  }
+
+  info(msg: string, fields?: LogFields): void {
+    if (this.#rank <= LEVEL_RANK.info) this.#write("info", msg, fields);
+  }
+
+  warn(msg: string, fields?: LogFields): void {
+    if (this.#rank <= LEVEL_RANK.warn) this.#write("warn", msg, fields);
+  }
+
+  error(msg: string, fields?: LogFields): void {
+    if (this.#rank <= LEVEL_RANK.error) this.#write("error", msg, fields);
+  }
+
+  child(fields: LogFields): Logger {
+    if (typeof fields !== "object" || fields === null || Array.isArray(fields)) {
+      throw new TypeError(`Cannot create child logger: fields must be an object, got ${safeQuote(fields)}`);
+    }
+    return new JsonLogger(
+      this.#sink,
+      this.level,
+      { ...this.#fields, ...toPlainFields(fields) },
+      this.#onError,
+    );
+  }
+
+  isLevelEnabled(level: LogLevel): boolean {
+    return LEVEL_RANK[level] !== undefined && this.#rank <= LEVEL_RANK[level];
+  }
+
+  #write(level: LogLevel, msg: unknown, fields: LogFields | undefined): void {
+    let line: string;
+    try {
+      let text: string;
+      if (typeof msg === "string") {
+        text = msg;
+      } else if (isError(msg)) {
+        text = String((msg as Error).message);
+        fields = { err: msg, ...fields };
+      } else {
+        text = jsonText(msg);
+      }
+      let members = this.#fieldsJson;
+      if (fields !== undefined && fields !== null) {
+        const own = toPlainFields(fields);
+        let overlaps = false;
+        for (const key in own) {
+          if (Object.hasOwn(this.#fields, key)) {
+            overlaps = true;
+            break;
+          }
+        }
+        members = overlaps ? jsonMembers({ ...this.#fields, ...own }) : members + jsonMembers(own);
+      }
+      line = `{"ts":"${new Date().toISOString()}","level":"${level}","msg":${
+        JSON.stringify(text)
+      }${members}}\n`;
+    } catch (error) {
+      this.#onError(new Error(`Cannot serialise a ${level} record`, { cause: error }));
+      return;
+    }
+    try {
+      this.#sink.write(line);
+    } catch (error) {
+      try {
+        this.#onError(new Error(`The log sink failed to write a ${level} record`, { cause: error }));
+      } catch {
+        // onError itself threw: a log call promised never to throw.
+      }
+    }
+  }
+}
+
+/** Own enumerable fields with reserved keys renamed (`msg` → `_msg`). */
+function toPlainFields(fields: object): LogFields {
+  const out: LogFields = {};
+  for (const key of Object.keys(fields)) {
+    let value: unknown;
+    try {
+      value = (fields as LogFields)[key];
+    } catch (error) {
+      value = `[Unserializable: ${describeCause(error)}]`;
+    }
+    out[RESERVED_KEYS.has(key) ? `_${key}` : key] = value;
+  }
+  return out;
+}
+
+/** The members of an object as JSON without braces, each preceded by a comma (`,"a":1`). */
+function jsonMembers(fields: LogFields): string {
+  let out = "";
+  for (const key of Object.keys(fields)) {
+    const value = jsonText(fields[key]);
+    if (value !== undefined) out += `,${JSON.stringify(key)}:${value}`;
+  }
+  return out;
+}
+
+/**
+ * JSON text of any value. The fast path is `JSON.stringify` with errors and BigInt replaced; a cycle
+ * (or a throwing getter / toJSON) falls back to a walk that writes `"[Circular]"` instead.
+ */
+function jsonText(value: unknown): string {
+  try {
+    const text = JSON.stringify(value, fastReplacer);
+    if (text !== undefined) return text;
+  } catch {
+    // A cycle, a throwing toJSON or getter: the careful walk below handles all of them.
+  }
+  return JSON.stringify(toJsonValue(value, [], 0)) ?? "null";
+}
+
+function fastReplacer(_key: string, value: unknown): unknown {
+  if (typeof value === "bigint") return value.toString();
+  if (typeof value === "object" && value !== null && isError(value)) return toJsonValue(value, [], 0);
+  return value;
+}
+
+/** A JSON-safe copy: errors as `{name, message, stack, cause, ...}`, BigInt as text, cycles marked. */
+function toJsonValue(value: unknown, ancestors: unknown[], depth: number): unknown {
+  if (typeof value === "bigint") return value.toString();
+  if (typeof value !== "object" || value === null) return value;
+  if (ancestors.includes(value)) return "[Circular]";
+  if (depth >= MAX_DEPTH) return "[Too deep]";
+  ancestors.push(value);
+  try {
+    if (isError(value)) return errorToJson(value as Error, ancestors, depth);
+    const toJSON = (value as { toJSON?: unknown }).toJSON;
+    if (typeof toJSON === "function") return toJsonValue(toJSON.call(value), ancestors, depth + 1);
+    if (Array.isArray(value)) return value.map((item) => toJsonValue(item, ancestors, depth + 1) ?? null);
+    if (value instanceof Map) {
+      const out: Record<string, unknown> = {};
+      for (const [key, item] of value) out[String(key)] = toJsonValue(item, ancestors, depth + 1);
+      return out;
+    }
+    if (value instanceof Set) {
+      return [...value].map((item) => toJsonValue(item, ancestors, depth + 1) ?? null);
+    }
+    const out: Record<string, unknown> = {};
+    for (const key of Object.keys(value)) {
+      try {
+        out[key] = toJsonValue((value as Record<string, unknown>)[key], ancestors, depth + 1);
+      } catch (error) {
+        out[key] = `[Unserializable: ${describeCause(error)}]`;
+      }
+    }
+    return out;
+  } catch (error) {
+    return `[Unserializable: ${describeCause(error)}]`;
+  } finally {
+    ancestors.pop();
+  }
+}
+
+function errorToJson(error: Error, ancestors: unknown[], depth: number): Record<string, unknown> {
+  const out: Record<string, unknown> = {
+    name: safeGet(() => error.name),
+    message: safeGet(() => error.message),
+    stack: safeGet(() => error.stack),
+  };
+  for (const key of Object.keys(error)) {
+    if (key in out || key === "cause") continue;
+    try {
+      out[key] = toJsonValue((error as unknown as Record<string, unknown>)[key], ancestors, depth + 1);
+    } catch (cause) {
+      out[key] = `[Unserializable: ${describeCause(cause)}]`;
+    }
+  }
+  if ("cause" in error && error.cause !== undefined) {
+    out.cause = toJsonValue(error.cause, ancestors, depth + 1);
+  }
+  if (error instanceof AggregateError && Array.isArray(error.errors)) {
+    out.errors = error.errors.map((item: unknown) => toJsonValue(item, ancestors, depth + 1) ?? null);
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Private: small helpers
+// ---------------------------------------------------------------------------------------------------
+
+/** The default `onError`: one line on stderr, then at most one every interval, counting the rest. */
+const STDERR_REPORT_INTERVAL_MS = 5_000;
+
+function createStderrReporter(): (error: unknown) => void {
+  let lastAt = -Infinity;
+  let heldBack = 0;
+  return (error: unknown) => {
+    const now = Date.now();
+    if (now - lastAt < STDERR_REPORT_INTERVAL_MS) {
+      heldBack += 1;
+      return;
+    }
+    lastAt = now;
+    const more = heldBack > 0 ? ` (${heldBack} more since the last report)` : "";
+    heldBack = 0;
+    const text = `keelson logging: ${describeCause(error)}${more}\n`;
+    try {
+      writeOnce(2, encoder.encode(text));
+    } catch {
+      // stderr is closed or full: the report has nowhere to go, and logging must not throw.
+    }
+  };
+}
+
+function isError(value: unknown): boolean {
+  return value instanceof Error || Object.prototype.toString.call(value) === "[object Error]";
+}
+
+function safeGet(read: () => unknown): unknown {
+  try {
+    const value = read();
+    return typeof value === "string" ? value : value === undefined ? undefined : String(value);
+  } catch (error) {
+    return `[Unserializable: ${describeCause(error)}]`;
+  }
+}
+
+function describeCause(cause: unknown): string {
+  try {
+    if (isError(cause)) return String((cause as Error).message);
+    return String(cause);
+  } catch {
+    return "(an error that cannot be described)";
+  }
+}
+
+function safeQuote(value: unknown): string {
+  try {
+    if (typeof value === "bigint") return `${value}n`;
+    return JSON.stringify(value) ?? String(value);
+  } catch {
+    return String(value);
+  }
+}
+
+function checkInteger(name: string, value: unknown, fallback: number, min: number): number {
+  if (value === undefined) return fallback;
+  if (typeof value !== "number" || !Number.isSafeInteger(value)) {
+    throw new TypeError(`Option "${name}" must be an integer, got ${safeQuote(value)}`);
+  }
+  if (value < min) throw new RangeError(`Option "${name}" must be at least ${min}, got ${value}`);
+  return value;
+}
+
+function checkMode(value: unknown): number | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== "number" || !Number.isInteger(value) || value < 0 || value > 0o7777) {
+    throw new RangeError(
+      `Option "mode" must be permission bits between 0 and 0o7777, got ${safeQuote(value)}`,
+    );
+  }
+  return value;
+}
+
+function checkCallback(value: unknown): ((error: unknown) => void) | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== "function") {
+    throw new TypeError(`Option "onError" must be a function, got ${safeQuote(value)}`);
+  }
+  return value as (error: unknown) => void;
+}
