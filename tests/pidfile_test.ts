@@ -1,0 +1,861 @@
+import { after, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import {
+  acquirePidFile,
+  DEFAULT_PID_FILE_MODE,
+  markPlannedStop,
+  PidFileError,
+  PidFileLockedError,
+  readPidFile,
+} from "../pidfile.ts";
+import {
+  getPid,
+  getUid,
+  hostname,
+  isAlive,
+  onSignal,
+  processStartTime,
+  readProcStat,
+  scriptCommand,
+  signalListenerCount,
+} from "../platform.ts";
+
+const FIXTURES = path.join(path.dirname(new URL(import.meta.url).pathname), "fixtures");
+const SERVICE = path.join(FIXTURES, "pidfile_service.ts");
+const PROBE = path.join(FIXTURES, "pidfile_probe.ts");
+const SLOW = { timeout: 120_000 };
+const IS_ROOT = getUid() === 0;
+
+let root = "";
+let counter = 0;
+
+before(() => {
+  root = fs.mkdtempSync(path.join(os.tmpdir(), "keelson-"));
+  fs.chmodSync(root, 0o711); // the unprivileged probe must reach its own folders below
+});
+
+after(() => {
+  fs.rmSync(root, { recursive: true, force: true });
+});
+
+/** A new empty folder for one test. */
+function freshDir(): string {
+  counter += 1;
+  const dir = path.join(root, `t${counter}`);
+  fs.mkdirSync(dir);
+  return dir;
+}
+
+function freshPidPath(): string {
+  return path.join(freshDir(), "service.pid");
+}
+
+function writeRecord(pidPath: string, fields: Record<string, unknown>): string {
+  const text = JSON.stringify({ argv: ["test"], createdAt: new Date().toISOString(), ...fields }) + "\n";
+  fs.writeFileSync(pidPath, text);
+  return text;
+}
+
+function readJson(file: string): Record<string, unknown> {
+  return JSON.parse(fs.readFileSync(file, "utf8"));
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Child processes
+// ---------------------------------------------------------------------------------------------------
+
+interface Exit {
+  code: number | null;
+  signal: string | null;
+}
+
+interface Child {
+  child: ChildProcess;
+  pid: number;
+  lines: string[];
+  closed: Promise<Exit>;
+  /** The first line matching `pattern`; rejects when the child ends without printing one. */
+  line(pattern: RegExp): Promise<string>;
+  stderr(): string;
+}
+
+function startChild(command: string, args: string[], env?: Record<string, string | undefined>): Child {
+  const child = spawn(command, args, { stdio: ["ignore", "pipe", "pipe"], env });
+  let done: Exit | null = null;
+  const lines: string[] = [];
+  let pending = "";
+  let errText = "";
+  const waiters = new Set<() => void>();
+  const wake = () => {
+    for (const waiter of [...waiters]) waiter();
+  };
+  const closed = new Promise<Exit>((resolve) => {
+    child.on("close", (code, signal) => {
+      done = { code, signal };
+      resolve(done);
+      wake();
+    });
+  });
+  child.on("error", (error) => {
+    errText += String(error);
+  });
+  child.stdout!.setEncoding("utf8");
+  child.stdout!.on("data", (chunk: string) => {
+    pending += chunk;
+    const parts = pending.split("\n");
+    pending = parts.pop()!;
+    lines.push(...parts);
+    wake();
+  });
+  child.stderr!.setEncoding("utf8");
+  child.stderr!.on("data", (chunk: string) => {
+    errText += chunk;
+  });
+  return {
+    child,
+    pid: child.pid!,
+    lines,
+    closed,
+    stderr: () => errText,
+    line(pattern: RegExp): Promise<string> {
+      return new Promise((resolve, reject) => {
+        const check = () => {
+          const found = lines.find((l) => pattern.test(l));
+          if (found !== undefined) {
+            waiters.delete(check);
+            resolve(found);
+          } else if (done !== null) {
+            waiters.delete(check);
+            reject(
+              new Error(
+                `child ${child.pid} ended (${JSON.stringify(done)}) without ${pattern}; stdout ${
+                  JSON.stringify(lines)
+                }, stderr ${errText}`,
+              ),
+            );
+          }
+        };
+        waiters.add(check);
+        check();
+      });
+    },
+  };
+}
+
+function startService(pidPath: string, options: Record<string, unknown> = {}): Child {
+  const { command, args } = scriptCommand(SERVICE, [pidPath, JSON.stringify(options)]);
+  return startChild(command, args);
+}
+
+/** Runs the probe fixture, unprivileged (as nobody) when the tests run as root, so permissions bite. */
+async function probe(
+  op: "read" | "acquire",
+  pidPath: string,
+  home: string,
+): Promise<Record<string, unknown>> {
+  const { command, args } = scriptCommand(PROBE, [op, pidPath]);
+  const env = { ...process.env, HOME: home, DENO_DIR: path.join(home, ".deno") };
+  const run = IS_ROOT
+    ? startChild("setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", command, ...args], env)
+    : startChild(command, args, env);
+  const line = await run.line(/^\{/);
+  await run.closed;
+  return JSON.parse(line);
+}
+
+/** A live `sleep`: a real process whose pid and start time the records can name. */
+function startSleep(): Child {
+  return startChild("sleep", ["120"]);
+}
+
+async function stop(child: Child): Promise<Exit> {
+  if (isAlive(child.pid)) {
+    try {
+      process.kill(child.pid, "SIGKILL");
+    } catch {
+      // Already gone.
+    }
+  }
+  return await child.closed;
+}
+
+/** The pid of a process that ran and was reaped. */
+async function deadPid(): Promise<number> {
+  const child = startChild("true", []);
+  await child.closed;
+  return child.pid;
+}
+
+function liveRecordFields(pid: number): Record<string, unknown> {
+  return { pid, startTime: processStartTime(pid), hostname: hostname() };
+}
+
+// ---------------------------------------------------------------------------------------------------
+// readPidFile
+// ---------------------------------------------------------------------------------------------------
+
+describe("readPidFile()", () => {
+  it("readPidFile() reports a missing file as absent", () => {
+    assert.deepEqual(readPidFile(freshPidPath()), { state: "absent" });
+  });
+
+  it("readPidFile() reports a live process with the recorded start time as running", async () => {
+    const sleeper = startSleep();
+    try {
+      const pidPath = freshPidPath();
+      writeRecord(pidPath, liveRecordFields(sleeper.pid));
+      const status = readPidFile(pidPath);
+      assert.equal(status.state, "running");
+      assert.equal(status.state === "running" && status.record.pid, sleeper.pid);
+      assert.equal(status.state === "running" && status.foreignHost, false);
+    } finally {
+      await stop(sleeper);
+    }
+  });
+
+  it("readPidFile() reads a plain decimal file as a record with startTime null", async () => {
+    const sleeper = startSleep();
+    try {
+      const pidPath = freshPidPath();
+      fs.writeFileSync(pidPath, `${sleeper.pid}\n`);
+      const status = readPidFile(pidPath);
+      assert.equal(status.state, "running");
+      if (status.state !== "running") return;
+      assert.equal(status.record.pid, sleeper.pid);
+      assert.equal(status.record.startTime, null);
+      assert.deepEqual(status.record.argv, []);
+      assert.equal(status.record.hostname, null);
+      assert.ok(!Number.isNaN(Date.parse(status.record.createdAt)));
+      fs.writeFileSync(pidPath, `${await deadPid()}`);
+      assert.equal(readPidFile(pidPath).state, "stale");
+    } finally {
+      await stop(sleeper);
+    }
+  });
+
+  it("readPidFile() reports a dead pid as stale", async () => {
+    const pidPath = freshPidPath();
+    const pid = await deadPid();
+    writeRecord(pidPath, { pid, startTime: Date.now() - 1000, hostname: hostname() });
+    const status = readPidFile(pidPath);
+    assert.equal(status.state, "stale");
+    assert.match(status.state === "stale" ? status.reason : "", new RegExp(`process ${pid} is gone`));
+  });
+
+  it("readPidFile() reports a reused pid (live process, other start time) as stale", async () => {
+    const sleeper = startSleep();
+    try {
+      const pidPath = freshPidPath();
+      const actual = processStartTime(sleeper.pid);
+      assert.notEqual(actual, null);
+      writeRecord(pidPath, { pid: sleeper.pid, startTime: actual! - 60_000, hostname: hostname() });
+      const byTime = readPidFile(pidPath);
+      assert.equal(byTime.state, "stale");
+      assert.match(byTime.state === "stale" ? byTime.reason : "", /reused/);
+      const ticks = readProcStat(sleeper.pid)!.startTicks;
+      writeRecord(pidPath, {
+        pid: sleeper.pid,
+        startTime: actual,
+        startTicks: ticks + 7,
+        hostname: hostname(),
+      });
+      const byTicks = readPidFile(pidPath);
+      assert.equal(byTicks.state, "stale");
+      assert.match(byTicks.state === "stale" ? byTicks.reason : "", /reused/);
+      writeRecord(pidPath, { pid: sleeper.pid, startTime: actual, startTicks: ticks, hostname: hostname() });
+      assert.equal(readPidFile(pidPath).state, "running");
+    } finally {
+      await stop(sleeper);
+    }
+  });
+
+  it("readPidFile() reports a zombie (exited, not reaped) as stale", async () => {
+    const script =
+      "import os,time\npid=os.fork()\nif pid==0:\n    os._exit(0)\nprint(pid,flush=True)\ntime.sleep(120)\n";
+    const parent = startChild("python3", ["-c", script]);
+    try {
+      const zombie = Number(await parent.line(/^\d+$/));
+      for (let i = 0; i < 200 && readProcStat(zombie)?.state !== "Z"; i += 1) {
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+      assert.equal(readProcStat(zombie)?.state, "Z");
+      assert.equal(isAlive(zombie), true, "a zombie still answers kill(pid, 0)");
+      const pidPath = freshPidPath();
+      writeRecord(pidPath, liveRecordFields(zombie));
+      const status = readPidFile(pidPath);
+      assert.equal(status.state, "stale");
+      assert.match(status.state === "stale" ? status.reason : "", /zombie/);
+    } finally {
+      await stop(parent);
+    }
+  });
+
+  it("readPidFile() reports our own pid from an earlier incarnation as stale", () => {
+    const pidPath = freshPidPath();
+    const self = getPid();
+    writeRecord(pidPath, {
+      pid: self,
+      startTime: processStartTime(self),
+      startTicks: readProcStat(self)?.startTicks ?? null,
+      hostname: hostname(),
+    });
+    const status = readPidFile(pidPath);
+    assert.equal(status.state, "stale");
+    assert.match(status.state === "stale" ? status.reason : "", /earlier incarnation/);
+  });
+
+  it("readPidFile() reports a record of an earlier boot as stale", async () => {
+    const sleeper = startSleep();
+    try {
+      const pidPath = freshPidPath();
+      writeRecord(pidPath, {
+        ...liveRecordFields(sleeper.pid),
+        bootId: "00000000-0000-0000-0000-000000000000",
+      });
+      const status = readPidFile(pidPath);
+      assert.equal(status.state, "stale");
+      assert.match(status.state === "stale" ? status.reason : "", /earlier boot/);
+    } finally {
+      await stop(sleeper);
+    }
+  });
+
+  it("readPidFile() reports a record of another host as running with foreignHost, whatever its pid", async () => {
+    const pidPath = freshPidPath();
+    const pid = await deadPid();
+    writeRecord(pidPath, { pid, startTime: 1, hostname: `not-${hostname()}` });
+    const status = readPidFile(pidPath);
+    assert.equal(status.state, "running");
+    if (status.state !== "running") return;
+    assert.equal(status.foreignHost, true);
+    assert.equal(status.record.hostname, `not-${hostname()}`);
+    assert.match(status.reason, /host/);
+  });
+
+  const invalid: Array<[string, string | Uint8Array]> = [
+    ["an empty file", ""],
+    ["whitespace only", "  \n\t\n"],
+    ["garbage text", "hello world\n"],
+    ["binary bytes", new Uint8Array([0, 1, 2, 255, 254, 10])],
+    ["a truncated JSON record", '{"pid": 12, "startTime": 17'],
+    ["a negative pid", "-5\n"],
+    ["a fractional pid", "12.5\n"],
+    ["pid zero", "0\n"],
+    ["a pid beyond any kernel's", "99999999999\n"],
+    ["a JSON record without pid", '{"argv": [], "createdAt": "2024-01-01T00:00:00.000Z"}\n'],
+    ["a JSON record with a string pid", '{"pid": "12"}\n'],
+    ["a JSON record with a negative pid", '{"pid": -3}\n'],
+    ["a JSON record with a fractional pid", '{"pid": 1.5}\n'],
+    ["a JSON record with a bad startTime", '{"pid": 12, "startTime": "yesterday"}\n'],
+    ["a JSON record with a bad argv", '{"pid": 12, "argv": "sleep 5"}\n'],
+    ["a JSON array", "[1, 2]\n"],
+    ["a huge file", "1".repeat(70_000)],
+  ];
+  for (const [name, content] of invalid) {
+    it(`readPidFile() reports ${name} as invalid`, () => {
+      const pidPath = freshPidPath();
+      fs.writeFileSync(pidPath, content);
+      const status = readPidFile(pidPath);
+      assert.equal(status.state, "invalid");
+      assert.ok(status.state === "invalid" && status.reason.length > 0);
+    });
+  }
+
+  it("readPidFile() only reads: stale, invalid and live files are left byte for byte, nothing added", async () => {
+    const sleeper = startSleep();
+    try {
+      const dir = freshDir();
+      const files = {
+        stale: `{"pid": ${await deadPid()}, "startTime": 5}\n`,
+        invalid: "garbage",
+        live: JSON.stringify(liveRecordFields(sleeper.pid)),
+        self: JSON.stringify({ pid: getPid(), startTime: processStartTime(getPid()) }),
+      };
+      for (const [name, text] of Object.entries(files)) fs.writeFileSync(path.join(dir, name), text);
+      const before = fs.readdirSync(dir).sort();
+      const mtimes = before.map((name) => fs.statSync(path.join(dir, name)).mtimeMs);
+      for (const name of Object.keys(files)) readPidFile(path.join(dir, name));
+      assert.deepEqual(fs.readdirSync(dir).sort(), before);
+      for (const [name, text] of Object.entries(files)) {
+        assert.equal(fs.readFileSync(path.join(dir, name), "utf8"), text);
+      }
+      assert.deepEqual(before.map((name) => fs.statSync(path.join(dir, name)).mtimeMs), mtimes);
+    } finally {
+      await stop(sleeper);
+    }
+  });
+
+  it("readPidFile() throws PidFileError naming the path for a directory", () => {
+    const dir = freshDir();
+    assert.throws(() => readPidFile(dir), (error: unknown) => {
+      assert.ok(error instanceof PidFileError);
+      assert.equal(error.path, dir);
+      assert.equal(error.code, "EISDIR");
+      assert.ok(error.message.includes(dir));
+      return true;
+    });
+  });
+
+  it("readPidFile() throws PidFileError for a FIFO instead of blocking on it", () => {
+    const fifo = path.join(freshDir(), "fifo.pid");
+    const made = spawnSync("mkfifo", [fifo]);
+    assert.equal(made.status, 0);
+    assert.throws(() => readPidFile(fifo), PidFileError);
+  });
+
+  it("readPidFile() reports an unreadable file as invalid (permissions enforced, unprivileged probe)", async () => {
+    const dir = freshDir();
+    fs.chmodSync(dir, 0o777);
+    const pidPath = path.join(dir, "secret.pid");
+    fs.writeFileSync(pidPath, `{"pid": ${getPid()}}\n`);
+    fs.chmodSync(pidPath, 0o000);
+    const result = await probe("read", pidPath, dir);
+    const status = result.status as { state: string; reason: string };
+    assert.equal(status.state, "invalid");
+    assert.match(status.reason, /EACCES|EPERM/);
+  });
+
+  it("readPidFile() rejects a bad path with a TypeError", () => {
+    assert.throws(() => readPidFile(""), TypeError);
+    assert.throws(() => readPidFile(42 as unknown as string), /path/);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------------
+// acquirePidFile and release
+// ---------------------------------------------------------------------------------------------------
+
+describe("acquirePidFile()", () => {
+  it("acquirePidFile() creates a complete record with mode 0644, and release() removes it", async () => {
+    const pidPath = freshPidPath();
+    const pidFile = await acquirePidFile(pidPath);
+    try {
+      assert.equal(pidFile.path, pidPath);
+      const onDisk = readJson(pidPath);
+      assert.equal(onDisk.pid, getPid());
+      assert.equal(onDisk.startTime, processStartTime(getPid()));
+      assert.deepEqual(onDisk.argv, process.argv);
+      assert.equal(onDisk.hostname, hostname());
+      assert.ok(!Number.isNaN(Date.parse(onDisk.createdAt as string)));
+      assert.deepEqual(onDisk, { ...pidFile.record });
+      assert.equal(fs.statSync(pidPath).mode & 0o777, DEFAULT_PID_FILE_MODE);
+      const status = readPidFile(pidPath);
+      assert.equal(status.state, "running");
+      assert.equal(status.state === "running" && status.reason, "held by this process");
+      assert.deepEqual(fs.readdirSync(path.dirname(pidPath)), ["service.pid"], "no temporary file left");
+    } finally {
+      pidFile.release();
+    }
+    assert.equal(fs.existsSync(pidPath), false);
+    assert.equal(pidFile.released, true);
+    pidFile.release(); // idempotent
+  });
+
+  it("acquirePidFile() applies mode whatever the umask, and the PidFile is disposable", async () => {
+    const pidPath = freshPidPath();
+    const pidFile = await acquirePidFile(pidPath, { mode: 0o600 });
+    assert.equal(fs.statSync(pidPath).mode & 0o777, 0o600);
+    pidFile[Symbol.dispose]();
+    assert.equal(fs.existsSync(pidPath), false);
+  });
+
+  it("acquirePidFile() throws PidFileLockedError with the holder when held by this process", async () => {
+    const pidPath = freshPidPath();
+    const first = await acquirePidFile(pidPath);
+    try {
+      await assert.rejects(acquirePidFile(pidPath), (error: unknown) => {
+        assert.ok(error instanceof PidFileLockedError);
+        assert.equal(error.holder.pid, getPid());
+        return true;
+      });
+      await assert.rejects(acquirePidFile(pidPath, { replace: true }), PidFileLockedError);
+      assert.equal(fs.readFileSync(pidPath, "utf8"), JSON.stringify(first.record) + "\n");
+    } finally {
+      first.release();
+    }
+  });
+
+  const staleCases: Array<[string, () => Promise<string | Uint8Array>]> = [
+    [
+      "a dead foreign pid",
+      async () => JSON.stringify({ pid: await deadPid(), startTime: 1, hostname: hostname() }),
+    ],
+    ["a dead pid in a plain decimal file", async () => `${await deadPid()}\n`],
+    [
+      "our own pid from an earlier incarnation",
+      () => Promise.resolve(JSON.stringify({ pid: getPid(), startTime: processStartTime(getPid()) })),
+    ],
+    ["an empty file", () => Promise.resolve("")],
+    ["garbage", () => Promise.resolve("not a pid\n")],
+    ["a truncated record", () => Promise.resolve('{"pid": 4')],
+    ["a negative pid", () => Promise.resolve("-1\n")],
+    ["a fractional pid", () => Promise.resolve("3.25\n")],
+  ];
+  for (const [name, make] of staleCases) {
+    it(`acquirePidFile() replaces ${name}`, async () => {
+      const pidPath = freshPidPath();
+      fs.writeFileSync(pidPath, await make());
+      const before = readPidFile(pidPath).state;
+      assert.ok(before === "stale" || before === "invalid", before);
+      const pidFile = await acquirePidFile(pidPath);
+      try {
+        assert.equal(readJson(pidPath).pid, getPid());
+        assert.deepEqual(fs.readdirSync(path.dirname(pidPath)), ["service.pid"], "no claim or temp left");
+      } finally {
+        pidFile.release();
+      }
+    });
+  }
+
+  it("acquirePidFile() replaces a record whose pid was reused by a live process, and leaves that process alone", async () => {
+    const sleeper = startSleep();
+    try {
+      const pidPath = freshPidPath();
+      writeRecord(pidPath, { pid: sleeper.pid, startTime: processStartTime(sleeper.pid)! - 3_600_000 });
+      const pidFile = await acquirePidFile(pidPath, { replace: true });
+      try {
+        assert.equal(readJson(pidPath).pid, getPid());
+        assert.equal(isAlive(sleeper.pid), true);
+        assert.equal(fs.existsSync(pidPath + ".takeover.json"), false, "no takeover of a stale record");
+      } finally {
+        pidFile.release();
+      }
+    } finally {
+      await stop(sleeper);
+    }
+  });
+
+  it("acquirePidFile() replaces an unreadable file (unprivileged probe)", async () => {
+    const dir = freshDir();
+    fs.chmodSync(dir, 0o777);
+    const pidPath = path.join(dir, "secret.pid");
+    fs.writeFileSync(pidPath, "1\n");
+    fs.chmodSync(pidPath, 0o000);
+    const result = await probe("acquire", pidPath, dir);
+    assert.ok(result.acquired, JSON.stringify(result));
+    assert.equal(fs.existsSync(pidPath), false, "the probe released its record");
+  });
+
+  it("acquirePidFile() throws PidFileLockedError with the holder for a live holder and changes nothing", async () => {
+    const pidPath = freshPidPath();
+    const service = startService(pidPath);
+    try {
+      await service.line(/^acquired/);
+      const text = fs.readFileSync(pidPath, "utf8");
+      await assert.rejects(acquirePidFile(pidPath), (error: unknown) => {
+        assert.ok(error instanceof PidFileLockedError);
+        assert.equal(error.path, pidPath);
+        assert.equal(error.holder.pid, service.pid);
+        assert.equal(error.foreignHost, false);
+        assert.ok(error.message.includes(pidPath));
+        return true;
+      });
+      assert.equal(fs.readFileSync(pidPath, "utf8"), text);
+      assert.equal(isAlive(service.pid), true);
+    } finally {
+      await stop(service);
+    }
+  });
+
+  it("acquirePidFile() treats a record of another host as locked and never kills across hosts", async () => {
+    const sleeper = startSleep();
+    try {
+      const pidPath = freshPidPath();
+      const text = writeRecord(pidPath, { ...liveRecordFields(sleeper.pid), hostname: `not-${hostname()}` });
+      for (const replace of [false, true]) {
+        await assert.rejects(acquirePidFile(pidPath, { replace }), (error: unknown) => {
+          assert.ok(error instanceof PidFileLockedError);
+          assert.equal(error.foreignHost, true);
+          assert.equal(error.holder.hostname, `not-${hostname()}`);
+          return true;
+        });
+      }
+      assert.equal(fs.readFileSync(pidPath, "utf8"), text);
+      assert.equal(isAlive(sleeper.pid), true);
+      assert.equal(fs.existsSync(pidPath + ".takeover.json"), false);
+    } finally {
+      await stop(sleeper);
+    }
+  });
+
+  it("acquirePidFile() throws PidFileError naming the path for a directory and deletes nothing", async () => {
+    const dir = freshDir();
+    const target = path.join(dir, "service.pid");
+    fs.mkdirSync(target);
+    fs.writeFileSync(path.join(target, "keep"), "x");
+    await assert.rejects(acquirePidFile(target), (error: unknown) => {
+      assert.ok(error instanceof PidFileError);
+      assert.equal(error.path, target);
+      assert.equal(error.code, "EISDIR");
+      return true;
+    });
+    assert.equal(fs.readFileSync(path.join(target, "keep"), "utf8"), "x");
+    assert.deepEqual(fs.readdirSync(dir), ["service.pid"]);
+  });
+
+  it("acquirePidFile() throws PidFileError naming the path for a missing folder", async () => {
+    const pidPath = path.join(freshDir(), "missing", "service.pid");
+    await assert.rejects(acquirePidFile(pidPath), (error: unknown) => {
+      assert.ok(error instanceof PidFileError);
+      assert.equal(error.path, pidPath);
+      assert.equal(error.code, "ENOENT");
+      return true;
+    });
+  });
+
+  it("acquirePidFile() throws PidFileError naming the path for an unwritable folder (unprivileged probe)", async () => {
+    const home = freshDir();
+    fs.chmodSync(home, 0o777);
+    const locked = path.join(home, "ro");
+    fs.mkdirSync(locked);
+    fs.chmodSync(locked, 0o555);
+    const pidPath = path.join(locked, "service.pid");
+    const result = await probe("acquire", pidPath, home);
+    const error = result.error as { name: string; code: string; path: string; message: string };
+    assert.equal(error.name, "PidFileError");
+    assert.equal(error.code, "EACCES");
+    assert.equal(error.path, pidPath);
+    assert.ok(error.message.includes(pidPath));
+    assert.deepEqual(fs.readdirSync(locked), []);
+  });
+
+  it("acquirePidFile() rejects bad options with TypeError / RangeError naming the option", async () => {
+    const pidPath = freshPidPath();
+    await assert.rejects(acquirePidFile(""), TypeError);
+    await assert.rejects(acquirePidFile(pidPath, { replaceTimeoutMs: -1 }), /replaceTimeoutMs.*-1/);
+    await assert.rejects(acquirePidFile(pidPath, { replaceTimeoutMs: -1 }), RangeError);
+    await assert.rejects(acquirePidFile(pidPath, { mode: 0o10000 }), RangeError);
+    await assert.rejects(acquirePidFile(pidPath, { releaseOnSignals: ["SIGKILL"] }), /releaseOnSignals/);
+    await assert.rejects(acquirePidFile(pidPath, { replace: "yes" as unknown as boolean }), TypeError);
+    await assert.rejects(acquirePidFile(pidPath, { onError: 1 as unknown as () => void }), /onError/);
+    assert.equal(fs.existsSync(pidPath), false);
+  });
+});
+
+describe("PidFile.release()", () => {
+  it("release() leaves a record that someone else wrote over ours", async () => {
+    const pidPath = freshPidPath();
+    const pidFile = await acquirePidFile(pidPath);
+    const theirs = writeRecord(pidPath, { pid: 1, startTime: null, hostname: hostname() });
+    pidFile.release();
+    assert.equal(fs.readFileSync(pidPath, "utf8"), theirs);
+  });
+
+  it("release() is quiet when the file is already gone", async () => {
+    const pidPath = freshPidPath();
+    const pidFile = await acquirePidFile(pidPath);
+    fs.unlinkSync(pidPath);
+    pidFile.release();
+    assert.equal(fs.existsSync(pidPath), false);
+  });
+
+  it("release() runs at natural exit and at exit()", SLOW, async () => {
+    for (const exitCall of [false, true]) {
+      const pidPath = freshPidPath();
+      const service = startService(pidPath, { holdMs: 50, exitCall });
+      await service.line(/^acquired/);
+      const exit = await service.closed;
+      assert.deepEqual(exit, { code: 0, signal: null });
+      assert.equal(fs.existsSync(pidPath), false, `exitCall ${exitCall}: ${service.stderr()}`);
+    }
+  });
+
+  it(
+    "release() runs on SIGTERM and SIGINT when nobody else listens, and the signal still ends the process",
+    SLOW,
+    async () => {
+      for (const signal of ["SIGTERM", "SIGINT"] as const) {
+        const pidPath = freshPidPath();
+        const service = startService(pidPath);
+        await service.line(/^acquired/);
+        process.kill(service.pid, signal);
+        const exit = await service.closed;
+        assert.equal(exit.signal, signal);
+        assert.equal(fs.existsSync(pidPath), false, `${signal}: ${service.stderr()}`);
+      }
+    },
+  );
+
+  it(
+    "release() waits for the exit of a process that handles SIGTERM itself (graceful drain)",
+    SLOW,
+    async () => {
+      const pidPath = freshPidPath();
+      const service = startService(pidPath, { onTerm: "drain" });
+      await service.line(/^acquired/);
+      process.kill(service.pid, "SIGTERM");
+      assert.equal(await service.line(/^draining/), "draining running");
+      assert.deepEqual(await service.closed, { code: 0, signal: null });
+      assert.equal(fs.existsSync(pidPath), false);
+    },
+  );
+
+  it("release() does not run when opted out: the record stays and reads as stale", SLOW, async () => {
+    const pidPath = freshPidPath();
+    const service = startService(pidPath, {
+      holdMs: 20,
+      acquire: { releaseOnExit: false, releaseOnSignals: [] },
+    });
+    await service.line(/^acquired/);
+    await service.closed;
+    assert.equal(readPidFile(pidPath).state, "stale");
+    const after = startService(pidPath, { acquire: { releaseOnSignals: [] } });
+    try {
+      await after.line(/^acquired/);
+      process.kill(after.pid, "SIGTERM");
+      assert.equal((await after.closed).signal, "SIGTERM");
+      assert.equal(readPidFile(pidPath).state, "stale", "SIGTERM's default action, no release");
+    } finally {
+      await stop(after);
+    }
+  });
+});
+
+// ---------------------------------------------------------------------------------------------------
+// replace
+// ---------------------------------------------------------------------------------------------------
+
+describe("acquirePidFile({ replace: true })", () => {
+  it("replace stops a holder that exits on SIGTERM, after writing the takeover marker", SLOW, async () => {
+    const pidPath = freshPidPath();
+    const service = startService(pidPath);
+    try {
+      await service.line(/^acquired/);
+      const pidFile = await acquirePidFile(pidPath, { replace: true, replaceTimeoutMs: 30_000 });
+      try {
+        assert.equal(readJson(pidPath).pid, getPid());
+        const exit = await service.closed;
+        assert.equal(exit.signal, "SIGTERM");
+        const marker = readJson(pidPath + ".takeover.json");
+        assert.deepEqual(Object.keys(marker).sort(), ["at", "byPid", "targetPid"]);
+        assert.equal(marker.targetPid, service.pid);
+        assert.equal(marker.byPid, getPid());
+        assert.ok(!Number.isNaN(Date.parse(marker.at as string)));
+      } finally {
+        pidFile.release();
+      }
+    } finally {
+      await stop(service);
+    }
+  });
+
+  it("replace sends SIGKILL to a holder that ignores SIGTERM, after replaceTimeoutMs", SLOW, async () => {
+    const pidPath = freshPidPath();
+    const service = startService(pidPath, { onTerm: "ignore" });
+    try {
+      await service.line(/^acquired/);
+      const pidFile = await acquirePidFile(pidPath, { replace: true, replaceTimeoutMs: 300 });
+      try {
+        assert.equal(readJson(pidPath).pid, getPid());
+        assert.equal(await service.line(/SIGTERM/), "ignored SIGTERM");
+        assert.equal((await service.closed).signal, "SIGKILL");
+        assert.equal(readJson(pidPath + ".takeover.json").targetPid, service.pid);
+      } finally {
+        pidFile.release();
+      }
+    } finally {
+      await stop(service);
+    }
+  });
+});
+
+describe("markPlannedStop()", () => {
+  it("markPlannedStop() writes <pidPath>.planned-stop.json with pid, at and the info", () => {
+    const pidPath = freshPidPath();
+    markPlannedStop(pidPath, { reason: "upgrade", by: "deploy" });
+    const marker = readJson(pidPath + ".planned-stop.json");
+    assert.equal(marker.pid, getPid());
+    assert.ok(!Number.isNaN(Date.parse(marker.at as string)));
+    assert.equal(marker.reason, "upgrade");
+    assert.equal(marker.by, "deploy");
+    assert.deepEqual(fs.readdirSync(path.dirname(pidPath)), ["service.pid.planned-stop.json"]);
+    markPlannedStop(pidPath);
+    assert.deepEqual(Object.keys(readJson(pidPath + ".planned-stop.json")).sort(), ["at", "pid"]);
+  });
+
+  it("markPlannedStop() rejects bad info with a TypeError and an unwritable place with PidFileError", () => {
+    const pidPath = freshPidPath();
+    assert.throws(() => markPlannedStop(pidPath, [] as unknown as Record<string, unknown>), TypeError);
+    assert.throws(() => markPlannedStop(pidPath, { big: 1n }), /JSON/);
+    assert.throws(() => markPlannedStop(""), TypeError);
+    const missing = path.join(freshDir(), "missing", "service.pid");
+    assert.throws(() => markPlannedStop(missing), (error: unknown) => {
+      assert.ok(error instanceof PidFileError);
+      assert.equal(error.path, missing + ".planned-stop.json");
+      return true;
+    });
+  });
+});
+
+// ---------------------------------------------------------------------------------------------------
+// Crash loop and race
+// ---------------------------------------------------------------------------------------------------
+
+describe("acquirePidFile() under a supervisor", () => {
+  it("acquirePidFile() acquires at once on every restart of a crash loop (20 SIGKILLs)", SLOW, async () => {
+    const pidPath = freshPidPath();
+    for (let start = 0; start < 20; start += 1) {
+      const service = startService(pidPath);
+      try {
+        const line = await service.line(/^(acquired|locked|error)/);
+        assert.equal(line, `acquired ${service.pid}`, `start ${start}: ${service.stderr()}`);
+        assert.equal(readJson(pidPath).pid, service.pid);
+      } finally {
+        process.kill(service.pid, "SIGKILL");
+        await service.closed;
+      }
+      const left = readPidFile(pidPath);
+      assert.equal(left.state, "stale", `start ${start}: SIGKILL leaves a stale record`);
+    }
+    assert.deepEqual(fs.readdirSync(path.dirname(pidPath)), ["service.pid"]);
+  });
+
+  it(
+    "acquirePidFile() lets exactly one of 8 racers win, 20 rounds on absent, stale and invalid files",
+    SLOW,
+    async () => {
+      const racers = 8;
+      for (let round = 0; round < 20; round += 1) {
+        const dir = freshDir();
+        const pidPath = path.join(dir, "service.pid");
+        const go = path.join(dir, "go");
+        const kind = round % 3;
+        if (kind === 1) writeRecord(pidPath, { pid: await deadPid(), startTime: 1, hostname: hostname() });
+        if (kind === 2) fs.writeFileSync(pidPath, "{garbage");
+        const children = Array.from({ length: racers }, () => startService(pidPath, { go }));
+        try {
+          await Promise.all(children.map((c) => c.line(/^ready$/)));
+          fs.writeFileSync(go, "");
+          const outcomes = await Promise.all(children.map((c) => c.line(/^(acquired|locked|error)/)));
+          const winners = children.filter((_, i) => outcomes[i].startsWith("acquired"));
+          assert.equal(winners.length, 1, `round ${round} (kind ${kind}): ${JSON.stringify(outcomes)}`);
+          assert.ok(outcomes.every((o) => /^(acquired|locked)/.test(o)), JSON.stringify(outcomes));
+          assert.equal(readJson(pidPath).pid, winners[0].pid);
+          await Promise.all(children.filter((c) => c !== winners[0]).map((c) => c.closed));
+          assert.deepEqual(fs.readdirSync(dir).sort(), ["go", "service.pid"], `round ${round}: litter`);
+        } finally {
+          await Promise.all(children.map(stop));
+        }
+      }
+    },
+  );
+});
+
+// ---------------------------------------------------------------------------------------------------
+// platform additions used here
+// ---------------------------------------------------------------------------------------------------
+
+describe("platform signalListenerCount()", () => {
+  it("signalListenerCount() counts onSignal subscriptions", () => {
+    const before = signalListenerCount("SIGUSR2");
+    assert.equal(typeof before, "number");
+    const off = onSignal("SIGUSR2", () => {});
+    assert.equal(signalListenerCount("SIGUSR2"), before! + 1);
+    off();
+    assert.equal(signalListenerCount("SIGUSR2"), before);
+  });
+});
