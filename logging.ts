@@ -44,30 +44,83 @@ import type { FileIdentity } from "./platform.ts";
 // Public types
 // ---------------------------------------------------------------------------------------------------
 
-/** Default of {@linkcode RotatingFileOptions.maxBytes}: 10 MiB. */
-export const DEFAULT_MAX_BYTES = 10 * 1024 * 1024;
-/** Default of {@linkcode RotatingFileOptions.backups}. */
-export const DEFAULT_BACKUPS = 5;
-/** Default of {@linkcode RotatingFileOptions.checkEvery}: check before every record. */
-export const DEFAULT_CHECK_EVERY = 1;
-/** Default of {@linkcode RotatingFileOptions.lockTimeoutMs}. */
-export const DEFAULT_LOCK_TIMEOUT_MS = 5_000;
-/** Default of {@linkcode RotatingFileOptions.lockStaleMs}. */
-export const DEFAULT_LOCK_STALE_MS = 10_000;
+/**
+ * Default of {@linkcode RotatingFileOptions.maxBytes}: 10 MiB.
+ *
+ * @example Twice the default size
+ * ```ts
+ * import { DEFAULT_MAX_BYTES, openRotatingFile } from "./logging.ts";
+ * openRotatingFile("/tmp/example-app.log", { maxBytes: 2 * DEFAULT_MAX_BYTES }).close();
+ * ```
+ */
+export const DEFAULT_MAX_BYTES: number = 10 * 1024 * 1024;
 
-/** Options for {@linkcode openRotatingFile}. */
+/**
+ * Default of {@linkcode RotatingFileOptions.backups}.
+ *
+ * @example Keep more backups than the default
+ * ```ts
+ * import { DEFAULT_BACKUPS, openRotatingFile } from "./logging.ts";
+ * openRotatingFile("/tmp/example-app.log", { backups: DEFAULT_BACKUPS + 5 }).close();
+ * ```
+ */
+export const DEFAULT_BACKUPS: number = 5;
+
+/**
+ * Default of {@linkcode RotatingFileOptions.checkEvery}: check before every record.
+ *
+ * @example Check less often for speed
+ * ```ts
+ * import { DEFAULT_CHECK_EVERY, openRotatingFile } from "./logging.ts";
+ * openRotatingFile("/tmp/example-app.log", { checkEvery: DEFAULT_CHECK_EVERY * 16 }).close();
+ * ```
+ */
+export const DEFAULT_CHECK_EVERY: number = 1;
+
+/**
+ * Default of {@linkcode RotatingFileOptions.lockTimeoutMs}.
+ *
+ * @example Wait longer for a slow sibling's rollover
+ * ```ts
+ * import { DEFAULT_LOCK_TIMEOUT_MS, openRotatingFile } from "./logging.ts";
+ * openRotatingFile("/tmp/example-app.log", { lockTimeoutMs: DEFAULT_LOCK_TIMEOUT_MS * 2 }).close();
+ * ```
+ */
+export const DEFAULT_LOCK_TIMEOUT_MS: number = 5_000;
+
+/**
+ * Default of {@linkcode RotatingFileOptions.lockStaleMs}.
+ *
+ * @example
+ * ```ts
+ * import { DEFAULT_LOCK_STALE_MS } from "./logging.ts";
+ * console.log(`a rollover lock older than ${DEFAULT_LOCK_STALE_MS} ms is taken over`);
+ * ```
+ */
+export const DEFAULT_LOCK_STALE_MS: number = 10_000;
+
+/**
+ * Options for {@linkcode openRotatingFile}.
+ *
+ * @example A private log rotated at 1 MiB, checked every 16 records
+ * ```ts
+ * import { openRotatingFile, type RotatingFileOptions } from "./logging.ts";
+ * const options: RotatingFileOptions = { maxBytes: 1 << 20, backups: 3, mode: 0o600, checkEvery: 16 };
+ * openRotatingFile("/tmp/example-app.log", options).close();
+ * ```
+ */
 export interface RotatingFileOptions {
   /**
    * Roll over before the live file would grow past this many bytes, judged from the file's real size
    * (shared by every process writing it). A record larger than this still goes, alone, into a fresh
    * file. `0` never rolls over.
-   * @default {DEFAULT_MAX_BYTES} (10 MiB)
+   * @default 10485760 (10 MiB, {@linkcode DEFAULT_MAX_BYTES})
    */
   maxBytes?: number;
   /**
    * Keep `path.1` (newest) … `path.N` (oldest); a rollover removes the oldest. `0` keeps no backup: a
    * rollover discards the full file.
-   * @default {DEFAULT_BACKUPS} (5)
+   * @default 5 ({@linkcode DEFAULT_BACKUPS})
    */
   backups?: number;
   /**
@@ -79,7 +132,7 @@ export interface RotatingFileOptions {
   /**
    * Records between two external-rotation checks. With 1 no record written after a rename lands in
    * the backup; with N up to N-1 may, for fewer `stat` calls. The first write of a handle always checks.
-   * @default {DEFAULT_CHECK_EVERY} (1)
+   * @default 1 ({@linkcode DEFAULT_CHECK_EVERY})
    */
   checkEvery?: number;
   /**
@@ -91,18 +144,31 @@ export interface RotatingFileOptions {
   /**
    * How long a rollover waits for the lock held by a live sibling before it gives up (reported to
    * `onError`; the record still goes into the current file, and the rollover is tried again later).
-   * @default {DEFAULT_LOCK_TIMEOUT_MS} (5000)
+   * @default 5000 ({@linkcode DEFAULT_LOCK_TIMEOUT_MS})
    */
   lockTimeoutMs?: number;
   /**
    * A lock file older than this is taken over even when its holder seems alive (a holder stopped or
    * frozen mid-rollover, a pid reused in another namespace). A rollover takes milliseconds.
-   * @default {DEFAULT_LOCK_STALE_MS} (10000)
+   * @default 10000 ({@linkcode DEFAULT_LOCK_STALE_MS})
    */
   lockStaleMs?: number;
 }
 
-/** What a {@linkcode RotatingFile} was doing when it failed. */
+/**
+ * What a {@linkcode RotatingFile} was doing when it failed.
+ *
+ * @example Tell failed rollovers from lost writes
+ * ```ts
+ * import { openRotatingFile, RotatingFileError, type RotatingFileOperation } from "./logging.ts";
+ * const failures: RotatingFileOperation[] = [];
+ * const log = openRotatingFile("/dev/full", {
+ *   onError: (error) => error instanceof RotatingFileError && failures.push(error.operation),
+ * });
+ * log.write("x");
+ * console.log(failures); // ["write"]
+ * ```
+ */
 export type RotatingFileOperation = "open" | "check" | "write" | "rollover" | "close";
 
 /**
@@ -156,6 +222,15 @@ export class RotatingFileError extends Error {
 /**
  * A log file opened by {@linkcode openRotatingFile}. Also a valid pino-style destination: anything
  * with `write(string)`.
+ *
+ * @example Roll over at midnight, reopen on SIGHUP
+ * ```ts ignore
+ * import { openRotatingFile, type RotatingFile } from "./logging.ts";
+ * import { onSignal } from "./platform.ts";
+ * const log: RotatingFile = openRotatingFile("/var/log/app/app.log", { maxBytes: 0 });
+ * onSignal("SIGHUP", () => log.reopen());
+ * setInterval(() => new Date().getHours() === 0 && log.rotate(), 3_600_000);
+ * ```
  */
 export interface RotatingFile {
   /** The live file's path. */
@@ -180,28 +255,75 @@ export interface RotatingFile {
   [Symbol.dispose](): void;
 }
 
-/** The levels of a {@linkcode Logger}, lowest first. */
+/**
+ * The levels of a {@linkcode Logger}, lowest first.
+ *
+ * @example Pick the level from the environment
+ * ```ts
+ * import { createLogger, LOG_LEVELS, type LogLevel } from "./logging.ts";
+ * import { getEnv } from "./platform.ts";
+ * const wanted = getEnv("LOG_LEVEL") ?? "info";
+ * const level: LogLevel = (LOG_LEVELS as readonly string[]).includes(wanted) ? wanted as LogLevel : "info";
+ * createLogger({ sink: { write: (line) => console.log(line.trimEnd()) }, level });
+ * ```
+ */
 export type LogLevel = "debug" | "info" | "warn" | "error";
 
-/** The levels in order, lowest first. */
+/**
+ * The levels in order, lowest first.
+ *
+ * @example
+ * ```ts
+ * import { LOG_LEVELS } from "./logging.ts";
+ * console.log(LOG_LEVELS.indexOf("warn") > LOG_LEVELS.indexOf("info")); // true
+ * ```
+ */
 export const LOG_LEVELS: readonly LogLevel[] = Object.freeze(["debug", "info", "warn", "error"]);
 
-/** Default of {@linkcode LoggerOptions.level}. */
+/**
+ * Default of {@linkcode LoggerOptions.level}.
+ *
+ * @example
+ * ```ts
+ * import { createLogger, DEFAULT_LOG_LEVEL } from "./logging.ts";
+ * console.log(createLogger({ sink: { write() {} } }).level === DEFAULT_LOG_LEVEL); // true
+ * ```
+ */
 export const DEFAULT_LOG_LEVEL: LogLevel = "info";
 
-/** Where a {@linkcode Logger} writes its lines: a {@linkcode RotatingFile}, a stream, anything. */
+/**
+ * Where a {@linkcode Logger} writes its lines: a {@linkcode RotatingFile}, a stream, anything.
+ *
+ * @example Collect lines in memory
+ * ```ts
+ * import { createLogger, type LogSink } from "./logging.ts";
+ * const lines: string[] = [];
+ * const sink: LogSink = { write: (line) => lines.push(line) };
+ * createLogger({ sink }).info("hello");
+ * console.log(JSON.parse(lines[0]).msg); // "hello"
+ * ```
+ */
 export interface LogSink {
   /** Receives one complete JSON line, ending in `"\n"`. */
   write(line: string): unknown;
 }
 
-/** Options for {@linkcode createLogger}. */
+/**
+ * Options for {@linkcode createLogger}.
+ *
+ * @example
+ * ```ts
+ * import { createLogger, type LoggerOptions, openRotatingFile } from "./logging.ts";
+ * const options: LoggerOptions = { sink: openRotatingFile("/tmp/example-app.log"), level: "debug" };
+ * createLogger(options).debug("verbose");
+ * ```
+ */
 export interface LoggerOptions {
   /** Receives one JSON line per record. */
   sink: LogSink;
   /**
    * Records below this level are dropped.
-   * @default {DEFAULT_LOG_LEVEL} ("info")
+   * @default "info" ({@linkcode DEFAULT_LOG_LEVEL})
    */
   level?: LogLevel;
   /**
@@ -216,12 +338,29 @@ export interface LoggerOptions {
   onError?: (error: unknown) => void;
 }
 
-/** Fields of one record: any values; errors, cycles and BigInt are made JSON-safe. */
+/**
+ * Fields of one record: any values; errors, cycles and BigInt are made JSON-safe.
+ *
+ * @example
+ * ```ts
+ * import { createLogger, type LogFields } from "./logging.ts";
+ * const fields: LogFields = { userId: 42n, err: new Error("denied") };
+ * createLogger({ sink: { write: (line) => console.log(line.trimEnd()) } }).warn("login failed", fields);
+ * ```
+ */
 export type LogFields = Record<string, unknown>;
 
 /**
  * A structured logger writing one JSON line per record: `{"ts","level","msg",...fields}`.
  * Errors become `{name, message, stack, cause}`; circular references and BigInt never throw.
+ *
+ * @example A child logger per request
+ * ```ts
+ * import { createLogger, type Logger } from "./logging.ts";
+ * const root: Logger = createLogger({ sink: { write: (line) => console.log(line.trimEnd()) } });
+ * const request = root.child({ requestId: "r-7" });
+ * request.info("handled", { ms: 12 }); // {"ts":"…","level":"info","msg":"handled","requestId":"r-7","ms":12}
+ * ```
  */
 export interface Logger {
   /** The lowest level written. */
@@ -248,6 +387,12 @@ export interface Logger {
  * Opens a log file that survives external rotation and rolls over safely with many processes writing
  * it. Only bad options throw (`TypeError`, `RangeError`); a path that cannot be opened now is reported
  * to `onError` and retried on each write.
+ *
+ * With logrotate, `nocreate` fits best: the writers recreate the file at once, with `mode`. `create`
+ * works too, but a writer may recreate the path between logrotate's rename and its create; logrotate
+ * then renames that file to `<path>-YYYYMMDDHH.backup` (nothing is lost) and exits non-zero.
+ * `copytruncate` also works (no NUL hole here), but logrotate itself loses what is written between its
+ * copy and its truncate.
  *
  * @param path The live log file.
  * @param options Size limit, backups, mode, check period, error callback.
