@@ -119,15 +119,25 @@ async function waitFor(what: string, condition: () => boolean, timeoutMs = 30_00
   }
 }
 
-/** The log file and its numbered backups, oldest first, with their lines. */
+/**
+ * The log file and its backups, oldest first, with their lines: `path.N` … `path.1`, then any
+ * `path-YYYYMMDDHH.backup` (where logrotate's `create` puts a file it found recreated), then `path`.
+ */
 function chain(file: string): { name: string; size: number; lines: string[] }[] {
   const dir = path.dirname(file);
   const base = path.basename(file);
-  const numbered = fs.readdirSync(dir)
-    .map((name) => ({ name, n: name === base ? 0 : Number(/^\.(\d+)$/.exec(name.slice(base.length))?.[1]) }))
-    .filter(({ name, n }) => name.startsWith(base) && Number.isInteger(n))
+  const rank = (name: string): number => {
+    if (name === base) return 0;
+    if (!name.startsWith(base)) return NaN;
+    const rest = name.slice(base.length);
+    if (/^-\d{10}\.backup$/.test(rest)) return 0.5;
+    return Number(/^\.(\d+)$/.exec(rest)?.[1]);
+  };
+  const named = fs.readdirSync(dir)
+    .map((name) => ({ name, n: rank(name) }))
+    .filter(({ n }) => !Number.isNaN(n))
     .sort((a, b) => b.n - a.n);
-  return numbered.map(({ name }) => {
+  return named.map(({ name }) => {
     const text = read(path.join(dir, name));
     return {
       name,
@@ -779,14 +789,24 @@ describe("openRotatingFile() failures", () => {
     assert.match(errors[0].message, /closed/);
   });
 
-  it("openRotatingFile() is disposable: using closes it", () => {
+  it("openRotatingFile() is disposable: using closes it", (t) => {
     const file = freshLog();
-    let handle: RotatingFile;
-    {
-      using log = openRotatingFile(file, { onError: () => {} });
-      handle = log;
-      log.write("inside");
+    const log = openRotatingFile(file, { onError: () => {} });
+    log[Symbol.dispose]();
+    assert.equal(log.closed, true);
+    // The `using` syntax itself, compiled at run time so this file still parses where it is missing.
+    let block: (open: typeof openRotatingFile, file: string) => RotatingFile;
+    try {
+      block = new Function(
+        "open",
+        "file",
+        "{ using log = open(file); log.write('inside'); return log; }",
+      ) as typeof block;
+    } catch {
+      t.skip("this runtime has no `using` declarations: only Symbol.dispose was checked");
+      return;
     }
+    const handle = block(openRotatingFile, file);
     assert.equal(handle.closed, true);
     assert.equal(read(file), "inside\n");
   });
@@ -904,7 +924,16 @@ describe("openRotatingFile() across processes", () => {
     const rotationStart = Date.now();
     const rotation = spawnSync(LOGROTATE!, ["-f", "-s", state, conf], { encoding: "utf8" });
     const rotationEnd = Date.now();
-    assert.equal(rotation.status, 0, `logrotate failed: ${rotation.stderr}`);
+    if (rotation.status !== 0) {
+      // With `create`, a writer may recreate the path between logrotate's rename and its create:
+      // logrotate then renames that file to app.log-YYYYMMDDHH.backup (nothing is lost) and says so.
+      assert.match(
+        rotation.stderr,
+        /already exists, renaming to .*\.backup/,
+        `logrotate failed: ${rotation.stderr}`,
+      );
+      console.log(`logrotate found the path recreated by a writer: ${rotation.stderr.trim()}`);
+    }
     assert.ok(fs.existsSync(`${file}.1`), "logrotate made no backup");
     await waitFor("records after the rotation", () => fs.statSync(file).size >= 300 * 100);
     fs.writeFileSync(stop, "");
