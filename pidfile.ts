@@ -690,16 +690,25 @@ function currentBootId(): string | null {
   return bootIdCache;
 }
 
+/** Our own start time never changes: read it from `/proc` once per pid. */
+let selfIdentity: { pid: number; startTime: number | null; startTicks: number | null } | null = null;
+
 function ownRecord(): PidRecord {
   const pid = getPid();
-  const stat = readProcStat(pid);
+  if (selfIdentity === null || selfIdentity.pid !== pid) {
+    selfIdentity = {
+      pid,
+      startTime: processStartTime(pid),
+      startTicks: readProcStat(pid)?.startTicks ?? null,
+    };
+  }
   return {
     pid,
-    startTime: processStartTime(pid),
+    startTime: selfIdentity.startTime,
     argv: processArgv(),
     createdAt: new Date().toISOString(),
     hostname: hostname(),
-    startTicks: stat?.startTicks ?? null,
+    startTicks: selfIdentity.startTicks,
     bootId: currentBootId(),
   };
 }
