@@ -4,7 +4,7 @@ import { spawn, spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { getUid, scriptCommand, statIdentity } from "../platform.ts";
+import { getUid, processStartTime, scriptCommand, statIdentity } from "../platform.ts";
 import {
   createLogger,
   DEFAULT_BACKUPS,
@@ -549,15 +549,14 @@ describe("openRotatingFile() rollover", () => {
     assert.deepEqual(errors, []);
   });
 
-  it("openRotatingFile() recovers the rollover lock of a dead holder", async () => {
+  it("openRotatingFile() recovers the rollover lock of a holder killed mid-rollover", async () => {
     const file = freshLog();
-    // A pid that just exited is dead (and not reused within this test on a normal system).
-    const child = spawn("true");
-    const deadPid = await new Promise<number>((resolve) => child.on("close", () => resolve(child.pid!)));
-    fs.writeFileSync(
-      `${file}.lock`,
-      JSON.stringify({ pid: deadPid, startTime: 1, token: "x", at: "" }) + "\n",
-    );
+    const holder = spawn("sleep", ["30"]);
+    const exited = new Promise((resolve) => holder.on("close", resolve));
+    const lock = { pid: holder.pid, startTime: processStartTime(holder.pid!), token: "dead", at: "" };
+    fs.writeFileSync(`${file}.lock`, JSON.stringify(lock) + "\n");
+    process.kill(holder.pid!, "SIGKILL");
+    await exited;
     const { log, errors } = open(file, { lockTimeoutMs: 20_000 });
     log.write("a");
     log.rotate();
@@ -565,6 +564,22 @@ describe("openRotatingFile() rollover", () => {
     log.close();
     assert.equal(read(`${file}.1`), "a\n");
     assert.equal(read(file), "b\n");
+    assert.equal(fs.existsSync(`${file}.lock`), false);
+    assert.deepEqual(errors, []);
+  });
+
+  it("openRotatingFile() recovers a rollover lock whose pid was reused by another process", () => {
+    const file = freshLog();
+    const started = processStartTime(process.pid);
+    assert.ok(started !== null, "no start time on this system");
+    // Our own pid is alive, but the lock names an earlier process that had it (another start time).
+    const lock = { pid: process.pid, startTime: started - 60_000, token: "earlier", at: "" };
+    fs.writeFileSync(`${file}.lock`, JSON.stringify(lock) + "\n");
+    const { log, errors } = open(file, { lockTimeoutMs: 20_000 });
+    log.write("a");
+    log.rotate();
+    log.close();
+    assert.equal(read(`${file}.1`), "a\n");
     assert.equal(fs.existsSync(`${file}.lock`), false);
     assert.deepEqual(errors, []);
   });
@@ -862,49 +877,89 @@ describe("openRotatingFile() failures", () => {
 // ---------------------------------------------------------------------------------------------------
 
 describe("openRotatingFile() across processes", () => {
+  for (const checkEvery of [1, 16]) {
+    it(
+      `openRotatingFile() keeps every record of 4 processes exactly once, untorn, with no premature rollover (checkEvery ${checkEvery})`,
+      SLOW,
+      async () => {
+        const file = freshLog();
+        const maxBytes = 32 * 1024;
+        const writers = 4;
+        const count = 3_000;
+        const children = Array.from({ length: writers }, (_, i) =>
+          runFixture(WRITER, [
+            "--path",
+            file,
+            "--id",
+            `w${i}`,
+            "--count",
+            String(count),
+            "--size",
+            "100",
+            "--max-bytes",
+            String(maxBytes),
+            "--backups",
+            "500",
+            "--check-every",
+            String(checkEvery),
+          ]));
+        const results = await Promise.all(children);
+        for (const result of results) assert.equal(wrote(result), count);
+        const seen = collect(file);
+        assert.equal(seen.size, writers * count);
+        for (let i = 0; i < writers; i++) assertComplete(seen, `w${i}`, count);
+        const files = chain(file);
+        const backups = files.slice(0, -1);
+        assert.ok(backups.length >= 20, `only ${backups.length} backups for 1.2 MB at 32 KiB`);
+        // A record goes past maxBytes only when written between a sibling's check and its rollover: at
+        // most one in flight per writer, or checkEvery of them when checks are that far apart.
+        const slack = writers * checkEvery * 100;
+        for (const { name, size } of backups) {
+          assert.ok(size >= maxBytes / 2, `premature rollover: ${name} has ${size} bytes`);
+          assert.ok(size <= maxBytes + slack, `${name} grew to ${size} bytes`);
+        }
+        assert.ok(files.at(-1)!.size <= maxBytes + slack);
+        const leftovers = fs.readdirSync(path.dirname(file)).filter((name) => /lock|tmp/.test(name));
+        assert.deepEqual(leftovers, []);
+        const sizes = backups.map((f) => f.size);
+        console.log(
+          `4 writers, checkEvery ${checkEvery}: ${seen.size} records in ${files.length} files, ` +
+            `backups ${Math.min(...sizes)}..${Math.max(...sizes)} bytes`,
+        );
+      },
+    );
+  }
+
   it(
-    "openRotatingFile() keeps every record of 4 processes exactly once, untorn, with no premature rollover",
+    "openRotatingFile() loses nothing when 3 processes call rotate() concurrently while writing",
     SLOW,
     async () => {
       const file = freshLog();
-      const maxBytes = 32 * 1024;
-      const writers = 4;
-      const count = 3_000;
-      const children = Array.from({ length: writers }, (_, i) =>
+      const children = ["w0", "w1", "w2"].map((id) =>
         runFixture(WRITER, [
           "--path",
           file,
           "--id",
-          `w${i}`,
+          id,
           "--count",
-          String(count),
-          "--size",
-          "100",
+          "2000",
           "--max-bytes",
-          String(maxBytes),
+          "0",
           "--backups",
-          "500",
-        ]));
-      const results = await Promise.all(children);
-      for (const result of results) assert.equal(wrote(result), count);
-      const seen = collect(file);
-      assert.equal(seen.size, writers * count);
-      for (let i = 0; i < writers; i++) assertComplete(seen, `w${i}`, count);
-      const files = chain(file);
-      const backups = files.slice(0, -1);
-      assert.ok(backups.length >= 30, `only ${backups.length} backups for 1.2 MB at 32 KiB`);
-      for (const { name, size } of backups) {
-        assert.ok(size >= maxBytes / 2, `premature rollover: ${name} has ${size} bytes`);
-        assert.ok(size <= maxBytes + writers * 100, `${name} grew to ${size} bytes`);
-      }
-      assert.ok(files.at(-1)!.size <= maxBytes + writers * 100);
-      const leftovers = fs.readdirSync(path.dirname(file)).filter((name) => /lock|tmp/.test(name));
-      assert.deepEqual(leftovers, []);
-      console.log(
-        `4 writers: ${seen.size} records in ${files.length} files, smallest backup ${
-          Math.min(...backups.map((f) => f.size))
-        } bytes`,
+          "1000",
+          "--rotate-every",
+          "25",
+        ])
       );
+      const counts = (await Promise.all(children)).map(wrote);
+      const seen = collect(file);
+      for (const [i, count] of counts.entries()) assertComplete(seen, `w${i}`, count);
+      assert.equal(seen.size, 6_000);
+      const files = chain(file);
+      // 240 rotate() calls: some rotate, the others find the file already rotated and adopt it.
+      assert.ok(files.length > 10 && files.length <= 241, `${files.length} files`);
+      assert.deepEqual(fs.readdirSync(path.dirname(file)).filter((name) => /lock|tmp/.test(name)), []);
+      console.log(`3 processes, 240 rotate() calls: ${files.length} files, all 6000 records once`);
     },
   );
 
