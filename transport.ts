@@ -1,0 +1,1014 @@
+/**
+ * A JSON-lines transport over stdio (or any descriptor) that tells a vanished peer from a real bug.
+ * Without it, a gateway whose parent (a TUI, an editor, an MCP client) quits either crashes with an
+ * `EPIPE` stack, or treats every failure as "peer gone" and exits quietly on a full disk, a permission
+ * error or a frame that cannot be serialised.
+ *
+ * The protocol: one JSON text per line, UTF-8, each line ended by `\n` (`0x0A`). A frame is written with
+ * one synchronous loop of `write(2)` calls, so frames never interleave. Readers accept `\r\n`, ignore
+ * blank lines, and report an invalid or oversized line without losing the lines around it.
+ *
+ * @module
+ */
+
+import {
+  closeFd,
+  createContextStore,
+  errorCode,
+  fstat,
+  fsync,
+  runtime,
+  stdinChunks,
+  writeAll,
+  writeOnce,
+} from "./platform.ts";
+
+// ---------------------------------------------------------------------------------------------------
+// Public types
+// ---------------------------------------------------------------------------------------------------
+
+/** Something that delivers JSON frames to a peer. */
+export interface Transport {
+  /**
+   * Sends one frame. Throws `TypeError` when the frame cannot be serialised (nothing is sent) and
+   * throws for host errors (a full disk, an I/O error).
+   *
+   * @returns `true` when the frame was handed to the OS, `false` only when the peer is gone.
+   */
+  write(frame: unknown): boolean;
+  /** Stops the transport; later writes return `false`. */
+  close(): void;
+}
+
+/** Default of {@linkcode StdioTransportOptions.fd}: stdout. */
+export const DEFAULT_TRANSPORT_FD = 1;
+
+/** Default of {@linkcode StdioTransportOptions.flush}. */
+export const DEFAULT_FLUSH = false;
+
+/** Options for {@linkcode createStdioTransport}. */
+export interface StdioTransportOptions {
+  /**
+   * The descriptor frames are written to: stdout, or any descriptor open for writing (a pipe, a
+   * socket, a file, a tty).
+   * @default 1
+   */
+  fd?: number;
+  /**
+   * `fsync(2)` after every frame, so `write` returns only once the frame is on the device. Frames are
+   * never buffered in this process (each one goes to the kernel before `write` returns), so `flush`
+   * only matters when the descriptor is a regular file (stdout redirected to a file) and the frames
+   * must survive a power loss. On a pipe, socket or tty there is nothing to sync and `flush` does
+   * nothing. A failing `fsync` (e.g. `EIO`) throws like a failing write.
+   * @default false
+   */
+  flush?: boolean;
+  /**
+   * Close the descriptor in {@linkcode Transport.close}, so the peer sees end-of-file. Off for 0, 1 and
+   * 2 by default: the process's stdio stays open for the runtime and other code, and a closed fd 1 could
+   * be reused by the next file opened, which stray `console.log` calls would then write into.
+   * @default false for descriptors 0, 1 and 2, true for any other descriptor
+   */
+  closeFd?: boolean;
+}
+
+/** The transport {@linkcode createStdioTransport} returns. */
+export interface StdioTransport extends Transport, Disposable {
+  /** The descriptor frames are written to. */
+  readonly fd: number;
+  /** `true` once a write found the peer gone; later writes return `false` without a syscall. */
+  readonly peerGone: boolean;
+  /** `true` once {@linkcode Transport.close} was called. */
+  readonly closed: boolean;
+}
+
+/**
+ * A write failed for a reason other than a gone peer (`ENOSPC`, `EIO`, `EACCES`, …): the peer may well
+ * be there, the frame was not (entirely) delivered, and the host needs attention.
+ */
+export class TransportWriteError extends Error {
+  /** The errno name of the cause (`"ENOSPC"`, `"EIO"`, …), or `undefined` when it carries none. */
+  readonly code: string | undefined;
+  /** The descriptor that was written to. */
+  readonly fd: number;
+  /** Bytes of the frame's line (newline included) the kernel took before the failure. */
+  readonly bytesWritten: number;
+  /** Size of the frame's line in bytes, newline included. */
+  readonly frameBytes: number;
+  /** The error the runtime threw. */
+  override readonly cause: unknown;
+
+  /**
+   * @param fd The descriptor that was written to.
+   * @param cause The error the runtime threw.
+   * @param bytesWritten Bytes of the line the kernel took before the failure.
+   * @param frameBytes Size of the line in bytes.
+   */
+  constructor(fd: number, cause: unknown, bytesWritten: number, frameBytes: number) {
+    const code = errorCode(cause);
+    const reason = cause instanceof Error ? cause.message : String(cause);
+    super(
+      `Cannot write a frame to fd ${fd}: ${code ?? "error"} after ${bytesWritten} of ${frameBytes} bytes ` +
+        `(${reason})`,
+      { cause },
+    );
+    this.name = "TransportWriteError";
+    this.code = code;
+    this.fd = fd;
+    this.bytesWritten = bytesWritten;
+    this.frameBytes = frameBytes;
+    this.cause = cause;
+  }
+}
+
+/** Why {@linkcode readFrames} could not turn a line into a frame. */
+export type FrameErrorReason = "invalid-json" | "too-large";
+
+/** A line {@linkcode readFrames} could not turn into a frame; the lines around it are unaffected. */
+export class FrameError extends Error {
+  /** The 1-based number of the line in the stream (blank lines count). */
+  readonly line: number;
+  /** `"invalid-json"` (not UTF-8, or not JSON) or `"too-large"` (over `maxFrameBytes`, skipped). */
+  readonly reason: FrameErrorReason;
+  /** Length of the line in bytes, without its line ending. */
+  readonly bytes: number;
+
+  /**
+   * @param line The 1-based line number.
+   * @param reason Why the line is not a frame.
+   * @param bytes Length of the line in bytes.
+   * @param message What went wrong.
+   * @param cause The decoding or parsing error, if any.
+   */
+  constructor(line: number, reason: FrameErrorReason, bytes: number, message: string, cause?: unknown) {
+    super(message, cause === undefined ? undefined : { cause });
+    this.name = "FrameError";
+    this.line = line;
+    this.reason = reason;
+    this.bytes = bytes;
+  }
+}
+
+/** Default of {@linkcode ReadFramesOptions.maxFrameBytes}: 16 MiB. */
+export const DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024;
+
+/** Options for {@linkcode readFrames}. */
+export interface ReadFramesOptions {
+  /**
+   * The longest line accepted, in bytes without its line ending. A longer line is skipped as it streams
+   * past (it is never held in memory whole) and reported as a `too-large` {@linkcode FrameError}.
+   * @default 16 MiB (16777216)
+   */
+  maxFrameBytes?: number;
+  /**
+   * Receives each line that is not a frame (invalid UTF-8, invalid JSON, too large); the iteration goes
+   * on with the next line. Without it the first such line throws its {@linkcode FrameError} out of the
+   * iteration, so a broken peer is never mistaken for a quiet one.
+   * @default undefined (throw)
+   */
+  onInvalid?: (error: FrameError) => void;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Public functions and classes
+// ---------------------------------------------------------------------------------------------------
+
+/**
+ * Creates a transport that writes each frame as one JSON line to a descriptor (stdout by default).
+ *
+ * `write` serialises first: a frame `JSON.stringify` rejects (a cycle, a BigInt) or cannot represent
+ * (`undefined`, a function, a symbol) throws `TypeError` and nothing is written. Then the whole line is
+ * written synchronously, looping over partial writes and sleeping out `EAGAIN` when the descriptor is
+ * non-blocking (as Node makes a piped stdout), so a 10 MiB frame arrives whole and no other frame can
+ * start in between: frames never interleave, whatever mix of sync and async code calls `write`. While
+ * the reader does not read, `write` waits, as a blocking write would.
+ *
+ * `write` returns `false` only when the peer is gone ({@linkcode isPeerGone}: `EPIPE`, `ECONNRESET`,
+ * `EBADF` or a closed resource, `ESHUTDOWN`), and from then on returns `false` without touching the
+ * descriptor. Every other failure throws a {@linkcode TransportWriteError} carrying the errno and the
+ * original error as `cause`. When such a failure tore a frame (some bytes written), the next frame
+ * starts with a newline so the fragment stays a line of its own and the next frame arrives intact.
+ *
+ * Frames from other threads or from `console.log` on the same descriptor are not coordinated with
+ * these writes: give each descriptor one transport, and log to stderr.
+ *
+ * @param options The descriptor, `flush`, `closeFd`.
+ * @returns A transport; `close()` (or `using`) stops it.
+ *
+ * @example Answer a parent over stdout until it goes away
+ * ```ts
+ * import { createStdioTransport } from "./transport.ts";
+ * using transport = createStdioTransport();
+ * for (let i = 0; i < 3; i++) {
+ *   if (!transport.write({ jsonrpc: "2.0", method: "tick", params: { i } })) break; // parent gone
+ * }
+ * ```
+ *
+ * @example Append frames to a file, synced to disk one by one
+ * ```ts
+ * import { openAppend } from "./platform.ts";
+ * import { createStdioTransport } from "./transport.ts";
+ * const transport = createStdioTransport({ fd: openAppend("/tmp/frames.jsonl"), flush: true });
+ * transport.write({ event: "started" });
+ * transport.close(); // closes the descriptor too: it is not 0, 1 or 2
+ * ```
+ */
+export function createStdioTransport(options: StdioTransportOptions = {}): StdioTransport {
+  if (typeof options !== "object" || options === null) {
+    throw new TypeError(
+      `Cannot create a stdio transport: options must be an object, got ${describe(options)}`,
+    );
+  }
+  const fd = options.fd ?? DEFAULT_TRANSPORT_FD;
+  if (!Number.isSafeInteger(fd) || fd < 0) {
+    throw new TypeError(
+      `Cannot create a stdio transport: fd must be a non-negative integer, got ${describe(options.fd)}`,
+    );
+  }
+  const flush = options.flush ?? DEFAULT_FLUSH;
+  if (typeof flush !== "boolean") {
+    throw new TypeError(`Cannot create a stdio transport: flush must be a boolean, got ${describe(flush)}`);
+  }
+  const shouldCloseFd = options.closeFd ?? fd > 2;
+  if (typeof shouldCloseFd !== "boolean") {
+    throw new TypeError(
+      `Cannot create a stdio transport: closeFd must be a boolean, got ${describe(options.closeFd)}`,
+    );
+  }
+  return new FdTransport(fd, flush, shouldCloseFd);
+}
+
+/**
+ * A transport that copies every frame to secondary transports (a debug log, a recorder) while the
+ * primary alone decides the result.
+ *
+ * `write` sends the frame to the primary first and returns its result; the primary's exceptions
+ * propagate, and then the secondaries do not see the frame. A secondary that returns `false` (its peer
+ * is gone) or throws never changes the result: it is dropped and closed, and a throwing one (or a
+ * failing close) is reported to {@linkcode TeeTransport.onError}.
+ *
+ * @example Mirror the protocol into a file for debugging
+ * ```ts
+ * import { openAppend } from "./platform.ts";
+ * import { createStdioTransport, TeeTransport } from "./transport.ts";
+ * const tee = new TeeTransport(
+ *   createStdioTransport(),
+ *   createStdioTransport({ fd: openAppend("/tmp/protocol.jsonl") }),
+ * );
+ * tee.onError = (error) => console.error("debug copy stopped:", error);
+ * tee.write({ id: 1, result: "ok" }); // true unless stdout's reader is gone
+ * tee.close();
+ * ```
+ */
+export class TeeTransport implements Transport, Disposable {
+  /** The transport whose result and exceptions `write` passes on. */
+  readonly primary: Transport;
+  /**
+   * Receives the error of a secondary that threw from `write` or `close`, with that secondary. When
+   * unset, one line describing it goes to stderr (and is lost if stderr is gone too).
+   * @default undefined (report on stderr)
+   */
+  onError: ((error: unknown, secondary: Transport) => void) | undefined = undefined;
+  #secondaries: Transport[];
+  #closed = false;
+
+  /**
+   * @param primary The transport that decides the result.
+   * @param secondaries Transports that get a copy of each frame the primary accepted.
+   */
+  constructor(primary: Transport, ...secondaries: Transport[]) {
+    assertTransport(primary, "TeeTransport: primary");
+    secondaries.forEach((secondary, index) => assertTransport(secondary, `TeeTransport: secondary ${index}`));
+    this.primary = primary;
+    this.#secondaries = secondaries;
+  }
+
+  /** The secondaries still receiving frames (failed ones are dropped). */
+  get secondaries(): readonly Transport[] {
+    return [...this.#secondaries];
+  }
+
+  /**
+   * Sends a frame to the primary, then to each secondary.
+   *
+   * @param frame Any JSON-serialisable value.
+   * @returns The primary's result.
+   *
+   * @example
+   * ```ts
+   * import { createStdioTransport, TeeTransport } from "./transport.ts";
+   * const tee = new TeeTransport(createStdioTransport(), createStdioTransport({ fd: 2 }));
+   * tee.write({ hello: "both" });
+   * ```
+   */
+  write(frame: unknown): boolean {
+    const delivered = this.primary.write(frame);
+    if (this.#secondaries.length === 0) return delivered;
+    const failed: Transport[] = [];
+    for (const secondary of this.#secondaries) {
+      try {
+        if (!secondary.write(frame)) failed.push(secondary);
+      } catch (error) {
+        failed.push(secondary);
+        this.#report(error, secondary);
+      }
+    }
+    if (failed.length > 0) {
+      this.#secondaries = this.#secondaries.filter((secondary) => !failed.includes(secondary));
+      for (const secondary of failed) this.#closeSecondary(secondary);
+    }
+    return delivered;
+  }
+
+  /**
+   * Closes the secondaries (failures go to `onError`), then the primary (its exceptions propagate).
+   * Idempotent.
+   *
+   * @example
+   * ```ts
+   * import { createStdioTransport, TeeTransport } from "./transport.ts";
+   * const tee = new TeeTransport(createStdioTransport());
+   * tee.close();
+   * console.log(tee.write({ late: true })); // false
+   * ```
+   */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    const secondaries = this.#secondaries;
+    this.#secondaries = [];
+    for (const secondary of secondaries) this.#closeSecondary(secondary);
+    this.primary.close();
+  }
+
+  /** Same as {@linkcode TeeTransport.close}, for `using`. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  #closeSecondary(secondary: Transport): void {
+    try {
+      secondary.close();
+    } catch (error) {
+      this.#report(error, secondary);
+    }
+  }
+
+  #report(error: unknown, secondary: Transport): void {
+    const onError = this.onError;
+    if (onError) {
+      onError(error, secondary);
+      return;
+    }
+    const text = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
+    try {
+      writeAll(
+        2,
+        encoder.encode(`keelson transport: a TeeTransport secondary failed and was dropped: ${text}\n`),
+      );
+    } catch {
+      // stderr is the last resort: when it is gone too there is nowhere left to report to.
+    }
+  }
+}
+
+/**
+ * Runs `fn` with `transport` bound to it and to every call it starts, sync or async; see
+ * {@linkcode currentTransport}.
+ *
+ * @param transport The transport to bind.
+ * @param fn The call tree.
+ * @returns What `fn` returns (its promise, for an async `fn`).
+ *
+ * @example Let deep code answer the client of the current request
+ * ```ts
+ * import { createStdioTransport, currentTransport, withTransport } from "./transport.ts";
+ * async function handle(id: number): Promise<void> {
+ *   await Promise.resolve();
+ *   currentTransport()?.write({ id, result: "done" });
+ * }
+ * await withTransport(createStdioTransport(), () => handle(7));
+ * ```
+ */
+export function withTransport<T>(transport: Transport, fn: () => T): T {
+  assertTransport(transport, "withTransport()");
+  if (typeof fn !== "function") {
+    throw new TypeError(`withTransport(): fn must be a function, got ${describe(fn)}`);
+  }
+  return transportStore.run(transport, fn);
+}
+
+/**
+ * The transport bound by the nearest enclosing {@linkcode withTransport}, or `undefined`.
+ *
+ * @returns The bound transport.
+ *
+ * @example
+ * ```ts
+ * import { currentTransport } from "./transport.ts";
+ * console.log(currentTransport()); // undefined outside withTransport()
+ * ```
+ */
+export function currentTransport(): Transport | undefined {
+  return transportStore.get();
+}
+
+/**
+ * Reads JSON-lines frames from byte chunks (stdin by default) until end-of-file.
+ *
+ * Chunks may be split anywhere, even inside a UTF-8 character: lines are cut on the `0x0A` byte first,
+ * then each line is decoded strictly. A trailing `\r` is dropped, blank lines are skipped, and a last
+ * line without a newline is still a frame. A line that is not valid UTF-8 or JSON (`invalid-json`), or
+ * longer than `maxFrameBytes` (`too-large`, discarded as it streams past, never held whole) goes to
+ * `onInvalid` as a {@linkcode FrameError} with its line number, and reading goes on. Leaving the loop
+ * early cancels the source.
+ *
+ * @param source A byte stream or async iterable of `Uint8Array` chunks.
+ * @param options `maxFrameBytes`, `onInvalid`.
+ * @default source this process's stdin
+ * @returns The frames, in order.
+ *
+ * @example Serve requests from stdin, answering on stdout
+ * ```ts
+ * import { createStdioTransport, readFrames } from "./transport.ts";
+ * const out = createStdioTransport();
+ * for await (const frame of readFrames(undefined, { onInvalid: (error) => console.error(error.message) })) {
+ *   if (!out.write({ echo: frame })) break;
+ * }
+ * ```
+ *
+ * @example Frames from a stream of bytes
+ * ```ts
+ * import { readFrames } from "./transport.ts";
+ * const bytes = new TextEncoder().encode('{"a":1}\r\n\n{"b":2}');
+ * const stream = new ReadableStream<Uint8Array>({
+ *   start(controller) {
+ *     controller.enqueue(bytes.subarray(0, 5));
+ *     controller.enqueue(bytes.subarray(5));
+ *     controller.close();
+ *   },
+ * });
+ * for await (const frame of readFrames(stream)) console.log(frame); // { a: 1 }, then { b: 2 }
+ * ```
+ */
+export function readFrames(
+  source?: ReadableStream<Uint8Array> | AsyncIterable<Uint8Array>,
+  options: ReadFramesOptions = {},
+): AsyncIterable<unknown> {
+  if (typeof options !== "object" || options === null) {
+    throw new TypeError(`readFrames(): options must be an object, got ${describe(options)}`);
+  }
+  const maxFrameBytes = options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
+  if (typeof maxFrameBytes !== "number") {
+    throw new TypeError(`readFrames(): maxFrameBytes must be a number, got ${describe(maxFrameBytes)}`);
+  }
+  if (!Number.isSafeInteger(maxFrameBytes) || maxFrameBytes < 1) {
+    throw new RangeError(`readFrames(): maxFrameBytes must be a positive integer, got ${maxFrameBytes}`);
+  }
+  const onInvalid = options.onInvalid;
+  if (onInvalid !== undefined && typeof onInvalid !== "function") {
+    throw new TypeError(`readFrames(): onInvalid must be a function, got ${describe(onInvalid)}`);
+  }
+  const chunks = toChunkIterable(source ?? stdinChunks());
+  return new FrameIterator(chunks, maxFrameBytes, onInvalid);
+}
+
+/**
+ * Whether an error means the peer is gone: `EPIPE`, `ECONNRESET`, `EBADF` (a closed descriptor),
+ * `ESHUTDOWN`, and Deno's `BrokenPipe`, `BadResource` and `ConnectionReset`. Everything else, `ENOSPC`,
+ * `EACCES` and `EIO` included, is a real failure.
+ *
+ * @param error Anything that was thrown or emitted.
+ * @returns `true` when the error only says nobody is listening any more.
+ *
+ * @example Quiet exit on EPIPE from your own stream, loud on anything else
+ * ```ts
+ * import process from "node:process";
+ * import { isPeerGone } from "./transport.ts";
+ * process.stdout.on("error", (error) => {
+ *   if (isPeerGone(error)) process.exit(0);
+ *   throw error;
+ * });
+ * ```
+ */
+export function isPeerGone(error: unknown): boolean {
+  const code = errorCode(error);
+  return code !== undefined && PEER_GONE_CODES.has(code);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Private helpers
+// ---------------------------------------------------------------------------------------------------
+
+const PEER_GONE_CODES: ReadonlySet<string> = new Set(["EPIPE", "ECONNRESET", "EBADF", "ESHUTDOWN"]);
+
+const NEWLINE = 0x0a;
+const CARRIAGE_RETURN = 0x0d;
+const SPACE = 0x20;
+const TAB = 0x09;
+
+const encoder = new TextEncoder();
+/** Reused by {@linkcode encodeLine}: any line of up to 21845 UTF-16 units fits in its worst case. */
+const scratch = new Uint8Array(64 * 1024);
+const lenientDecoder = new TextDecoder("utf-8");
+const fatalDecoder = new TextDecoder("utf-8", { fatal: true });
+
+const transportStore = createContextStore<Transport>();
+
+/** The {@linkcode StdioTransport} behind {@linkcode createStdioTransport}. */
+class FdTransport implements StdioTransport {
+  readonly fd: number;
+  #flush: boolean;
+  #closeFd: boolean;
+  #peerGone = false;
+  #closed = false;
+  /** A host error tore the previous frame: start the next one on a fresh line. */
+  #torn = false;
+  /** Whether `fsync` applies (a regular file); decided on the first flushed frame. */
+  #syncable: boolean | undefined = undefined;
+
+  constructor(fd: number, flush: boolean, closeFd: boolean) {
+    this.fd = fd;
+    this.#flush = flush;
+    this.#closeFd = closeFd;
+  }
+
+  get peerGone(): boolean {
+    return this.#peerGone;
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  write(frame: unknown): boolean {
+    const text = serialise(frame);
+    if (this.#peerGone || this.#closed) return false;
+    const line = this.#torn ? "\n" + text + "\n" : text + "\n";
+    const bytes = encodeLine(line);
+    try {
+      writeLine(this.fd, bytes);
+    } catch (error) {
+      if (isPeerGone(error)) {
+        this.#peerGone = true;
+        return false;
+      }
+      const written = (error as { bytesWritten?: number }).bytesWritten ?? 0;
+      this.#torn = written > 0;
+      throw new TransportWriteError(this.fd, error, written, bytes.length);
+    }
+    this.#torn = false;
+    if (this.#flush) return this.#sync(bytes.length);
+    return true;
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    if (!this.#closeFd) return;
+    try {
+      closeFd(this.fd);
+    } catch (error) {
+      if (errorCode(error) !== "EBADF") throw error; // already closed by someone else: nothing to do
+    }
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  /** `fsync(2)` after a frame, on regular files only (pipes, sockets and ttys answer `EINVAL`). */
+  #sync(frameBytes: number): boolean {
+    try {
+      if (this.#syncable === undefined) this.#syncable = fstat(this.fd).isFile;
+      if (this.#syncable) fsync(this.fd);
+    } catch (error) {
+      if (isPeerGone(error)) {
+        this.#peerGone = true;
+        return false;
+      }
+      throw new TransportWriteError(this.fd, error, frameBytes, frameBytes);
+    }
+    return true;
+  }
+}
+
+/**
+ * UTF-8 bytes of a line. Short lines (the common case) are encoded into one reused buffer instead of a
+ * fresh allocation: safe because a write is synchronous and finishes before the next one starts.
+ */
+function encodeLine(line: string): Uint8Array {
+  if (line.length * 3 <= scratch.length) {
+    const { written } = encoder.encodeInto(line, scratch);
+    return scratch.subarray(0, written);
+  }
+  return encoder.encode(line);
+}
+
+/**
+ * Writes a whole line synchronously: one `write(2)`, which takes all of a short line on a pipe with room,
+ * then {@linkcode writeAll} for whatever is left (a partial write, `EAGAIN` on a non-blocking descriptor,
+ * `EINTR`), which loops and sleeps until the reader took everything. No other frame can start meanwhile.
+ * A thrown error carries the bytes of the line already written in `bytesWritten`.
+ */
+function writeLine(fd: number, bytes: Uint8Array): void {
+  if (SLICE_LONG_WRITES && bytes.length > ATOMIC_WRITE_BYTES) {
+    writeSliced(fd, bytes);
+    return;
+  }
+  let written: number;
+  try {
+    written = writeOnce(fd, bytes);
+  } catch (error) {
+    const code = errorCode(error);
+    if (code !== "EAGAIN" && code !== "EWOULDBLOCK" && code !== "EINTR") throw error;
+    written = 0;
+  }
+  if (written === bytes.length) return;
+  try {
+    writeAll(fd, bytes.subarray(written));
+  } catch (error) {
+    addBytesWritten(error, written);
+    throw error;
+  }
+}
+
+/**
+ * Deno's `node:fs` `writeSync` loops over partial writes itself and, when a later round fails (`EAGAIN`
+ * on a non-blocking pipe once the reader is slow), throws without saying how much it already wrote: a
+ * retry of the same bytes would send them twice. A write of at most `PIPE_BUF` bytes to a pipe is
+ * all-or-nothing, so on Deno a long line goes out in slices of that size and every count stays exact.
+ */
+const ATOMIC_WRITE_BYTES = 4096;
+const SLICE_LONG_WRITES = runtime === "deno";
+
+/** {@linkcode writeAll} slice by slice of {@linkcode ATOMIC_WRITE_BYTES}. */
+function writeSliced(fd: number, bytes: Uint8Array): void {
+  let offset = 0;
+  try {
+    while (offset < bytes.length) {
+      const end = Math.min(offset + ATOMIC_WRITE_BYTES, bytes.length);
+      writeAll(fd, bytes.subarray(offset, end));
+      offset = end;
+    }
+  } catch (error) {
+    addBytesWritten(error, offset);
+    throw error;
+  }
+}
+
+/** Adds the bytes written before the failing call to the `bytesWritten` {@linkcode writeAll} attached. */
+function addBytesWritten(error: unknown, before: number): void {
+  if (typeof error === "object" && error !== null) {
+    const partial = error as { bytesWritten?: number };
+    partial.bytesWritten = before + (partial.bytesWritten ?? 0);
+  }
+}
+
+/** `JSON.stringify` that throws `TypeError` for anything it cannot turn into a JSON text. */
+function serialise(frame: unknown): string {
+  let text: string | undefined;
+  try {
+    text = JSON.stringify(frame);
+  } catch (error) {
+    const reason = error instanceof Error ? error.message : String(error);
+    throw new TypeError(`Cannot serialise the frame: ${reason}`, { cause: error });
+  }
+  if (typeof text !== "string") {
+    throw new TypeError(`Cannot serialise the frame: JSON has no representation for ${describe(frame)}`);
+  }
+  return text;
+}
+
+function assertTransport(value: unknown, where: string): void {
+  if (
+    typeof value !== "object" || value === null ||
+    typeof (value as Transport).write !== "function" || typeof (value as Transport).close !== "function"
+  ) {
+    throw new TypeError(`${where} must be a Transport (write and close methods), got ${describe(value)}`);
+  }
+}
+
+function describe(value: unknown): string {
+  if (typeof value === "function") return "a function";
+  if (typeof value === "symbol" || typeof value === "bigint") return `${typeof value} ${String(value)}`;
+  if (typeof value === "string") return JSON.stringify(value);
+  if (typeof value === "object" && value !== null) return Array.isArray(value) ? "an array" : "an object";
+  return String(value);
+}
+
+/** An async iterable over a ReadableStream or an async iterable. */
+function toChunkIterable(
+  source: ReadableStream<Uint8Array> | AsyncIterable<Uint8Array>,
+): AsyncIterable<Uint8Array> {
+  if (typeof source === "object" && source !== null) {
+    if (typeof (source as AsyncIterable<Uint8Array>)[Symbol.asyncIterator] === "function") {
+      return source as AsyncIterable<Uint8Array>;
+    }
+    if (typeof (source as ReadableStream<Uint8Array>).getReader === "function") {
+      return readerChunks(source as ReadableStream<Uint8Array>);
+    }
+  }
+  throw new TypeError(
+    `readFrames(): source must be a ReadableStream or an async iterable of Uint8Array, got ${
+      describe(source)
+    }`,
+  );
+}
+
+/** Chunks of a ReadableStream that is not async-iterable; cancels the stream when left early. */
+async function* readerChunks(stream: ReadableStream<Uint8Array>): AsyncGenerator<Uint8Array> {
+  const reader = stream.getReader();
+  let done = false;
+  try {
+    while (true) {
+      const result = await reader.read();
+      if (result.done) {
+        done = true;
+        return;
+      }
+      yield result.value;
+    }
+  } finally {
+    if (!done) await reader.cancel();
+    reader.releaseLock();
+  }
+}
+
+/** Returned by {@linkcode LineParser.parse} for a line that is not a frame. */
+const NO_FRAME: unique symbol = Symbol("no frame");
+
+/**
+ * Cuts byte chunks into lines and lines into frames. Holds at most one partial line of up to
+ * `maxFrameBytes` (+1 for a `\r`), copied out of the chunks so a source may reuse its buffers; a longer
+ * line is only counted while it streams past.
+ */
+class LineParser {
+  line = 0;
+  #max: number;
+  #onInvalid: ((error: FrameError) => void) | undefined;
+  #pending = new Uint8Array(0);
+  #pendingLength = 0;
+  #discarding = false;
+  #discarded = 0;
+  #lastDiscarded = 0;
+
+  constructor(max: number, onInvalid: ((error: FrameError) => void) | undefined) {
+    this.#max = max;
+    this.#onInvalid = onInvalid;
+  }
+
+  /** Ends the line in progress at `chunk[end]` (a newline) and returns its frame, or `NO_FRAME`. */
+  endLine(chunk: Uint8Array, start: number, end: number): unknown {
+    this.line++;
+    if (this.#discarding) {
+      this.#discarding = false;
+      const last = end > start ? chunk[end - 1] : this.#lastDiscarded;
+      const bytes = this.#discarded + (end - start) - (last === CARRIAGE_RETURN ? 1 : 0);
+      this.#discarded = 0;
+      this.#tooLarge(bytes);
+      return NO_FRAME;
+    }
+    if (this.#pendingLength === 0) return this.parse(chunk.subarray(start, end));
+    const total = this.#pendingLength + (end - start);
+    if (total > this.#max + 1) {
+      this.#pendingLength = 0;
+      const last = end > start ? chunk[end - 1] : this.#pending[this.#pendingLength - 1];
+      this.#tooLarge(total - (last === CARRIAGE_RETURN ? 1 : 0));
+      return NO_FRAME;
+    }
+    this.#append(chunk, start, end);
+    const line = this.#pending.subarray(0, this.#pendingLength);
+    this.#pendingLength = 0;
+    return this.parse(line);
+  }
+
+  /** Keeps the unterminated tail `chunk[start..]` of the line in progress. */
+  keep(chunk: Uint8Array, start: number): void {
+    const length = chunk.length - start;
+    if (length === 0) return;
+    if (this.#discarding) {
+      this.#discarded += length;
+      this.#lastDiscarded = chunk[chunk.length - 1];
+      return;
+    }
+    if (this.#pendingLength + length > this.#max + 1) {
+      this.#discarding = true;
+      this.#discarded = this.#pendingLength + length;
+      this.#lastDiscarded = chunk[chunk.length - 1];
+      this.#pendingLength = 0;
+      this.#pending = new Uint8Array(0); // let a large buffer go
+      return;
+    }
+    this.#append(chunk, start, chunk.length);
+  }
+
+  /** At end-of-file: the frame of a last line without newline, or `NO_FRAME`. */
+  finish(): unknown {
+    if (!this.#discarding && this.#pendingLength === 0) return NO_FRAME;
+    return this.endLine(new Uint8Array(0), 0, 0);
+  }
+
+  /** Turns one line (without `\n`) into a frame, reporting it when it is not one. */
+  parse(bytes: Uint8Array): unknown {
+    let length = bytes.length;
+    if (length > 0 && bytes[length - 1] === CARRIAGE_RETURN) length--;
+    if (length > this.#max) {
+      this.#tooLarge(length);
+      return NO_FRAME;
+    }
+    if (length === 0 || isBlank(bytes, length)) return NO_FRAME;
+    let text: string;
+    try {
+      text = decodeStrict(length === bytes.length ? bytes : bytes.subarray(0, length));
+    } catch (error) {
+      this.#invalid(
+        new FrameError(this.line, "invalid-json", length, `Line ${this.line} is not valid UTF-8`, error),
+      );
+      return NO_FRAME;
+    }
+    try {
+      return JSON.parse(text);
+    } catch (error) {
+      const reason = error instanceof Error ? error.message : String(error);
+      this.#invalid(
+        new FrameError(this.line, "invalid-json", length, `Line ${this.line} is not JSON: ${reason}`, error),
+      );
+      return NO_FRAME;
+    }
+  }
+
+  #append(chunk: Uint8Array, start: number, end: number): void {
+    const needed = this.#pendingLength + (end - start);
+    if (needed > this.#pending.length) {
+      const grown = new Uint8Array(Math.min(Math.max(needed, this.#pending.length * 2, 1024), this.#max + 1));
+      grown.set(this.#pending.subarray(0, this.#pendingLength));
+      this.#pending = grown;
+    }
+    this.#pending.set(chunk.subarray(start, end), this.#pendingLength);
+    this.#pendingLength = needed;
+  }
+
+  #tooLarge(bytes: number): void {
+    this.#invalid(
+      new FrameError(
+        this.line,
+        "too-large",
+        bytes,
+        `Line ${this.line} is ${bytes} bytes, over maxFrameBytes ${this.#max}: skipped`,
+      ),
+    );
+  }
+
+  #invalid(error: FrameError): void {
+    if (this.#onInvalid === undefined) throw error;
+    this.#onInvalid(error);
+  }
+}
+
+const DONE: IteratorReturnResult<undefined> = Object.freeze({ value: undefined, done: true });
+const EMPTY = new Uint8Array(0);
+
+/**
+ * The frames of a chunk stream (see {@linkcode readFrames}). A hand-written async iterator rather than
+ * an async generator: the frames of a chunk already in memory are handed out with one resolved promise
+ * each, and only an exhausted chunk waits for the source. Lines are parsed one `next()` at a time, so
+ * `onInvalid` calls stay in stream order with the frames.
+ */
+class FrameIterator implements AsyncIterableIterator<unknown> {
+  #iterable: AsyncIterable<Uint8Array>;
+  #source: AsyncIterator<Uint8Array> | undefined = undefined;
+  #parser: LineParser;
+  #chunk: Uint8Array = EMPTY;
+  #position = 0;
+  #sourceDone = false;
+  #finished = false;
+  #pulling: Promise<IteratorResult<unknown>> | undefined = undefined;
+
+  constructor(
+    iterable: AsyncIterable<Uint8Array>,
+    max: number,
+    onInvalid: ((error: FrameError) => void) | undefined,
+  ) {
+    this.#iterable = iterable;
+    this.#parser = new LineParser(max, onInvalid);
+  }
+
+  [Symbol.asyncIterator](): this {
+    return this;
+  }
+
+  next(): Promise<IteratorResult<unknown>> {
+    const pulling = this.#pulling;
+    if (pulling !== undefined) return pulling.then(() => this.next()); // a next() before the last settled
+    if (this.#finished) return Promise.resolve(DONE);
+    let frame: unknown;
+    try {
+      frame = this.#nextInChunk();
+    } catch (error) {
+      return this.#fail(error);
+    }
+    if (frame !== NO_FRAME) return Promise.resolve({ value: frame, done: false });
+    const pull = this.#pull();
+    this.#pulling = pull;
+    const settle = () => {
+      if (this.#pulling === pull) this.#pulling = undefined;
+    };
+    pull.then(settle, settle);
+    return pull;
+  }
+
+  async return(): Promise<IteratorResult<unknown>> {
+    if (this.#finished) return DONE;
+    this.#finished = true;
+    await this.#closeSource();
+    return DONE;
+  }
+
+  /** The next frame of the chunk in hand, or `NO_FRAME` once it is used up. */
+  #nextInChunk(): unknown {
+    const chunk = this.#chunk;
+    while (this.#position < chunk.length) {
+      const start = this.#position;
+      const end = chunk.indexOf(NEWLINE, start);
+      if (end === -1) {
+        this.#position = chunk.length;
+        this.#parser.keep(chunk, start);
+        return NO_FRAME;
+      }
+      this.#position = end + 1;
+      const frame = this.#parser.endLine(chunk, start, end);
+      if (frame !== NO_FRAME) return frame;
+    }
+    return NO_FRAME;
+  }
+
+  /** Reads chunks until one yields a frame, or the source ends. */
+  async #pull(): Promise<IteratorResult<unknown>> {
+    this.#source ??= this.#iterable[Symbol.asyncIterator]();
+    let result: IteratorResult<Uint8Array>;
+    while (true) {
+      try {
+        result = await this.#source.next();
+      } catch (error) {
+        this.#sourceDone = true; // a source that threw is over; it is not asked to return
+        this.#finished = true;
+        throw error;
+      }
+      try {
+        if (result.done) {
+          this.#sourceDone = true;
+          this.#finished = true;
+          const last = this.#parser.finish();
+          return last === NO_FRAME ? DONE : { value: last, done: false };
+        }
+        const chunk: unknown = result.value;
+        if (!(chunk instanceof Uint8Array)) {
+          throw new TypeError(`readFrames(): chunks must be Uint8Array, got ${describe(chunk)}`);
+        }
+        this.#chunk = chunk;
+        this.#position = 0;
+        const frame = this.#nextInChunk();
+        if (frame !== NO_FRAME) return { value: frame, done: false };
+      } catch (error) {
+        return this.#fail(error);
+      }
+    }
+  }
+
+  /** Ends the iteration with `error`, closing the source first as a `for await` loop would. */
+  async #fail(error: unknown): Promise<never> {
+    this.#finished = true;
+    await this.#closeSource();
+    throw error;
+  }
+
+  async #closeSource(): Promise<void> {
+    const source = this.#source;
+    if (source === undefined || this.#sourceDone) return;
+    this.#sourceDone = true;
+    await source.return?.();
+  }
+}
+
+/**
+ * Decodes UTF-8, throwing `TypeError` on invalid bytes. A fatal decoder is several times slower than a
+ * lenient one on some runtimes, so the lenient one runs first: it marks invalid bytes with U+FFFD, and
+ * only a line whose text holds U+FFFD (rare: invalid, or a real U+FFFD) is decoded again fatally.
+ */
+function decodeStrict(bytes: Uint8Array): string {
+  const text = lenientDecoder.decode(bytes);
+  if (text.indexOf("\uFFFD") !== -1) fatalDecoder.decode(bytes);
+  return text;
+}
+
+/** Whether the first `length` bytes are all JSON whitespace (space, tab, CR). */
+function isBlank(bytes: Uint8Array, length: number): boolean {
+  const first = bytes[0];
+  if (first !== SPACE && first !== TAB && first !== CARRIAGE_RETURN) return false;
+  for (let i = 1; i < length; i++) {
+    const byte = bytes[i];
+    if (byte !== SPACE && byte !== TAB && byte !== CARRIAGE_RETURN) return false;
+  }
+  return true;
+}
