@@ -1,35 +1,43 @@
 /**
  * PID files that never crash-loop a supervisor and never let two instances run. Without this module a
- * service killed by SIGKILL, the OOM killer or a power cut leaves a PID file that names a dead (or
- * reused) PID, every restart fails its exclusive create and systemd or launchd respawns it for hours;
- * or two racing starters both judge a record stale, one deletes the file the other just wrote, and two
- * instances run.
+ * service killed by SIGKILL, the OOM killer or a power cut leaves a PID file naming a dead or reused PID,
+ * every restart fails its exclusive create and systemd or launchd respawns it for hours; or two racing
+ * starters both judge a record stale, one deletes the file the other just wrote, and two instances run.
  *
- * Protocol (no `flock`, the same on every runtime). A record is written to a temporary file beside the
- * PID file and published with `link(tmp, path)`, which fails with `EEXIST` when anything is there, so
- * a reader never sees half a record and only one of many starters on an absent path wins. A record is
- * stale when its PID is gone or a zombie, when the process now behind the PID started at another time
- * (PID reuse), when it names our own PID but we did not write it (an earlier incarnation, typical for
- * PID 1 in a container), or when it was written during an earlier boot; a file that is no record
- * (empty, garbage, truncated, negative or fractional PID, unreadable) is invalid. To replace a stale or
- * invalid file `X`, a starter first wins a claim on exactly that file: `X` is identified by its inode,
- * size, mtime and content (`id`), and the claim is the file `<path>.replace-<id>.<n>` created with
- * `link` for the lowest `n` whose lower levels all belong to dead claimants (a claimant killed in the
- * middle never blocks anyone; a live one makes the others wait, then report it as the holder). Under
- * the claim it reads the PID file again and, only if it is still `X` and still stale, swaps in its own
- * record with `rename(tmp, path)`; the PID file is never absent in between, so nobody can slip in. A
- * live claimant is unique for `X` (a level is only taken when all lower ones are dead), `X` once
- * replaced never comes back, and a slow starter that judged `X` long ago fails the check under its
- * claim: nobody ever deletes or overwrites a record another process just wrote. Claims of `X` are
- * removed by the winner; litter of dead processes is swept after a replacement.
+ * Judging. A record is stale when its PID is gone or a zombie; when the process now behind the PID
+ * started at another time than recorded (PID reuse; without a recorded start time, as in a plain
+ * decimal file, when that process started after the file was written); when it names our own PID but
+ * this process did not write it (an earlier incarnation, typical for PID 1 in a container); or when it
+ * was written during an earlier boot. A file that is no record (empty, garbage, truncated, a negative or
+ * fractional PID, unreadable) is invalid. A record of another host is never judged: it counts as
+ * running and is never signalled.
  *
- * Release: `release()` removes the file only while it still holds our exact record. By default it also
- * runs at normal exit (`exit()`, `process.exit()`, `Deno.exit()`, an empty event loop, and therefore
- * after any signal handler that ends in an exit), and on SIGTERM / SIGINT when nobody else listens to
- * them: then it releases and re-raises the signal, so the process still ends by that signal, as it
- * would have without us. When someone else listens (a graceful shutdown), the signal is theirs: the
- * file stays until they exit, so a new instance cannot start while the old one drains. A process that
- * dies by a signal's default action or SIGKILL leaves its record, which is stale by construction.
+ * Protocol (no `flock`; the same on every runtime):
+ * 1. A record is written to a temporary file beside the PID file and published with `link(tmp, path)`,
+ *    which fails with `EEXIST` when anything is there: nobody ever sees half a record, and of many
+ *    starters on an absent path exactly one wins.
+ * 2. To replace a stale or invalid file `X`, a starter first claims exactly that file. `X` is named by
+ *    an `id` hashed from its inode, size, mtime and content; the claim is `<path>.replace-<id>.<n>`,
+ *    created with `link` at the lowest level `n` whose lower levels all hold records of dead claimants.
+ *    A claimant killed midway therefore blocks nobody, and a live one is the only live claimant of `X`
+ *    (the others wait for it, then report it as the holder).
+ * 3. Under the claim it reads the PID file again and only if it is still `X`, and still stale, swaps in
+ *    its own record with `rename(tmp, path)`. The path is never empty in between, so nobody slips in
+ *    through step 1; `X` once replaced never comes back, so a slow starter that judged `X` long ago
+ *    fails this check. Nobody ever deletes or overwrites a record another process just wrote.
+ * 4. The winner removes the claims of `X` and sweeps temporary files and claims of dead processes.
+ * The protocol assumes the other writers of the path follow it (or, like most daemons, write their own
+ * PID file in one go while alive); a foreign writer that truncates and rewrites in place can be caught
+ * between the two and judged "empty".
+ *
+ * Release. `release()` removes the file only while it holds our exact record (it reads, compares, then
+ * unlinks: only a writer outside the protocol can slip into that gap). By default it also runs at normal
+ * exit (`exit()`, `process.exit()`, `Deno.exit()`, an empty event loop, hence after every signal handler
+ * that ends in an exit), and on SIGTERM / SIGINT when nobody else listens to them: then it releases and
+ * re-raises the signal, so the process still ends by that signal as it would have without us. When
+ * someone else listens (a graceful shutdown), the signal is theirs and the file stays until they exit,
+ * so a new instance cannot start while the old one drains. A process ended by a signal's default action
+ * or by SIGKILL leaves its record behind, stale by construction.
  *
  * @module
  */
@@ -70,6 +78,16 @@ import type { FileStat } from "./platform.ts";
  * What a PID file says about the process that holds it. A plain decimal file (`"1234\n"`) reads as a
  * record with `startTime`, `startTicks`, `bootId` and `hostname` all `null`, `argv` empty and
  * `createdAt` the file's modification time.
+ *
+ * @example Show the holder of a PID file
+ * ```ts
+ * import { readPidFile } from "./pidfile.ts";
+ * const status = readPidFile("/tmp/example.pid");
+ * if (status.state === "running" || status.state === "stale") {
+ *   const { pid, argv, createdAt } = status.record;
+ *   console.log(`pid ${pid} (${argv.join(" ")}) since ${createdAt}`);
+ * }
+ * ```
  */
 export interface PidRecord {
   /** The holder's process id. */
@@ -91,6 +109,34 @@ export interface PidRecord {
   bootId: string | null;
 }
 
+/** Nothing is at the path. */
+export interface PidFileAbsent {
+  /** No file. */
+  state: "absent";
+}
+
+/** A live process holds the PID file (or its record comes from another host and cannot be judged). */
+export interface PidFileRunning {
+  /** The holder is alive and the same process that wrote the record. */
+  state: "running";
+  /** The holder's record. */
+  record: PidRecord;
+  /** Why it counts as running: alive with the same start time, held by this process, another host. */
+  reason: string;
+  /** `true` when the record comes from another host: assumed running, never signalled. */
+  foreignHost: boolean;
+}
+
+/** The record names a process that is gone (or a PID that now belongs to another process). */
+export interface PidFileStale {
+  /** Provably not running: {@linkcode acquirePidFile} replaces it. */
+  state: "stale";
+  /** The record as read. */
+  record: PidRecord;
+  /** Why it is stale, e.g. `"process 1234 is gone"`. */
+  reason: string;
+}
+
 /** A PID file that nobody can read as a record. */
 export interface PidFileInvalid {
   /** The file exists but is no record: empty, garbage, truncated, unreadable, a bad PID. */
@@ -99,21 +145,41 @@ export interface PidFileInvalid {
   reason: string;
 }
 
-/** What {@linkcode readPidFile} found. */
-export type PidFileStatus =
-  | { state: "absent" }
-  | {
-    state: "running";
-    record: PidRecord;
-    /** Why it counts as running (alive and the same process, or unverifiable). */
-    reason: string;
-    /** `true` when the record comes from another host: assumed running, never signalled. */
-    foreignHost: boolean;
-  }
-  | { state: "stale"; record: PidRecord; reason: string }
-  | PidFileInvalid;
+/**
+ * What {@linkcode readPidFile} found.
+ *
+ * @example A status line for each state
+ * ```ts
+ * import { type PidFileStatus, readPidFile } from "./pidfile.ts";
+ * const status: PidFileStatus = readPidFile("/tmp/example.pid");
+ * switch (status.state) {
+ *   case "absent":
+ *     console.log("stopped");
+ *     break;
+ *   case "running":
+ *     console.log(`running as pid ${status.record.pid}${status.foreignHost ? " (another host)" : ""}`);
+ *     break;
+ *   default:
+ *     console.log(`stopped (${status.state}: ${status.reason})`);
+ * }
+ * ```
+ */
+export type PidFileStatus = PidFileAbsent | PidFileRunning | PidFileStale | PidFileInvalid;
 
-/** A PID file this process holds. Disposable: `using pidFile = await acquirePidFile(path)`. */
+/**
+ * A PID file this process holds. Disposable: `using pidFile = await acquirePidFile(path)`.
+ *
+ * @example Hold it for the life of a function
+ * ```ts
+ * import { acquirePidFile } from "./pidfile.ts";
+ * const pidFile = await acquirePidFile("/tmp/example.pid");
+ * try {
+ *   console.log(`holding ${pidFile.path} as pid ${pidFile.record.pid}`);
+ * } finally {
+ *   pidFile.release();
+ * }
+ * ```
+ */
 export interface PidFile {
   /** The PID file's path, as given. */
   readonly path: string;
@@ -143,7 +209,17 @@ export const DEFAULT_RELEASE_SIGNALS: readonly string[] = Object.freeze(["SIGTER
 /** Default of {@linkcode AcquirePidFileOptions.contentionTimeoutMs}. */
 export const DEFAULT_CONTENTION_TIMEOUT_MS = 3000;
 
-/** Options for {@linkcode acquirePidFile}. */
+/**
+ * Options for {@linkcode acquirePidFile}.
+ *
+ * @example Private PID file, released only by hand
+ * ```ts
+ * import { type AcquirePidFileOptions, acquirePidFile } from "./pidfile.ts";
+ * const options: AcquirePidFileOptions = { mode: 0o600, releaseOnExit: false, releaseOnSignals: [] };
+ * const pidFile = await acquirePidFile("/tmp/example.pid", options);
+ * pidFile.release();
+ * ```
+ */
 export interface AcquirePidFileOptions {
   /**
    * Stop a live holder on this host: write `<path>.takeover.json` naming it, send SIGTERM, wait up to
@@ -190,7 +266,20 @@ export interface AcquirePidFileOptions {
 // Errors
 // ---------------------------------------------------------------------------------------------------
 
-/** Thrown by {@linkcode acquirePidFile} when a live process holds the PID file. */
+/**
+ * Thrown by {@linkcode acquirePidFile} when a live process holds the PID file.
+ *
+ * @example Report who holds the file
+ * ```ts
+ * import { acquirePidFile, PidFileLockedError } from "./pidfile.ts";
+ * try {
+ *   await acquirePidFile("/tmp/example.pid");
+ * } catch (error) {
+ *   if (error instanceof PidFileLockedError) console.error(`already running as pid ${error.holder.pid}`);
+ *   else throw error;
+ * }
+ * ```
+ */
 export class PidFileLockedError extends Error {
   /** The PID file. */
   readonly path: string;
@@ -202,20 +291,18 @@ export class PidFileLockedError extends Error {
   readonly acquiring: boolean;
 
   /**
+   * Creates the error for a PID file held by `holder`.
+   *
    * @param path The PID file.
    * @param holder The holder's record.
    * @param reason Why the holder counts as running.
    * @param options `foreignHost`, `acquiring`, `cause`.
    *
-   * @example Report who holds the file
+   * @example
    * ```ts
-   * import { acquirePidFile, PidFileLockedError } from "./pidfile.ts";
-   * try {
-   *   await acquirePidFile("/tmp/example.pid");
-   * } catch (error) {
-   *   if (error instanceof PidFileLockedError) console.error(`already running as pid ${error.holder.pid}`);
-   *   else throw error;
-   * }
+   * import { PidFileLockedError } from "./pidfile.ts";
+   * const holder = { pid: 1234, startTime: null, argv: [], createdAt: "", hostname: null, startTicks: null, bootId: null };
+   * console.log(new PidFileLockedError("/tmp/example.pid", holder, "alive").message);
    * ```
    */
   constructor(
@@ -239,6 +326,16 @@ export class PidFileLockedError extends Error {
  * Thrown when a PID file or a marker cannot be used: a directory or other non-file at the path, a
  * folder that is missing or not writable, an I/O error, a holder that cannot be signalled. Nothing was
  * deleted.
+ *
+ * @example Tell a bad path from a held one
+ * ```ts
+ * import { acquirePidFile, PidFileError } from "./pidfile.ts";
+ * try {
+ *   await acquirePidFile("/tmp");
+ * } catch (error) {
+ *   if (error instanceof PidFileError) console.error(error.code, error.path); // "EISDIR" "/tmp"
+ * }
+ * ```
  */
 export class PidFileError extends Error {
   /** The file that could not be used. */
@@ -247,18 +344,16 @@ export class PidFileError extends Error {
   readonly code: string | undefined;
 
   /**
+   * Creates the error for a file that could not be used.
+   *
    * @param path The file.
    * @param message What could not be done.
    * @param options `code` and `cause`.
    *
-   * @example Tell a bad path from a held one
+   * @example
    * ```ts
-   * import { acquirePidFile, PidFileError } from "./pidfile.ts";
-   * try {
-   *   await acquirePidFile("/tmp");
-   * } catch (error) {
-   *   if (error instanceof PidFileError) console.error(error.code, error.path); // "EISDIR" "/tmp"
-   * }
+   * import { PidFileError } from "./pidfile.ts";
+   * console.log(new PidFileError("/tmp/example.pid", "Cannot use it", { code: "EACCES" }).code);
    * ```
    */
   constructor(path: string, message: string, options: { code?: string; cause?: unknown } = {}) {
@@ -537,7 +632,7 @@ function statusOf(snapshot: Snapshot): PidFileStatus {
   const text = decoder.decode(snapshot.bytes);
   const parsed = parseRecord(text, snapshot.stat.mtimeMs);
   if ("state" in parsed) return parsed;
-  return judge(parsed, text);
+  return judge(parsed, text, snapshot.stat.mtimeMs);
 }
 
 function parseRecord(text: string, mtimeMs: number): PidRecord | PidFileInvalid {
@@ -608,7 +703,7 @@ function validPid(pid: unknown): boolean {
   return typeof pid === "number" && Number.isInteger(pid) && pid > 0 && pid <= MAX_PID;
 }
 
-function judge(record: PidRecord, text: string): PidFileStatus {
+function judge(record: PidRecord, text: string, writtenAtMs: number): PidFileStatus {
   const localHost = hostname();
   if (record.hostname !== null && record.hostname !== localHost) {
     return {
@@ -635,13 +730,17 @@ function judge(record: PidRecord, text: string): PidFileStatus {
   if (record.bootId !== null && bootId !== null && record.bootId !== bootId) {
     return { state: "stale", record, reason: `written during an earlier boot (boot id ${record.bootId})` };
   }
-  const life = liveness(record);
+  const life = liveness(record, writtenAtMs);
   if (life.alive) return { state: "running", record, reason: life.reason, foreignHost: false };
   return { state: "stale", record, reason: life.reason };
 }
 
-/** Whether the process a record names is still that process, and why. */
-function liveness(record: PidRecord): { alive: boolean; reason: string } {
+/**
+ * Whether the process a record names is still that process, and why. Without a recorded start time,
+ * `writtenAtMs` (the file's mtime) stands in: a process that started after its PID file was written
+ * cannot be the one it names (writers record a pid that already runs), so its pid was reused.
+ */
+function liveness(record: PidRecord, writtenAtMs: number | null): { alive: boolean; reason: string } {
   const pid = record.pid;
   if (!isAlive(pid)) return { alive: false, reason: `process ${pid} is gone` };
   const stat = readProcStat(pid);
@@ -670,6 +769,16 @@ function liveness(record: PidRecord): { alive: boolean; reason: string } {
       };
     }
     if (actual !== null) return { alive: true, reason: `process ${pid} is alive (same start time)` };
+  } else if (writtenAtMs !== null) {
+    const actual = processStartTime(pid);
+    if (actual !== null && actual > writtenAtMs + START_TIME_TOLERANCE_MS) {
+      return {
+        alive: false,
+        reason: `pid ${pid} was reused: the process started at ${
+          isoOrNumber(actual)
+        }, after the PID file was written (${isoOrNumber(writtenAtMs)})`,
+      };
+    }
   }
   return { alive: true, reason: `process ${pid} is alive (its start time cannot be compared)` };
 }
@@ -947,7 +1056,7 @@ async function stopHolder(path: string, holder: PidRecord, timeoutMs: number): P
 }
 
 function signalHolder(path: string, holder: PidRecord, signal: string): void {
-  if (!liveness(holder).alive) return; // gone, or its pid now belongs to someone else: never signal that
+  if (!liveness(holder, null).alive) return; // gone, or its pid now belongs to someone else: never signal that
   try {
     kill(holder.pid, signal);
   } catch (error) {
@@ -966,7 +1075,7 @@ async function waitUntilGone(holder: PidRecord, timeoutMs: number): Promise<bool
   const deadline = Date.now() + timeoutMs;
   let pause = POLL_MIN_MS;
   for (;;) {
-    if (!liveness(holder).alive) return true;
+    if (!liveness(holder, null).alive) return true;
     const left = deadline - Date.now();
     if (left <= 0) return false;
     await new Promise((resolve) => setTimeout(resolve, Math.min(pause, left)));

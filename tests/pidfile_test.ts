@@ -237,6 +237,21 @@ describe("readPidFile()", () => {
     }
   });
 
+  it("readPidFile() reports a plain decimal file older than the live process behind its pid as stale", async () => {
+    const sleeper = startSleep();
+    try {
+      const pidPath = freshPidPath();
+      fs.writeFileSync(pidPath, `${sleeper.pid}\n`);
+      const hourAgo = new Date(Date.now() - 3_600_000);
+      fs.utimesSync(pidPath, hourAgo, hourAgo); // written before that process started: its pid was reused
+      const status = readPidFile(pidPath);
+      assert.equal(status.state, "stale");
+      assert.match(status.state === "stale" ? status.reason : "", /reused.*after the PID file was written/);
+    } finally {
+      await stop(sleeper);
+    }
+  });
+
   it("readPidFile() reports a dead pid as stale", async () => {
     const pidPath = freshPidPath();
     const pid = await deadPid();
@@ -633,6 +648,90 @@ describe("acquirePidFile()", () => {
     await assert.rejects(acquirePidFile(pidPath, { replace: "yes" as unknown as boolean }), TypeError);
     await assert.rejects(acquirePidFile(pidPath, { onError: 1 as unknown as () => void }), /onError/);
     assert.equal(fs.existsSync(pidPath), false);
+  });
+});
+
+/**
+ * The claim id of the file at `file`, as pidfile.ts computes it (FNV-1a over dev, inode, size, mtime and
+ * content). A copy on purpose: if the two drift apart, the live-claimant test below fails.
+ */
+function claimId(file: string): string {
+  const stat = fs.statSync(file);
+  const content = fs.readFileSync(file, "utf8");
+  const text = `${stat.dev}:${stat.ino > 0 ? stat.ino : "?"}:${stat.size}:${stat.mtimeMs}:${content}`;
+  let a = 0x811c9dc5;
+  let b = 0x01000193 ^ text.length;
+  for (let i = 0; i < text.length; i += 1) {
+    const c = text.charCodeAt(i);
+    a = Math.imul(a ^ c, 0x01000193);
+    b = Math.imul(b ^ c, 0x5bd1e995) ^ (b >>> 15);
+  }
+  return (a >>> 0).toString(16).padStart(8, "0") + (b >>> 0).toString(16).padStart(8, "0");
+}
+
+describe("acquirePidFile() replacement claims", () => {
+  it("acquirePidFile() waits for a live claimant of the same stale file, then reports it (acquiring)", async () => {
+    const sleeper = startSleep();
+    try {
+      const pidPath = freshPidPath();
+      const stale = writeRecord(pidPath, { pid: await deadPid(), startTime: 1, hostname: hostname() });
+      const claim = `${pidPath}.replace-${claimId(pidPath)}.0`;
+      fs.writeFileSync(claim, JSON.stringify(liveRecordFields(sleeper.pid)));
+      await assert.rejects(acquirePidFile(pidPath, { contentionTimeoutMs: 200 }), (error: unknown) => {
+        assert.ok(error instanceof PidFileLockedError);
+        assert.equal(error.acquiring, true);
+        assert.equal(error.holder.pid, sleeper.pid);
+        return true;
+      });
+      assert.equal(fs.readFileSync(pidPath, "utf8"), stale, "the claimant's file is left to the claimant");
+      assert.ok(fs.existsSync(claim));
+    } finally {
+      await stop(sleeper);
+    }
+  });
+
+  it("acquirePidFile() is not blocked by claims of dead claimants, and removes them", async () => {
+    const pidPath = freshPidPath();
+    writeRecord(pidPath, { pid: await deadPid(), startTime: 1, hostname: hostname() });
+    const id = claimId(pidPath);
+    const dead = JSON.stringify({ pid: await deadPid(), startTime: 1, hostname: hostname() });
+    fs.writeFileSync(`${pidPath}.replace-${id}.0`, dead);
+    fs.writeFileSync(`${pidPath}.replace-${id}.1`, dead);
+    const pidFile = await acquirePidFile(pidPath);
+    try {
+      assert.equal(readJson(pidPath).pid, getPid());
+      assert.deepEqual(fs.readdirSync(path.dirname(pidPath)), ["service.pid"]);
+    } finally {
+      pidFile.release();
+    }
+  });
+
+  it("acquirePidFile() sweeps temporary files and claims of dead processes after a replacement, not live ones", async () => {
+    const sleeper = startSleep();
+    try {
+      const pidPath = freshPidPath();
+      const dir = path.dirname(pidPath);
+      fs.writeFileSync(pidPath, "garbage");
+      const gone = await deadPid();
+      const deadTmp = `service.pid.${gone}.3.k2j4h.tmp`;
+      const liveTmp = `service.pid.${sleeper.pid}.1.abc.tmp`;
+      const deadClaim = "service.pid.replace-0123456789abcdef.0";
+      const liveClaim = "service.pid.replace-fedcba9876543210.0";
+      const other = "service.pid.takeover.json";
+      fs.writeFileSync(path.join(dir, deadTmp), "x");
+      fs.writeFileSync(path.join(dir, liveTmp), "x");
+      fs.writeFileSync(
+        path.join(dir, deadClaim),
+        JSON.stringify({ pid: gone, startTime: 1, hostname: hostname() }),
+      );
+      fs.writeFileSync(path.join(dir, liveClaim), JSON.stringify(liveRecordFields(sleeper.pid)));
+      fs.writeFileSync(path.join(dir, other), "{}");
+      const pidFile = await acquirePidFile(pidPath);
+      pidFile.release();
+      assert.deepEqual(fs.readdirSync(dir).sort(), [liveClaim, liveTmp, other].sort());
+    } finally {
+      await stop(sleeper);
+    }
   });
 });
 
