@@ -137,7 +137,8 @@ export interface RotatingFileOptions {
   checkEvery?: number;
   /**
    * Receives every failure: `write`, `rotate`, `reopen` and `close` never throw. Usually a
-   * {@linkcode RotatingFileError}.
+   * {@linkcode RotatingFileError}. It may write to the same file; a failure while it runs is not
+   * reported again (no loop).
    * @default one line on stderr, at most one every 5 seconds (with a count of the lines held back)
    */
   onError?: (error: unknown) => void;
@@ -332,7 +333,8 @@ export interface LoggerOptions {
    */
   fields?: Record<string, unknown>;
   /**
-   * Receives a failure of the sink; a log call never throws.
+   * Receives a failure of the sink; a log call never throws. It may log again; a failure while it
+   * runs is not reported again (no loop).
    * @default one line on stderr, at most one every 5 seconds
    */
   onError?: (error: unknown) => void;
@@ -477,7 +479,7 @@ export function createLogger(options: LoggerOptions): Logger {
     throw new TypeError(`Cannot create logger: option "fields" must be an object, got ${safeQuote(fields)}`);
   }
   const onError = checkCallback(options.onError) ?? createStderrReporter();
-  return new JsonLogger(sink, level, toPlainFields(fields), onError);
+  return new JsonLogger(sink, level, toPlainFields(fields), { onError, reporting: false });
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -526,6 +528,10 @@ class RotatingFileHandle implements RotatingFile {
   /** `Date.now()` before which no size rollover is tried again (after a lock timeout). */
   #rolloverRetryAt = 0;
   #scratch = new Uint8Array(SCRATCH_BYTES);
+  /** Nesting of write() calls: an onError that writes to this file must not reuse the scratch buffer. */
+  #depth = 0;
+  /** `true` while onError runs: a failure inside it is not reported again (no loop). */
+  #reporting = false;
 
   constructor(path: string, settings: Settings) {
     this.path = path;
@@ -543,18 +549,25 @@ class RotatingFileHandle implements RotatingFile {
       this.#fail("write", "the handle is closed", undefined, true);
       return;
     }
-    const bytes = this.#encode(record);
-    if (this.#untilCheck <= 0) {
-      this.#untilCheck = this.#settings.checkEvery;
-      this.#check(bytes.length);
+    this.#depth += 1;
+    try {
+      const bytes = this.#encode(record, this.#depth === 1);
+      if (this.#untilCheck <= 0) {
+        this.#untilCheck = this.#settings.checkEvery;
+        this.#check(bytes.length);
+      }
+      this.#untilCheck -= 1;
+      if (this.#fd < 0) return; // #check reported the record as lost
+      const { maxBytes } = this.#settings;
+      if (maxBytes > 0 && this.#size > 0 && this.#size + bytes.length > maxBytes) {
+        this.#rollover(bytes.length, false);
+      }
+      this.#append(bytes);
+    } catch (error) {
+      this.#fail("write", "the record cannot be turned into text", error, true); // a throwing toString()
+    } finally {
+      this.#depth -= 1;
     }
-    this.#untilCheck -= 1;
-    if (this.#fd < 0) return; // #check reported the record as lost
-    const { maxBytes } = this.#settings;
-    if (maxBytes > 0 && this.#size > 0 && this.#size + bytes.length > maxBytes) {
-      this.#rollover(bytes.length, false);
-    }
-    this.#append(bytes);
   }
 
   rotate(): void {
@@ -590,8 +603,8 @@ class RotatingFileHandle implements RotatingFile {
     this.close();
   }
 
-  /** The record as bytes ending in a newline; short records reuse one buffer. */
-  #encode(record: string | Uint8Array): Uint8Array {
+  /** The record as bytes ending in a newline; short records reuse one buffer when `scratch` allows. */
+  #encode(record: string | Uint8Array, scratch: boolean): Uint8Array {
     if (typeof record !== "string") {
       if (record instanceof Uint8Array) {
         if (record.length > 0 && record[record.length - 1] === NEWLINE) return record;
@@ -603,7 +616,7 @@ class RotatingFileHandle implements RotatingFile {
       record = String(record);
     }
     const newline = record.length === 0 || record.charCodeAt(record.length - 1) !== NEWLINE;
-    if (record.length * 3 < SCRATCH_BYTES) {
+    if (scratch && record.length * 3 < SCRATCH_BYTES) {
       const { written } = encoder.encodeInto(record, this.#scratch);
       if (!newline) return this.#scratch.subarray(0, written);
       this.#scratch[written] = NEWLINE;
@@ -770,13 +783,17 @@ class RotatingFileHandle implements RotatingFile {
   }
 
   #fail(operation: RotatingFileOperation, what: string, cause: unknown, lost: boolean): void {
+    if (this.#reporting) return; // failing inside onError (which wrote to this file): not reported again
     const reason = cause === undefined ? "" : `: ${describeCause(cause)}`;
     const message = `Log file "${this.path}" (${operation}): ${what}${reason}`;
     const error = new RotatingFileError(this.path, operation, message, { cause, lost });
+    this.#reporting = true;
     try {
       this.#settings.onError(error);
     } catch {
       // onError itself threw: write() promised never to throw, and there is nobody left to tell.
+    } finally {
+      this.#reporting = false;
     }
   }
 }
@@ -966,15 +983,21 @@ class JsonLogger implements Logger {
   readonly #fields: LogFields;
   /** `#fields` as JSON members (`,"a":1,"b":2`), serialised once. */
   readonly #fieldsJson: string;
-  readonly #onError: (error: unknown) => void;
+  /** Shared with children: `reporting` stops an onError that logs through a failing sink from looping. */
+  readonly #errors: { onError: (error: unknown) => void; reporting: boolean };
 
-  constructor(sink: LogSink, level: LogLevel, fields: LogFields, onError: (error: unknown) => void) {
+  constructor(
+    sink: LogSink,
+    level: LogLevel,
+    fields: LogFields,
+    errors: { onError: (error: unknown) => void; reporting: boolean },
+  ) {
     this.level = level;
     this.#sink = sink;
     this.#rank = LEVEL_RANK[level];
     this.#fields = fields;
     this.#fieldsJson = jsonMembers(fields);
-    this.#onError = onError;
+    this.#errors = errors;
   }
 
   debug(msg: string, fields?: LogFields): void {
@@ -1001,7 +1024,7 @@ class JsonLogger implements Logger {
       this.#sink,
       this.level,
       { ...this.#fields, ...toPlainFields(fields) },
-      this.#onError,
+      this.#errors,
     );
   }
 
@@ -1037,17 +1060,25 @@ class JsonLogger implements Logger {
         JSON.stringify(text)
       }${members}}\n`;
     } catch (error) {
-      this.#onError(new Error(`Cannot serialise a ${level} record`, { cause: error }));
+      this.#report(new Error(`Cannot serialise a ${level} record`, { cause: error }));
       return;
     }
     try {
       this.#sink.write(line);
     } catch (error) {
-      try {
-        this.#onError(new Error(`The log sink failed to write a ${level} record`, { cause: error }));
-      } catch {
-        // onError itself threw: a log call promised never to throw.
-      }
+      this.#report(new Error(`The log sink failed to write a ${level} record`, { cause: error }));
+    }
+  }
+
+  #report(error: Error): void {
+    if (this.#errors.reporting) return; // failing inside onError (which logged again): not reported again
+    this.#errors.reporting = true;
+    try {
+      this.#errors.onError(error);
+    } catch {
+      // onError itself threw: a log call promised never to throw.
+    } finally {
+      this.#errors.reporting = false;
     }
   }
 }

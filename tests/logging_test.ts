@@ -826,6 +826,43 @@ describe("openRotatingFile() failures", () => {
     assert.equal(read(file), "inside\n");
   });
 
+  it("openRotatingFile() keeps the record whole when onError writes to the same file", () => {
+    const dir = freshDir();
+    const file = path.join(dir, "logs", "app.log");
+    fs.mkdirSync(path.dirname(file));
+    const keep = path.join(dir, "kept-link");
+    let reports = 0;
+    const log: RotatingFile = openRotatingFile(file, {
+      onError: (error) => {
+        reports++;
+        log.write(`onError: ${(error as RotatingFileError).code}`); // fails its check too: no loop
+      },
+    });
+    log.write("a");
+    fs.linkSync(file, keep);
+    fs.rmSync(path.dirname(file), { recursive: true });
+    log.write("the record at stake, intact");
+    log.close();
+    assert.equal(reports, 1);
+    assert.equal(read(keep), "a\nonError: ENOENT\nthe record at stake, intact\n");
+  });
+
+  it("openRotatingFile() reports a record whose toString() throws, without throwing", () => {
+    const file = freshLog();
+    const { log, errors } = open(file);
+    const hostile = {
+      toString() {
+        throw new Error("no text");
+      },
+    };
+    log.write(hostile as unknown as string);
+    log.write("next");
+    log.close();
+    assert.equal(errors.length, 1);
+    assert.equal(errors[0].lost, true);
+    assert.equal(read(file), "next\n");
+  });
+
   it("openRotatingFile() survives an onError that throws", () => {
     const log = openRotatingFile("/dev/full", {
       onError: () => {
@@ -1262,6 +1299,22 @@ describe("createLogger()", () => {
     log.info("lost");
     assert.equal(errors.length, 1);
     assert.match(String((errors[0] as Error).cause), /sink down/);
+    // An onError that logs through the same failing sink (from a child) does not loop.
+    let calls = 0;
+    const looping = createLogger({
+      sink: {
+        write() {
+          throw new Error("still down");
+        },
+      },
+      onError: () => {
+        calls++;
+        child.error("reporting the failure");
+      },
+    });
+    const child = looping.child({ part: "x" });
+    child.info("lost too");
+    assert.equal(calls, 1);
   });
 
   it("createLogger() writes to a RotatingFile, a valid pino-style destination", () => {
