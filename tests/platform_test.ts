@@ -1,0 +1,601 @@
+// platform.ts on whichever runtime runs this file: every export against real files, processes and
+// signals. The same file runs under `deno test -A`, `bun test` and `node --test`.
+import { after, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { spawn } from "node:child_process";
+import * as platform from "../platform.ts";
+
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), "keelson-platform-"));
+after(() => fs.rmSync(dir, { recursive: true, force: true }));
+const encoder = new TextEncoder();
+const fixture = (name: string) => path.join(import.meta.dirname ?? "tests", "fixtures", name);
+
+/** Runs a fixture script with the current runtime; resolves with its exit status and output. */
+function runFixture(
+  name: string,
+  args: string[] = [],
+): Promise<{ code: number | null; signal: string | null; stdout: string; stderr: string }> {
+  const { command, args: argv } = platform.scriptCommand(fixture(name), args);
+  return new Promise((resolve) => {
+    const child = spawn(command, argv, { stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    child.on("close", (code, signal) => resolve({ code, signal, stdout, stderr }));
+    child.stdout?.on("data", (chunk) => (stdout += chunk));
+    child.stderr?.on("data", (chunk) => (stderr += chunk));
+  });
+}
+
+describe("platform: runtime", () => {
+  it("runtime and runtimeVersion name the running runtime", () => {
+    const expected = "Deno" in globalThis ? "deno" : "Bun" in globalThis ? "bun" : "node";
+    assert.equal(platform.runtime, expected);
+    assert.match(platform.runtimeVersion, /^\d+\.\d+\.\d+/);
+    assert.equal(platform.isLinux, process.platform === "linux");
+  });
+});
+
+describe("platform: errorCode()", () => {
+  it("errorCode() reads Node-style codes and maps Deno error names", () => {
+    assert.equal(platform.errorCode(Object.assign(new Error("x"), { code: "EPIPE" })), "EPIPE");
+    for (
+      const [name, code] of [
+        ["BrokenPipe", "EPIPE"],
+        ["BadResource", "EBADF"],
+        ["ConnectionReset", "ECONNRESET"],
+        ["NotFound", "ENOENT"],
+        ["PermissionDenied", "EACCES"],
+      ]
+    ) {
+      const error = new Error("deno-style");
+      error.name = name;
+      assert.equal(platform.errorCode(error), code, name);
+    }
+    assert.equal(platform.errorCode(new Error("plain")), undefined);
+    assert.equal(platform.errorCode("ENOENT"), undefined);
+    assert.equal(platform.errorCode(null), undefined);
+  });
+
+  it("errorCode() reports real filesystem errors from this runtime", () => {
+    assert.throws(() => platform.stat(path.join(dir, "missing")), (e) => platform.errorCode(e) === "ENOENT");
+  });
+});
+
+describe("platform: files", () => {
+  it("openAppend() creates with the exact mode whatever the umask, and appends", () => {
+    const file = path.join(dir, "append.log");
+    const previous = process.umask(0o077);
+    try {
+      const fd = platform.openAppend(file, { mode: 0o644 });
+      platform.writeAll(fd, encoder.encode("one\n"));
+      platform.closeFd(fd);
+    } finally {
+      process.umask(previous);
+    }
+    assert.equal(fs.statSync(file).mode & 0o777, 0o644);
+    const fd = platform.openAppend(file);
+    platform.writeAll(fd, encoder.encode("two\n"));
+    platform.closeFd(fd);
+    assert.equal(fs.readFileSync(file, "utf8"), "one\ntwo\n");
+  });
+
+  it("openAppend() lands at the new end after an external truncate (no NUL hole)", () => {
+    const file = path.join(dir, "truncate.log");
+    const fd = platform.openAppend(file);
+    platform.writeAll(fd, encoder.encode("a".repeat(1000)));
+    fs.truncateSync(file, 0);
+    platform.writeAll(fd, encoder.encode("after\n"));
+    platform.closeFd(fd);
+    assert.equal(fs.readFileSync(file, "utf8"), "after\n");
+  });
+
+  it("openAppend() throws ENOENT for a missing folder", () => {
+    assert.throws(
+      () => platform.openAppend(path.join(dir, "no-such-dir", "x.log")),
+      (e) => platform.errorCode(e) === "ENOENT",
+    );
+  });
+
+  it("createExclusive() creates once with the mode, then throws EEXIST", () => {
+    const file = path.join(dir, "exclusive");
+    const fd = platform.createExclusive(file, { mode: 0o600 });
+    platform.closeFd(fd);
+    assert.equal(fs.statSync(file).mode & 0o777, 0o600);
+    assert.throws(() => platform.createExclusive(file), (e) => platform.errorCode(e) === "EEXIST");
+  });
+
+  it("link() publishes a file and fails with EEXIST when anything is there", () => {
+    const tmp = path.join(dir, "link.tmp");
+    const target = path.join(dir, "link.target");
+    fs.writeFileSync(tmp, "first\n");
+    platform.link(tmp, target);
+    assert.equal(fs.readFileSync(target, "utf8"), "first\n");
+    assert.equal(platform.stat(target).nlink, 2);
+    const other = path.join(dir, "link.other");
+    fs.writeFileSync(other, "second\n");
+    assert.throws(() => platform.link(other, target), (e) => platform.errorCode(e) === "EEXIST");
+    assert.equal(fs.readFileSync(target, "utf8"), "first\n");
+  });
+
+  it("rename() replaces the target; unlink() and unlinkIfExists() remove", () => {
+    const a = path.join(dir, "rename.a");
+    const b = path.join(dir, "rename.b");
+    fs.writeFileSync(a, "A");
+    fs.writeFileSync(b, "B");
+    platform.rename(a, b);
+    assert.equal(fs.readFileSync(b, "utf8"), "A");
+    assert.equal(fs.existsSync(a), false);
+    platform.unlink(b);
+    assert.equal(fs.existsSync(b), false);
+    assert.throws(() => platform.unlink(b), (e) => platform.errorCode(e) === "ENOENT");
+    assert.equal(platform.unlinkIfExists(b), false);
+    fs.writeFileSync(b, "again");
+    assert.equal(platform.unlinkIfExists(b), true);
+  });
+
+  it("chmod() and fchmod() set exact bits", () => {
+    const file = path.join(dir, "chmod");
+    fs.writeFileSync(file, "");
+    platform.chmod(file, 0o640);
+    assert.equal(fs.statSync(file).mode & 0o777, 0o640);
+    const fd = platform.openAppend(file);
+    platform.fchmod(fd, 0o604);
+    platform.closeFd(fd);
+    assert.equal(fs.statSync(file).mode & 0o777, 0o604);
+  });
+
+  it("stat() and fstat() agree on dev, ino, size, mode and nlink; unlinked → nlink 0", () => {
+    const file = path.join(dir, "stat.log");
+    const fd = platform.openAppend(file, { mode: 0o600 });
+    platform.writeAll(fd, encoder.encode("12345"));
+    const byPath = platform.stat(file);
+    const byFd = platform.fstat(fd);
+    assert.equal(byPath.dev, byFd.dev);
+    assert.equal(byPath.ino, byFd.ino);
+    assert.ok(byFd.ino === null || byFd.ino > 0);
+    assert.equal(byFd.size, 5);
+    assert.equal(byFd.mode & 0o777, 0o600);
+    assert.equal(byFd.nlink, 1);
+    assert.equal(byFd.isFile, true);
+    assert.equal(byFd.isDirectory, false);
+    assert.ok(byFd.mtimeMs > 0);
+    fs.unlinkSync(file);
+    assert.equal(platform.fstat(fd).nlink, 0);
+    platform.closeFd(fd);
+    assert.equal(platform.stat(dir).isDirectory, true);
+  });
+
+  it("statOrNull() is null for ENOENT and ENOTDIR", () => {
+    assert.equal(platform.statOrNull(path.join(dir, "nothing")), null);
+    const file = path.join(dir, "plain");
+    fs.writeFileSync(file, "");
+    assert.equal(platform.statOrNull(path.join(file, "below")), null);
+    assert.equal(platform.statOrNull(file)?.size, 0);
+  });
+
+  it("ftruncate() and fsync() act on the descriptor", () => {
+    const file = path.join(dir, "ftruncate");
+    const fd = platform.openAppend(file);
+    platform.writeAll(fd, encoder.encode("abcdef"));
+    platform.fsync(fd);
+    platform.ftruncate(fd, 2);
+    platform.closeFd(fd);
+    assert.equal(fs.readFileSync(file, "utf8"), "ab");
+  });
+
+  it("openRead(), readFile(), readTextFile(), readTextFileOrNull() read what was written", () => {
+    const file = path.join(dir, "read.txt");
+    fs.writeFileSync(file, "héllo\n");
+    const fd = platform.openRead(file);
+    assert.equal(platform.fstat(fd).size, 7);
+    platform.closeFd(fd);
+    assert.deepEqual([...platform.readFile(file)], [...encoder.encode("héllo\n")]);
+    assert.equal(platform.readTextFile(file), "héllo\n");
+    assert.equal(platform.readTextFileOrNull(file), "héllo\n");
+    assert.equal(platform.readTextFileOrNull(path.join(dir, "absent")), null);
+    assert.throws(() => platform.readTextFileOrNull(dir), (e) => platform.errorCode(e) === "EISDIR");
+  });
+
+  it("readHead() reads at most N bytes, fewer from a short file, none from an empty one", () => {
+    const file = path.join(dir, "head.bin");
+    fs.writeFileSync(file, "0123456789");
+    assert.equal(new TextDecoder().decode(platform.readHead(file, 4)), "0123");
+    assert.equal(platform.readHead(file, 100).length, 10);
+    fs.writeFileSync(file, "");
+    assert.equal(platform.readHead(file, 100).length, 0);
+    assert.throws(() => platform.readHead(path.join(dir, "none"), 4), (e) => platform.errorCode(e) === "ENOENT");
+  });
+
+  it("writeTextFile() replaces with the exact mode; writeFileAtomic() leaves no temporary", () => {
+    const file = path.join(dir, "whole.txt");
+    const previous = process.umask(0o077);
+    try {
+      platform.writeTextFile(file, "long content here\n", { mode: 0o640 });
+      platform.writeTextFile(file, "short\n", { mode: 0o640 });
+    } finally {
+      process.umask(previous);
+    }
+    assert.equal(fs.readFileSync(file, "utf8"), "short\n");
+    assert.equal(fs.statSync(file).mode & 0o777, 0o640);
+    const atomic = path.join(dir, "atomic.json");
+    platform.writeFileAtomic(atomic, '{"a":1}\n', { mode: 0o600 });
+    platform.writeFileAtomic(atomic, '{"a":2}\n', { mode: 0o600 });
+    assert.equal(fs.readFileSync(atomic, "utf8"), '{"a":2}\n');
+    assert.equal(fs.statSync(atomic).mode & 0o777, 0o600);
+    assert.deepEqual(fs.readdirSync(dir).filter((n) => n.startsWith("atomic.json.")), []);
+    assert.throws(
+      () => platform.writeFileAtomic(path.join(dir, "no-dir", "x"), "x"),
+      (e) => platform.errorCode(e) === "ENOENT",
+    );
+  });
+
+  it("tempPathBeside() names unique paths in the same folder", () => {
+    const names = new Set(Array.from({ length: 100 }, () => platform.tempPathBeside("/run/app.pid")));
+    assert.equal(names.size, 100);
+    for (const name of names) assert.ok(name.startsWith("/run/app.pid."));
+  });
+
+  it("mkdirp() creates parents and accepts an existing folder; readDir() lists", () => {
+    const deep = path.join(dir, "a", "b", "c");
+    platform.mkdirp(deep);
+    platform.mkdirp(deep);
+    assert.equal(fs.statSync(deep).isDirectory(), true);
+    assert.deepEqual(platform.readDir(path.join(dir, "a")), ["b"]);
+  });
+
+  it("writeOnce() is one write; writeAll() on /dev/full throws ENOSPC", () => {
+    const file = path.join(dir, "once");
+    const fd = platform.openAppend(file);
+    assert.equal(platform.writeOnce(fd, encoder.encode("abc")), 3);
+    platform.closeFd(fd);
+    const full = fs.openSync("/dev/full", "w");
+    try {
+      assert.throws(() => platform.writeAll(full, encoder.encode("x")), (e) => platform.errorCode(e) === "ENOSPC");
+    } finally {
+      fs.closeSync(full);
+    }
+  });
+
+  it("writeAll() on a closed descriptor throws EBADF", () => {
+    const fd = platform.openAppend(path.join(dir, "closed"));
+    platform.closeFd(fd);
+    assert.throws(() => platform.writeAll(fd, encoder.encode("x")), (e) => platform.errorCode(e) === "EBADF");
+  });
+
+  it("writeAll() delivers 8 MiB whole through a non-blocking pipe to a slow reader (EAGAIN waited out)", {
+    timeout: 120_000,
+  }, async () => {
+    // A real pipe (not the socketpair some runtimes give children) whose reader starts late.
+    const size = 8 * 1024 * 1024;
+    const { command, args } = platform.scriptCommand(fixture("platform_write_all.ts"), [String(size)]);
+    const result = await platform.runCommand("sh", ["-c", '"$0" "$@" | { sleep 0.3; cat; }', command, ...args], {
+      timeoutMs: 100_000,
+    });
+    assert.equal(result.code, 0, result.stderr);
+    assert.match(result.stderr, /nonblocking=true eagain=true/);
+    assert.equal(result.stdout.length, size + 1);
+    assert.equal(result.stdout, "x".repeat(size) + "\n");
+  });
+
+  it("sleepSync() blocks for about the time asked", () => {
+    const started = performance.now();
+    platform.sleepSync(20);
+    assert.ok(performance.now() - started >= 19);
+    platform.sleepSync(0);
+    platform.sleepSync(-1);
+  });
+});
+
+describe("platform: processes", () => {
+  it("getPid() and getPpid() match the process; processArgv() has the script", () => {
+    assert.equal(platform.getPid(), process.pid);
+    assert.equal(platform.getPpid(), process.ppid);
+    assert.ok(platform.processArgv().length >= 1);
+  });
+
+  it("isAlive(): self alive, pid 1 alive (EPERM or ours), a reaped child dead, nonsense false", async () => {
+    assert.equal(platform.isAlive(process.pid), true);
+    assert.equal(platform.isAlive(1), true);
+    const child = spawn("true");
+    const pid = child.pid!;
+    await new Promise((resolve) => child.on("close", resolve));
+    assert.equal(platform.isAlive(pid), false);
+    assert.equal(platform.isAlive(0), false);
+    assert.equal(platform.isAlive(-5), false);
+    assert.equal(platform.isAlive(1.5), false);
+  });
+
+  it("isAlive() is true for another user's process (EPERM) when we are not root", async (t) => {
+    if (platform.getUid() === 0) {
+      // As root kill(pid, 0) never answers EPERM; run the probe as nobody through setpriv if we can.
+      const probe = await platform.runCommand("setpriv", [
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "kill",
+        "-0",
+        "1",
+      ]);
+      if (probe.error) return t.skip("setpriv not available to provoke EPERM");
+      assert.notEqual(probe.code, 0);
+      assert.match(probe.stderr, /not permitted/i);
+      return;
+    }
+    assert.equal(platform.isAlive(1), true);
+  });
+
+  it("kill() sends a real signal; ESRCH for a gone pid; RangeError for a bad pid", async () => {
+    const child = spawn("sleep", ["30"]);
+    const closed = new Promise<string | null>((resolve) => child.on("close", (_code, signal) => resolve(signal)));
+    platform.kill(child.pid!, "SIGTERM");
+    assert.equal(await closed, "SIGTERM");
+    assert.throws(() => platform.kill(child.pid!, 0), (e) => platform.errorCode(e) === "ESRCH");
+    assert.throws(() => platform.kill(0, "SIGTERM"), RangeError);
+    assert.throws(() => platform.kill(-1, "SIGTERM"), RangeError);
+  });
+
+  it("readProcStat() parses a command name with spaces and parentheses", async (t) => {
+    if (!platform.isLinux) return t.skip("no /proc");
+    const weird = path.join(dir, "we ird) (name");
+    fs.copyFileSync("/bin/sleep", weird);
+    fs.chmodSync(weird, 0o755);
+    const child = spawn(weird, ["30"]);
+    const closed = new Promise((resolve) => child.on("close", resolve));
+    try {
+      let stat = platform.readProcStat(child.pid!);
+      for (let i = 0; i < 50 && stat?.comm !== "we ird) (name"; i++) {
+        await new Promise((r) => setTimeout(r, 20));
+        stat = platform.readProcStat(child.pid!);
+      }
+      assert.ok(stat);
+      assert.equal(stat.comm, "we ird) (name");
+      assert.equal(stat.ppid, process.pid);
+      assert.match(stat.state, /^[RSD]$/);
+      assert.ok(stat.startTicks > 0);
+    } finally {
+      child.kill("SIGKILL");
+      await closed;
+    }
+    assert.equal(platform.readProcStat(child.pid!), null);
+    assert.equal(platform.readProcStat(-1), null);
+  });
+
+  it("readProcStat() shows a zombie as state Z while isAlive() still says true", async (t) => {
+    if (!platform.isLinux) return t.skip("no /proc");
+    // sh forks `true` then execs sleep: the dead `true` stays an unreaped zombie of the sleep.
+    const child = spawn("sh", ["-c", "true & exec sleep 30"]);
+    const closed = new Promise((resolve) => child.on("close", resolve));
+    try {
+      let zombie: number | null = null;
+      for (let i = 0; i < 100 && zombie === null; i++) {
+        await new Promise((r) => setTimeout(r, 20));
+        for (const entry of fs.readdirSync("/proc").filter((n) => /^\d+$/.test(n))) {
+          const stat = platform.readProcStat(Number(entry));
+          if (stat?.ppid === child.pid && stat.state === "Z") zombie = Number(entry);
+        }
+      }
+      assert.ok(zombie !== null, "a zombie child of the sleep should exist");
+      assert.equal(platform.isAlive(zombie), true);
+      assert.equal(platform.readProcStat(zombie)?.state, "Z");
+    } finally {
+      child.kill("SIGKILL");
+      await closed;
+    }
+  });
+
+  it("processStartTime() is stable for one process and differs for a later one", async (t) => {
+    if (!platform.isLinux) return t.skip("no /proc");
+    const self = platform.processStartTime(process.pid);
+    assert.ok(self !== null);
+    assert.equal(platform.processStartTime(process.pid), self);
+    assert.ok(Math.abs(self - (Date.now() - performance.now())) < 60_000, "start time near our own start");
+    await new Promise((r) => setTimeout(r, 30));
+    const child = spawn("sleep", ["30"]);
+    const closed = new Promise((resolve) => child.on("close", resolve));
+    try {
+      const start = platform.processStartTime(child.pid!);
+      assert.ok(start !== null && start > self);
+    } finally {
+      child.kill("SIGKILL");
+      await closed;
+    }
+    assert.equal(platform.processStartTime(child.pid!), null);
+    const boot = platform.bootTimeMs();
+    assert.ok(boot !== null && boot < self);
+    assert.equal(platform.CLOCK_TICKS_PER_SECOND, 100);
+  });
+
+  it("readProcStatus() and readProcCmdline() describe a real child", async (t) => {
+    if (!platform.isLinux) return t.skip("no /proc");
+    const child = spawn("sleep", ["30"]);
+    const closed = new Promise((resolve) => child.on("close", resolve));
+    try {
+      let cmdline = platform.readProcCmdline(child.pid!);
+      for (let i = 0; i < 50 && !cmdline?.[0].endsWith("sleep"); i++) {
+        await new Promise((r) => setTimeout(r, 20));
+        cmdline = platform.readProcCmdline(child.pid!);
+      }
+      // Some runtimes pass the resolved path as argv[0].
+      assert.deepEqual([path.basename(cmdline![0]), ...cmdline!.slice(1)], ["sleep", "30"]);
+      const status = platform.readProcStatus(child.pid!);
+      assert.ok(status);
+      assert.equal(status.Name, "sleep");
+      assert.equal(status.PPid, String(process.pid));
+      assert.equal(status.TracerPid, "0");
+      assert.match(status.Uid, /^\d+\s+\d+/);
+    } finally {
+      child.kill("SIGKILL");
+      await closed;
+    }
+    assert.equal(platform.readProcStatus(child.pid!), null);
+    assert.equal(platform.readProcCmdline(child.pid!), null);
+  });
+
+  it("loadAverage(), hostname(), getUid() report the machine", () => {
+    const load = platform.loadAverage();
+    assert.ok(load && load.length === 3 && load.every((n) => Number.isFinite(n) && n >= 0));
+    assert.equal(platform.hostname(), os.hostname());
+    assert.equal(platform.getUid(), process.getuid?.() ?? null);
+  });
+
+  it("getEnv(), setEnv(), deleteEnv() change this process's environment and its children's", async () => {
+    const name = "KEELSON_PLATFORM_TEST";
+    platform.setEnv(name, "value 1");
+    assert.equal(platform.getEnv(name), "value 1");
+    const seen = await platform.runCommand("sh", ["-c", `printf %s "$${name}"`]);
+    assert.equal(seen.stdout, "value 1");
+    platform.deleteEnv(name);
+    assert.equal(platform.getEnv(name), undefined);
+  });
+
+  it("exit() ends the process with the code, even with timers pending", async () => {
+    const result = await runFixture("platform_exit.ts", ["7"]);
+    assert.equal(result.code, 7);
+    assert.equal(result.stdout, "before\n");
+  });
+});
+
+describe("platform: signals", () => {
+  it("signalNumber() and signalName() map both ways; unknown → undefined", () => {
+    const linux: Record<string, number> = {
+      SIGHUP: 1,
+      SIGINT: 2,
+      SIGQUIT: 3,
+      SIGKILL: 9,
+      SIGUSR1: 10,
+      SIGUSR2: 12,
+      SIGTERM: 15,
+    };
+    for (const [name, number] of Object.entries(linux)) {
+      assert.equal(platform.signalNumber(name), number, name);
+      assert.equal(platform.signalName(number), name, String(number));
+    }
+    assert.equal(platform.signalNumber("SIGNOPE"), undefined);
+    assert.equal(platform.signalNumber("toString"), undefined);
+    assert.equal(platform.signalName(999), undefined);
+  });
+
+  it("onSignal() rejects signals it does not handle", () => {
+    assert.throws(() => platform.onSignal("SIGKILL", () => {}), TypeError);
+    assert.throws(() => platform.onSignal("nope", () => {}), /SIGTERM/);
+  });
+
+  it("onSignal() delivers each handled signal by name in a real child, and unsubscribes", {
+    timeout: 60_000,
+  }, async () => {
+    const result = await runFixture("platform_signals.ts");
+    assert.equal(result.code, 0, result.stderr);
+    const lines = result.stdout.trim().split("\n");
+    assert.deepEqual(lines, [
+      "got SIGTERM",
+      "got SIGINT",
+      "got SIGHUP",
+      "got SIGQUIT",
+      "got SIGUSR1",
+      "got SIGUSR2",
+      "unsubscribed",
+    ]);
+  });
+});
+
+describe("platform: child processes", () => {
+  it("runCommand() captures output and the exit code", async () => {
+    const result = await platform.runCommand("sh", ["-c", "echo out; echo err >&2; exit 3"]);
+    assert.deepEqual(
+      { code: result.code, stdout: result.stdout, stderr: result.stderr, timedOut: result.timedOut },
+      { code: 3, stdout: "out\n", stderr: "err\n", timedOut: false },
+    );
+    assert.equal(result.error, null);
+  });
+
+  it("runCommand() feeds stdin", async () => {
+    const result = await platform.runCommand("cat", [], { input: "piped\n" });
+    assert.equal(result.stdout, "piped\n");
+  });
+
+  it("runCommand() kills a command at its timeout", async () => {
+    const result = await platform.runCommand("sleep", ["30"], { timeoutMs: 200 });
+    assert.equal(result.timedOut, true);
+    assert.equal(result.signal, "SIGKILL");
+    assert.equal(result.code, null);
+  });
+
+  it("runCommand() resolves with an error for a missing program", async () => {
+    const result = await platform.runCommand("keelson-no-such-program", []);
+    assert.equal(result.code, null);
+    assert.equal(platform.errorCode(result.error), "ENOENT");
+  });
+
+  it("spawnDetached() starts a child in its own session writing to our descriptor", {
+    timeout: 30_000,
+  }, async () => {
+    const out = path.join(dir, "detached.out");
+    const fd = platform.openAppend(out, { mode: 0o600 });
+    const pid = platform.spawnDetached("sh", ["-c", 'echo "sid=$(ps -o sid= -p $$ | tr -d " ") pid=$$"'], {
+      stdoutFd: fd,
+    });
+    platform.closeFd(fd);
+    assert.ok(pid !== null && pid > 0);
+    let text = "";
+    for (let i = 0; i < 200 && !text.includes("\n"); i++) {
+      await new Promise((r) => setTimeout(r, 20));
+      text = fs.readFileSync(out, "utf8");
+    }
+    // Its own session: the session id is its own pid, not ours.
+    assert.equal(text, `sid=${pid} pid=${pid}\n`);
+  });
+
+  it("spawnDetached() survives the death of the process that started it", { timeout: 30_000 }, async () => {
+    const out = path.join(dir, "orphan.out");
+    const result = await runFixture("platform_spawn_orphan.ts", [out]);
+    assert.equal(result.code, 0, result.stderr);
+    const orphanPid = Number(result.stdout.trim());
+    let text = "";
+    for (let i = 0; i < 200 && !text.includes("done"); i++) {
+      await new Promise((r) => setTimeout(r, 25));
+      text = fs.existsSync(out) ? fs.readFileSync(out, "utf8") : "";
+    }
+    assert.equal(text, `alive ${orphanPid}\ndone\n`);
+  });
+
+  it("spawnDetached() returns null or a pid that fails for a missing program, never throws", () => {
+    assert.doesNotThrow(() => platform.spawnDetached("keelson-no-such-program", []));
+  });
+
+  it("scriptCommand() runs a script with this runtime", async () => {
+    const { command, args } = platform.scriptCommand(fixture("platform_exit.ts"), ["0"]);
+    assert.equal(command, process.execPath);
+    const result = await platform.runCommand(command, args);
+    assert.equal(result.code, 0, result.stderr);
+    assert.equal(result.stdout, "before\n");
+  });
+});
+
+describe("platform: stdin and context", () => {
+  it("stdinChunks() yields the bytes piped to a child's stdin", { timeout: 30_000 }, async () => {
+    const { command, args } = platform.scriptCommand(fixture("platform_stdin.ts"));
+    const result = await platform.runCommand(command, args, { input: "héllo\nworld\n".repeat(1000) });
+    assert.equal(result.code, 0, result.stderr);
+    assert.equal(result.stdout.trim(), String(encoder.encode("héllo\nworld\n".repeat(1000)).length));
+  });
+
+  it("createContextStore() binds a value across awaits and timers, isolated per call tree", async () => {
+    const store = platform.createContextStore<string>();
+    assert.equal(store.get(), undefined);
+    const seen = await Promise.all(
+      ["a", "b"].map((value) =>
+        store.run(value, async () => {
+          await new Promise((r) => setTimeout(r, value === "a" ? 20 : 5));
+          const inTimer = await new Promise<string | undefined>((r) => setTimeout(() => r(store.get()), 1));
+          return [store.get(), inTimer];
+        })
+      ),
+    );
+    assert.deepEqual(seen, [["a", "a"], ["b", "b"]]);
+    assert.equal(store.run("sync", () => store.get()), "sync");
+    assert.equal(store.get(), undefined);
+  });
+});
