@@ -206,7 +206,10 @@ describe("platform: files", () => {
     assert.equal(platform.readHead(file, 100).length, 10);
     fs.writeFileSync(file, "");
     assert.equal(platform.readHead(file, 100).length, 0);
-    assert.throws(() => platform.readHead(path.join(dir, "none"), 4), (e) => platform.errorCode(e) === "ENOENT");
+    assert.throws(
+      () => platform.readHead(path.join(dir, "none"), 4),
+      (e) => platform.errorCode(e) === "ENOENT",
+    );
   });
 
   it("writeTextFile() replaces with the exact mode; writeFileAtomic() leaves no temporary", () => {
@@ -253,7 +256,10 @@ describe("platform: files", () => {
     platform.closeFd(fd);
     const full = fs.openSync("/dev/full", "w");
     try {
-      assert.throws(() => platform.writeAll(full, encoder.encode("x")), (e) => platform.errorCode(e) === "ENOSPC");
+      assert.throws(
+        () => platform.writeAll(full, encoder.encode("x")),
+        (e) => platform.errorCode(e) === "ENOSPC",
+      );
     } finally {
       fs.closeSync(full);
     }
@@ -271,7 +277,12 @@ describe("platform: files", () => {
     // A real pipe (not the socketpair some runtimes give children) whose reader starts late.
     const size = 8 * 1024 * 1024;
     const { command, args } = platform.scriptCommand(fixture("platform_write_all.ts"), [String(size)]);
-    const result = await platform.runCommand("sh", ["-c", '"$0" "$@" | { sleep 0.3; cat; }', command, ...args], {
+    const result = await platform.runCommand("sh", [
+      "-c",
+      '"$0" "$@" | { sleep 0.3; cat; }',
+      command,
+      ...args,
+    ], {
       timeoutMs: 100_000,
     });
     assert.equal(result.code, 0, result.stderr);
@@ -329,7 +340,9 @@ describe("platform: processes", () => {
 
   it("kill() sends a real signal; ESRCH for a gone pid; RangeError for a bad pid", async () => {
     const child = spawn("sleep", ["30"]);
-    const closed = new Promise<string | null>((resolve) => child.on("close", (_code, signal) => resolve(signal)));
+    const closed = new Promise<string | null>((resolve) =>
+      child.on("close", (_code, signal) => resolve(signal))
+    );
     platform.kill(child.pid!, "SIGTERM");
     assert.equal(await closed, "SIGTERM");
     assert.throws(() => platform.kill(child.pid!, 0), (e) => platform.errorCode(e) === "ESRCH");
@@ -374,7 +387,7 @@ describe("platform: processes", () => {
         await new Promise((r) => setTimeout(r, 20));
         for (const entry of fs.readdirSync("/proc").filter((n) => /^\d+$/.test(n))) {
           const stat = platform.readProcStat(Number(entry));
-          if (stat?.ppid === child.pid && stat.state === "Z") zombie = Number(entry);
+          if (stat && stat.ppid === child.pid && stat.state === "Z") zombie = Number(entry);
         }
       }
       assert.ok(zombie !== null, "a zombie child of the sleep should exist");
