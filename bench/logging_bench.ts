@@ -2,7 +2,8 @@
  * Throughput of `openRotatingFile` and `createLogger` against the physical baseline: the same 100-byte
  * records appended to an `O_APPEND` descriptor with one raw `write` each. Runs on Deno, Bun and Node;
  * prints `rate …` and `ratio …` lines. Rounds alternate so machine noise hits every variant alike; the
- * best round of each counts.
+ * best round of each counts. Two extra raw variants (a raw `stat` of the path before every raw write,
+ * and before every 16th) show the physical floor of a check every record and every 16 records.
  */
 
 import * as fs from "node:fs";
@@ -33,6 +34,37 @@ const variants: Variant[] = [
         0o644,
       );
       for (let i = 0; i < RECORDS; i++) fs.writeSync(fd, records[i & 1023]);
+      fs.closeSync(fd);
+    },
+  },
+  {
+    // The physical floor of a per-record rotation check: one raw stat(path) before each raw write.
+    name: "raw-stat-append",
+    run: (file) => {
+      const fd = fs.openSync(
+        file,
+        fs.constants.O_WRONLY | fs.constants.O_APPEND | fs.constants.O_CREAT,
+        0o644,
+      );
+      for (let i = 0; i < RECORDS; i++) {
+        fs.statSync(file);
+        fs.writeSync(fd, records[i & 1023]);
+      }
+      fs.closeSync(fd);
+    },
+  },
+  {
+    name: "raw-stat16-append",
+    run: (file) => {
+      const fd = fs.openSync(
+        file,
+        fs.constants.O_WRONLY | fs.constants.O_APPEND | fs.constants.O_CREAT,
+        0o644,
+      );
+      for (let i = 0; i < RECORDS; i++) {
+        if ((i & 15) === 0) fs.statSync(file);
+        fs.writeSync(fd, records[i & 1023]);
+      }
       fs.closeSync(fd);
     },
   },
@@ -79,10 +111,14 @@ try {
   fs.rmSync(dir, { recursive: true, force: true });
 }
 
-const raw = best.get("raw-append")!;
+const ratio = (name: string, baseline: string) =>
+  console.log(`ratio ${name}/${baseline} ${(best.get(name)! / best.get(baseline)!).toFixed(2)}`);
 for (const variant of variants) {
   console.log(`rate logging/${variant.name} ${Math.round(best.get(variant.name)!)} records/s`);
 }
-for (const variant of variants.slice(1)) {
-  console.log(`ratio ${variant.name}/raw-append ${(best.get(variant.name)! / raw).toFixed(2)}`);
-}
+ratio("logging", "raw-append");
+ratio("logging-check16", "raw-append");
+ratio("logger", "raw-append");
+// How close each variant comes to the floor of its own check period (raw stat + raw write).
+ratio("logging", "raw-stat-append");
+ratio("logging-check16", "raw-stat16-append");
