@@ -196,6 +196,31 @@ function wrote(result: ChildResult): number {
 }
 
 // ---------------------------------------------------------------------------------------------------
+// statIdentity() (platform.ts, added for the per-record check)
+// ---------------------------------------------------------------------------------------------------
+
+describe("statIdentity()", () => {
+  it("statIdentity() gives dev, ino, the current size and the type of a path", () => {
+    const file = freshLog();
+    fs.writeFileSync(file, "12345");
+    const fd = fs.openSync(file, "a");
+    fs.writeSync(fd, "678");
+    const seen = statIdentity(file);
+    const real = fs.fstatSync(fd);
+    fs.closeSync(fd);
+    assert.deepEqual(seen, { dev: real.dev, ino: real.ino, size: 8, isFile: true });
+    assert.equal(statIdentity(path.dirname(file))!.isFile, false);
+  });
+
+  it("statIdentity() returns null for a missing path or a file used as a folder", () => {
+    const file = freshLog();
+    assert.equal(statIdentity(file), null);
+    fs.writeFileSync(file, "");
+    assert.equal(statIdentity(path.join(file, "below")), null);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------------
 // openRotatingFile(): records
 // ---------------------------------------------------------------------------------------------------
 
