@@ -91,7 +91,10 @@ export class TransportWriteError extends Error {
   readonly code: string | undefined;
   /** The descriptor that was written to. */
   readonly fd: number;
-  /** Bytes of the frame's line (newline included) the kernel took before the failure. */
+  /**
+   * Bytes of the frame's line (newline included) the kernel took before the failure. A lower bound on
+   * Deno, whose `writeSync` hides a partial write that a failure ends.
+   */
   readonly bytesWritten: number;
   /** Size of the frame's line in bytes, newline included. */
   readonly frameBytes: number;
@@ -544,20 +547,23 @@ class FdTransport implements StdioTransport {
   write(frame: unknown): boolean {
     const text = serialise(frame);
     if (this.#peerGone || this.#closed) return false;
-    const line = this.#torn ? "\n" + text + "\n" : text + "\n";
-    const bytes = encodeLine(line);
+    const bytes = encodeLine(text + "\n");
     try {
+      if (this.#torn) {
+        writeLine(this.fd, NEWLINE_BYTES); // end the torn fragment on a line of its own first
+        this.#torn = false;
+      }
       writeLine(this.fd, bytes);
     } catch (error) {
       if (isPeerGone(error)) {
         this.#peerGone = true;
         return false;
       }
-      const written = (error as { bytesWritten?: number }).bytesWritten ?? 0;
-      this.#torn = written > 0;
+      // Still torn: the newline itself failed and no byte of this frame went out.
+      const written = this.#torn ? 0 : (error as { bytesWritten?: number }).bytesWritten ?? 0;
+      this.#torn ||= written > 0 || !EXACT_WRITE_COUNTS;
       throw new TransportWriteError(this.fd, error, written, bytes.length);
     }
-    this.#torn = false;
     if (this.#flush) return this.#sync(bytes.length);
     return true;
   }
@@ -641,6 +647,13 @@ function writeLine(fd: number, bytes: Uint8Array): void {
  */
 const ATOMIC_WRITE_BYTES = 4096;
 const SLICE_LONG_WRITES = runtime === "deno";
+/**
+ * Whether a failed write reports exactly what it wrote. Not on Deno (see above), where a host error can
+ * hide a partial write: there every host error counts as a torn frame, which at worst costs one blank
+ * line (readers skip blank lines).
+ */
+const EXACT_WRITE_COUNTS = runtime !== "deno";
+const NEWLINE_BYTES = Uint8Array.of(NEWLINE);
 
 /** {@linkcode writeAll} slice by slice of {@linkcode ATOMIC_WRITE_BYTES}. */
 function writeSliced(fd: number, bytes: Uint8Array): void {
