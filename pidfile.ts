@@ -580,7 +580,7 @@ function takeSnapshot(path: string): Snapshot {
     let bytes: Uint8Array | null = null;
     let readError: string | null = null;
     try {
-      bytes = readHead(path, MAX_RECORD_BYTES + 1);
+      bytes = readHead(path, Math.min(before.size, MAX_RECORD_BYTES) + 1); // one byte more tells "too big"
     } catch (error) {
       const code = errorCode(error);
       if (code === "ENOENT" && attempt < 5) continue; // removed between stat and read: look again
@@ -830,6 +830,8 @@ function ownRecord(): PidRecord {
 const MAX_CLAIM_LEVELS = 1000;
 /** Rounds of "look, then act" before the path is declared unusable (it keeps changing under us). */
 const MAX_ROUNDS = 10_000;
+/** Times "absent" and then `EEXIST` in a row before the path counts as a dangling symbolic link. */
+const MAX_PHANTOMS = 100;
 const WAIT_MIN_MS = 1;
 const WAIT_MAX_MS = 50;
 
@@ -846,6 +848,7 @@ function acquireNow(path: string, settings: Settings): HeldPidFile {
   const deadline = Date.now() + settings.contentionTimeoutMs;
   let tmp: string | null = null;
   let waitMs = WAIT_MIN_MS;
+  let phantoms = 0;
   try {
     for (let round = 0; round < MAX_ROUNDS; round += 1) {
       const found = takeSnapshot(path);
@@ -854,8 +857,16 @@ function acquireNow(path: string, settings: Settings): HeldPidFile {
         try {
           link(tmp, path); // publish if absent: EEXIST when anyone else got there first
         } catch (error) {
-          if (errorCode(error) === "EEXIST") continue;
-          throw ioError(path, "create the PID file", error);
+          if (errorCode(error) !== "EEXIST") throw ioError(path, "create the PID file", error);
+          phantoms += 1;
+          if (phantoms < MAX_PHANTOMS) continue;
+          throw new PidFileError(
+            path,
+            `Cannot create the PID file ${
+              JSON.stringify(path)
+            }: a name that stat cannot follow is there (a dangling symbolic link?)`,
+            { code: "EEXIST" },
+          );
         }
         return holdNew(path, record, text, settings, false);
       }
@@ -1121,7 +1132,9 @@ class HeldPidFile implements PidFile {
     let current: Uint8Array | null;
     try {
       const stat = statOrNull(this.path);
-      current = stat !== null && stat.isFile ? readHead(this.path, MAX_RECORD_BYTES + 1) : null;
+      current = stat !== null && stat.isFile
+        ? readHead(this.path, Math.min(stat.size, MAX_RECORD_BYTES) + 1)
+        : null;
     } catch (error) {
       if (errorCode(error) === "ENOENT") return;
       throw ioError(this.path, "read the PID file", error);

@@ -612,6 +612,19 @@ describe("acquirePidFile()", () => {
     assert.deepEqual(fs.readdirSync(dir), ["service.pid"]);
   });
 
+  it("acquirePidFile() throws PidFileError for a dangling symbolic link and leaves it", async () => {
+    const pidPath = freshPidPath();
+    fs.symlinkSync(path.join(path.dirname(pidPath), "nowhere"), pidPath);
+    await assert.rejects(acquirePidFile(pidPath), (error: unknown) => {
+      assert.ok(error instanceof PidFileError);
+      assert.equal(error.path, pidPath);
+      assert.match(error.message, /symbolic link/);
+      return true;
+    });
+    assert.equal(fs.lstatSync(pidPath).isSymbolicLink(), true);
+    assert.deepEqual(fs.readdirSync(path.dirname(pidPath)), ["service.pid"]);
+  });
+
   it("acquirePidFile() throws PidFileError naming the path for a missing folder", async () => {
     const pidPath = path.join(freshDir(), "missing", "service.pid");
     await assert.rejects(acquirePidFile(pidPath), (error: unknown) => {
