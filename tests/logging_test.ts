@@ -40,6 +40,9 @@ let counter = 0;
 
 before(() => {
   root = fs.mkdtempSync(path.join(os.tmpdir(), "keelson-"));
+  // Also at exit: a filtered `deno test --filter` run skips after() hooks.
+  const dir = root;
+  process.once("exit", () => fs.rmSync(dir, { recursive: true, force: true }));
 });
 
 after(() => {
@@ -777,9 +780,10 @@ describe("openRotatingFile() failures", () => {
       return;
     }
     // As root, permissions do not apply: run the writer as nobody.
-    const env = { ...process.env, DENO_DIR: path.join(os.tmpdir(), "keelson-nobody-deno"), HOME: "/tmp" };
-    fs.mkdirSync(env.DENO_DIR, { recursive: true, mode: 0o777 });
-    fs.chmodSync(env.DENO_DIR, 0o777);
+    const home = path.join(dir, "nobody-home"); // caches of the runtimes (DENO_DIR, ~/.bun) go here
+    fs.mkdirSync(home);
+    fs.chmodSync(home, 0o777);
+    const env = { ...process.env, DENO_DIR: path.join(home, "deno"), HOME: home };
     const child = startFixture(WRITER, ["--path", file, "--count", "3", "--count-errors"], [
       "setpriv",
       "--reuid=65534",
