@@ -618,8 +618,8 @@ function encodeLine(line: string): Uint8Array {
  * A thrown error carries the bytes of the line already written in `bytesWritten`.
  */
 function writeLine(fd: number, bytes: Uint8Array): void {
-  if (SLICE_LONG_WRITES && bytes.length > ATOMIC_WRITE_BYTES) {
-    writeSliced(fd, bytes);
+  if (WRITE_LOOPS_INTERNALLY && bytes.length > ATOMIC_WRITE_BYTES) {
+    writeAll(fd, bytes); // it writes a pipe in all-or-nothing pieces there
     return;
   }
   let written: number;
@@ -643,32 +643,18 @@ function writeLine(fd: number, bytes: Uint8Array): void {
  * Deno's `node:fs` `writeSync` loops over partial writes itself and, when a later round fails (`EAGAIN`
  * on a non-blocking pipe once the reader is slow), throws without saying how much it already wrote: a
  * retry of the same bytes would send them twice. A write of at most `PIPE_BUF` bytes to a pipe is
- * all-or-nothing, so on Deno a long line goes out in slices of that size and every count stays exact.
+ * all-or-nothing, so there a longer line skips the single-write attempt and goes to {@linkcode writeAll},
+ * which writes such descriptors in `PIPE_BUF` pieces.
  */
 const ATOMIC_WRITE_BYTES = 4096;
-const SLICE_LONG_WRITES = runtime === "deno";
+const WRITE_LOOPS_INTERNALLY = runtime === "deno";
 /**
  * Whether a failed write reports exactly what it wrote. Not on Deno (see above), where a host error can
  * hide a partial write: there every host error counts as a torn frame, which at worst costs one blank
  * line (readers skip blank lines).
  */
-const EXACT_WRITE_COUNTS = runtime !== "deno";
+const EXACT_WRITE_COUNTS = !WRITE_LOOPS_INTERNALLY;
 const NEWLINE_BYTES = Uint8Array.of(NEWLINE);
-
-/** {@linkcode writeAll} slice by slice of {@linkcode ATOMIC_WRITE_BYTES}. */
-function writeSliced(fd: number, bytes: Uint8Array): void {
-  let offset = 0;
-  try {
-    while (offset < bytes.length) {
-      const end = Math.min(offset + ATOMIC_WRITE_BYTES, bytes.length);
-      writeAll(fd, bytes.subarray(offset, end));
-      offset = end;
-    }
-  } catch (error) {
-    addBytesWritten(error, offset);
-    throw error;
-  }
-}
 
 /** Adds the bytes written before the failing call to the `bytesWritten` {@linkcode writeAll} attached. */
 function addBytesWritten(error: unknown, before: number): void {
