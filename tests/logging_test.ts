@@ -40,9 +40,14 @@ let counter = 0;
 
 before(() => {
   root = fs.mkdtempSync(path.join(os.tmpdir(), "keelson-"));
-  // Also at exit: a filtered `deno test --filter` run skips after() hooks.
+  // Also at exit: a filtered `deno test --filter` run skips after() hooks (and emits "unload" only).
   const dir = root;
-  process.once("exit", () => fs.rmSync(dir, { recursive: true, force: true }));
+  const cleanup = () => fs.rmSync(dir, { recursive: true, force: true });
+  process.once("exit", cleanup);
+  (globalThis as { addEventListener?: (type: string, listener: () => void) => void }).addEventListener?.(
+    "unload",
+    cleanup,
+  );
 });
 
 after(() => {
