@@ -1686,7 +1686,10 @@ export function startWatchdog(options: WatchdogOptions = {}): Watchdog {
 
   return {
     arm(ms: number): void {
-      if (typeof ms !== "number" || !Number.isFinite(ms) || ms < 0 || ms > MAX_WATCHDOG_MS) {
+      if (typeof ms !== "number") {
+        throw new TypeError(`Invalid watchdog deadline ${String(ms)}: expected a number of milliseconds`);
+      }
+      if (!Number.isFinite(ms) || ms < 0 || ms > MAX_WATCHDOG_MS) {
         throw new RangeError(`Invalid watchdog deadline ${String(ms)}: expected 0 to ${MAX_WATCHDOG_MS} ms`);
       }
       if (stopped) throw new Error("Cannot arm a watchdog that was stopped");
@@ -1727,9 +1730,8 @@ const WD_READY = 3; // booting, up, failed
 const WD_SIGNALS = 4; // which mechanism the worker got working (index into WD_MECHANISMS)
 const WD_MAIN_SEEN = 5; // deliveries the main thread saw
 const WD_WORKER_SEEN = 6; // deliveries the worker saw
-const WD_HEARTBEAT = 7; // bumped by the main thread's timer (Bun: tells a stalled main thread)
-const WD_CELLS = 8;
-const WD_FLOATS_OFFSET = WD_CELLS * 4;
+const WD_CELLS = 7;
+const WD_FLOATS_OFFSET = Math.ceil(WD_CELLS / 2) * 8; // Float64Array needs 8-byte alignment
 const WD_ARM_MS = 0;
 const WD_ARMED_AT = 1; // Date.now() at arm(): the worker subtracts its wake-up latency
 const WD_BYTES = WD_FLOATS_OFFSET + 2 * 8;
@@ -1785,8 +1787,13 @@ function createWatchdogWorker(
     stderr: true,
   };
   if (runtime === "node" && signals.length > 0) {
+    // Trap: the warning that loading the internals prints, left unread in the worker's stderr stream,
+    // makes Node hang at exit; --no-warnings keeps that stream empty.
     try {
-      return new Worker(WATCHDOG_WORKER_SOURCE, { ...options, execArgv: ["--expose-internals"] });
+      return new Worker(WATCHDOG_WORKER_SOURCE, {
+        ...options,
+        execArgv: ["--expose-internals", "--no-warnings"],
+      });
     } catch {
       // A Node that refuses the flag in a Worker: count signals on the main thread only.
     }
