@@ -149,7 +149,7 @@ function chain(file: string): { name: string; size: number; lines: string[] }[] 
     const text = read(path.join(dir, name));
     return {
       name,
-      size: Buffer.byteLength(text),
+      size: fs.statSync(path.join(dir, name)).size,
       lines: text === "" ? [] : text.replace(/\n$/, "").split("\n"),
     };
   });
