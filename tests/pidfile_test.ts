@@ -27,6 +27,7 @@ import {
 const FIXTURES = path.join(path.dirname(new URL(import.meta.url).pathname), "fixtures");
 const SERVICE = path.join(FIXTURES, "pidfile_service.ts");
 const PROBE = path.join(FIXTURES, "pidfile_probe.ts");
+const MUTEX = path.join(FIXTURES, "pidfile_mutex.ts");
 const SLOW = { timeout: 120_000 };
 const IS_ROOT = getUid() === 0;
 
@@ -953,6 +954,37 @@ describe("acquirePidFile() under a supervisor", () => {
           await Promise.all(children.map(stop));
         }
       }
+    },
+  );
+});
+
+describe("acquirePidFile() mutual exclusion", () => {
+  it(
+    "acquirePidFile() never lets two processes hold at once while holders crash (SIGKILL) and restart",
+    SLOW,
+    async () => {
+      const dir = freshDir();
+      const pidPath = path.join(dir, "service.pid");
+      const marker = path.join(dir, "critical-section");
+      const spawnsPerWorker = 4;
+      let holds = 0;
+      const worker = async () => {
+        for (let spawned = 0; spawned < spawnsPerWorker; spawned += 1) {
+          const { command, args } = scriptCommand(MUTEX, [pidPath, marker, "25"]);
+          const child = startChild(command, args);
+          const exit = await child.closed;
+          const out = child.lines.join("\n");
+          assert.ok(!/overlap|lost record/.test(out), `${out} ${child.stderr()}`);
+          assert.ok(
+            exit.code === 0 || exit.signal === "SIGKILL",
+            `${JSON.stringify(exit)} ${child.stderr()}`,
+          );
+          holds += Number(/holds (\d+)/.exec(out)?.[1] ?? 0);
+        }
+      };
+      await Promise.all([worker(), worker(), worker(), worker()]);
+      assert.ok(holds > 0);
+      assert.ok(fs.readdirSync(dir).every((name) => name === "service.pid"), String(fs.readdirSync(dir)));
     },
   );
 });
