@@ -44,7 +44,10 @@ export interface Transport {
 export const DEFAULT_TRANSPORT_FD = 1;
 
 /** Default of {@linkcode StdioTransportOptions.flush}. */
-export const DEFAULT_FLUSH = false;
+export const DEFAULT_TRANSPORT_FLUSH = false;
+
+/** Descriptors up to this one (stdin, stdout, stderr) stay open on `close()` unless `closeFd` says so. */
+export const LAST_STDIO_FD = 2;
 
 /** Options for {@linkcode createStdioTransport}. */
 export interface StdioTransportOptions {
@@ -201,10 +204,11 @@ export interface ReadFramesOptions {
  * @example Answer a parent over stdout until it goes away
  * ```ts
  * import { createStdioTransport } from "./transport.ts";
- * using transport = createStdioTransport();
+ * const transport = createStdioTransport(); // also Disposable: `using transport = …` closes it
  * for (let i = 0; i < 3; i++) {
  *   if (!transport.write({ jsonrpc: "2.0", method: "tick", params: { i } })) break; // parent gone
  * }
+ * transport.close();
  * ```
  *
  * @example Append frames to a file, synced to disk one by one
@@ -228,11 +232,11 @@ export function createStdioTransport(options: StdioTransportOptions = {}): Stdio
       `Cannot create a stdio transport: fd must be a non-negative integer, got ${describe(options.fd)}`,
     );
   }
-  const flush = options.flush ?? DEFAULT_FLUSH;
+  const flush = options.flush ?? DEFAULT_TRANSPORT_FLUSH;
   if (typeof flush !== "boolean") {
     throw new TypeError(`Cannot create a stdio transport: flush must be a boolean, got ${describe(flush)}`);
   }
-  const shouldCloseFd = options.closeFd ?? fd > 2;
+  const shouldCloseFd = options.closeFd ?? fd > LAST_STDIO_FD;
   if (typeof shouldCloseFd !== "boolean") {
     throw new TypeError(
       `Cannot create a stdio transport: closeFd must be a boolean, got ${describe(options.closeFd)}`,

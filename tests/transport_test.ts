@@ -233,6 +233,18 @@ err = p.stderr.read().decode()
 print(json.dumps({"first": first.decode(), "rc": p.wait(), "stderr": err}))
 `;
 
+/** Parent whose child's stdout is one end of a socketpair; closes its end with unread data queued. */
+const PY_SOCKET_CLOSED_WITH_UNREAD_DATA = String.raw`
+import json, socket, subprocess, sys
+ours, theirs = socket.socketpair()
+p = subprocess.Popen(sys.argv[1:], stdout=theirs.fileno(), stderr=subprocess.PIPE)
+theirs.close()
+first = ours.makefile("rb").readline()
+ours.close()
+err = p.stderr.read().decode()
+print(json.dumps({"first": first.decode(), "rc": p.wait(), "stderr": err}))
+`;
+
 /** A lock-step JSON-lines client: one request, wait for its reply, next request. */
 const PY_LOCKSTEP_CLIENT = String.raw`
 import json, subprocess, sys, time
@@ -398,6 +410,20 @@ describe("createStdioTransport()", () => {
     SLOW,
     async () => {
       const result = await python(PY_CLOSE_AFTER_FIRST_LINE, fixtureArgv(WRITER, ["until-gone"]));
+      assert.deepEqual(JSON.parse(result.first as string), {
+        seq: 0,
+        text: "a frame for a reader that may quit",
+      });
+      assert.equal(result.rc, 0);
+      assert.match(result.stderr as string, /^gone after \d+ frames\n$/);
+    },
+  );
+
+  it(
+    "createStdioTransport() returns false when the peer of a socket stdout closes it: exit 0",
+    SLOW,
+    async () => {
+      const result = await python(PY_SOCKET_CLOSED_WITH_UNREAD_DATA, fixtureArgv(WRITER, ["until-gone"]));
       assert.deepEqual(JSON.parse(result.first as string), {
         seq: 0,
         text: "a frame for a reader that may quit",
