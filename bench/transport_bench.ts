@@ -8,7 +8,8 @@
  * 2. Reads: MB/s of `readFrames` over 200-byte frames in 64 KiB chunks versus a raw line split of the
  *    same chunks (cut on `0x0A`, decode, `JSON.parse`, no async iteration).
  *
- * Prints `ratio transport/raw-write X` and `ratio readFrames/raw-split X` plus the absolute rates.
+ * Prints `ratio transport/raw-write X` and `ratio readFrames/raw-split X` (medians of per-round ratios)
+ * plus the median absolute rates.
  */
 
 import * as fs from "node:fs";
@@ -19,7 +20,7 @@ import { scriptCommand } from "../platform.ts";
 import { createStdioTransport, readFrames } from "../transport.ts";
 
 const WRITE_FRAMES = 200_000;
-const ROUNDS = 5;
+const ROUNDS = 7;
 const READ_BYTES = 32 * 1024 * 1024;
 const CHUNK_BYTES = 64 * 1024;
 
@@ -151,33 +152,58 @@ async function timeRead(
   return READ_BYTES / (1024 * 1024) / seconds;
 }
 
-async function main(): Promise<void> {
-  const raw: number[] = [];
-  const transport: number[] = [];
-  for (let round = 0; round < ROUNDS; round++) {
-    raw.push(await runChild("raw"));
-    transport.push(await runChild("transport"));
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = Math.floor(sorted.length / 2);
+  return sorted.length % 2 === 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
+}
+
+/**
+ * Runs both sides once per round, alternating which goes first, and reports medians: a burst of load
+ * from other processes then spoils one round rather than the result.
+ */
+async function compare(
+  rounds: number,
+  baseline: () => Promise<number>,
+  measured: () => Promise<number>,
+): Promise<{ baseline: number; measured: number; ratio: number }> {
+  const baselines: number[] = [];
+  const measures: number[] = [];
+  const ratios: number[] = [];
+  for (let round = 0; round < rounds; round++) {
+    let base: number;
+    let value: number;
+    if (round % 2 === 0) {
+      base = await baseline();
+      value = await measured();
+    } else {
+      value = await measured();
+      base = await baseline();
+    }
+    baselines.push(base);
+    measures.push(value);
+    ratios.push(value / base);
   }
-  const bestRaw = Math.max(...raw);
-  const bestTransport = Math.max(...transport);
-  console.log(`rate transport/raw-write ${Math.round(bestRaw)} frames/s`);
-  console.log(`rate transport/transport ${Math.round(bestTransport)} frames/s`);
-  console.log(`ratio transport/raw-write ${(bestTransport / bestRaw).toFixed(2)}`);
+  return { baseline: median(baselines), measured: median(measures), ratio: median(ratios) };
+}
+
+async function main(): Promise<void> {
+  const writes = await compare(ROUNDS, () => runChild("raw"), () => runChild("transport"));
+  console.log(`rate transport/raw-write ${Math.round(writes.baseline)} frames/s`);
+  console.log(`rate transport/transport ${Math.round(writes.measured)} frames/s`);
+  console.log(`ratio transport/raw-write ${writes.ratio.toFixed(2)}`);
 
   const chunks = makeChunks();
   await timeRead(readWithReadFrames, chunks); // warm-up
   await timeRead(readWithRawSplit, chunks);
-  const split: number[] = [];
-  const frames: number[] = [];
-  for (let round = 0; round < ROUNDS; round++) {
-    split.push(await timeRead(readWithRawSplit, chunks));
-    frames.push(await timeRead(readWithReadFrames, chunks));
-  }
-  const bestSplit = Math.max(...split);
-  const bestFrames = Math.max(...frames);
-  console.log(`rate readFrames/raw-split ${bestSplit.toFixed(1)} MB/s`);
-  console.log(`rate readFrames/readFrames ${bestFrames.toFixed(1)} MB/s`);
-  console.log(`ratio readFrames/raw-split ${(bestFrames / bestSplit).toFixed(2)}`);
+  const reads = await compare(
+    ROUNDS,
+    () => timeRead(readWithRawSplit, chunks),
+    () => timeRead(readWithReadFrames, chunks),
+  );
+  console.log(`rate readFrames/raw-split ${reads.baseline.toFixed(1)} MB/s`);
+  console.log(`rate readFrames/readFrames ${reads.measured.toFixed(1)} MB/s`);
+  console.log(`ratio readFrames/raw-split ${reads.ratio.toFixed(2)}`);
 }
 
 const childAt = process.argv.indexOf("--child");
