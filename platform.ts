@@ -1502,6 +1502,13 @@ export function scriptCommand(
 // a main thread that never yields again after arming is still ended on time. The worker ends the
 // process with SIGKILL of its own pid: the exit status a parent sees is "killed by SIGKILL" (137 in a
 // shell), the only ending that no handler, blocked syscall or stuck finaliser can delay.
+//
+// Counting signals outside the main thread takes a different route per runtime: Deno runs
+// `Deno.addSignalListener` in the worker; Node's `process.on` is main-thread only, so the worker (started
+// with `--expose-internals`) opens its own libuv signal handle through the internal `signal_wrap`
+// binding, and libuv wakes every loop that has one; Bun's workers get no signals, so the worker uses
+// `bun:ffi` and `sigaction(2)` to add SA_RESETHAND to Bun's own handler and lets the kernel count.
+// Where none works (a Node without the internal binding, Bun off Linux), only the main thread counts.
 
 /** Options for {@linkcode startWatchdog}. */
 export interface WatchdogOptions {
@@ -1516,8 +1523,9 @@ export interface WatchdogOptions {
    * thread handled the first), end the process at once, even while the main thread is blocked in a
    * synchronous syscall where the runtime allows it (see {@linkcode Watchdog.capabilities}).
    *
-   * While the watchdog counts signals, it listens to them, so the first delivery no longer ends the
-   * process by the signal's default action: your own handler decides what the first one does.
+   * The first delivery is your handlers' business. When the program has no handler of its own for it,
+   * the watchdog stops and re-raises it, so the default action still ends the process; but if that
+   * first delivery comes while the main thread is blocked, the program survives it until the second.
    * @default true ({@linkcode DEFAULT_WATCHDOG_SECOND_SIGNAL_EXIT})
    */
   secondSignalExit?: boolean;
@@ -1554,9 +1562,10 @@ export interface WatchdogCapabilities {
    */
   secondSignalWhileBlocked: boolean;
   /**
-   * How signals are seen outside the main thread: `"deno-worker-signal-listener"`,
-   * `"node-internal-signal-wrap"` (Node's internal `signal_wrap` binding in a Worker started with
-   * `--expose-internals`), `"bun-ffi-sigaction"`, `"main-thread-only"`, or `"off"` when
+   * How signals are seen outside the main thread: `"deno-worker-signal-listener"` (Deno),
+   * `"node-internal-signal-wrap"` (Node: its internal `signal_wrap` binding in a Worker started with
+   * `--expose-internals`), `"bun-ffi-sigaction"` (Bun on Linux x86_64/arm64: SA_RESETHAND on Bun's
+   * handler through `bun:ffi`), `"main-thread-only"` (none of these works here), or `"off"` when
    * `secondSignalExit` is `false`.
    */
   mechanism: string;
@@ -1595,9 +1604,19 @@ export interface Watchdog {
  *
  * Waits synchronously (a few tens of milliseconds) until the worker is up, so `arm()` works even if the
  * main thread never yields afterwards and `capabilities` is final on return. The worker never keeps the
- * process alive. The process ends with SIGKILL (exit status 137 in a shell; `signal === "SIGKILL"` for
- * `node:child_process`), except on Bun, where a second signal that arrives while the main thread is
- * blocked ends it by that signal's default action (e.g. "killed by SIGTERM").
+ * process alive, with or without `stop()`.
+ *
+ * How the process ends: a deadline, `noteSignal()`, or a second signal on Deno and Node end it with
+ * SIGKILL (exit status 137 in a shell; `signal === "SIGKILL"` for `node:child_process`). On Bun a
+ * second signal ends it by that signal's default action ("killed by SIGTERM", 143), because the kernel
+ * had reset the action after the first one. A first signal with no handler of the program's own keeps
+ * its default action (the watchdog re-raises it).
+ *
+ * Runtime support, as measured on Deno 2.9, Bun 1.4 and Node 24 (Linux): the deadline works everywhere;
+ * a second signal ends a blocked main thread on all three (see {@linkcode WatchdogCapabilities}
+ * `mechanism`). On Node this relies on an internal binding: where it is missing,
+ * `capabilities.secondSignalWhileBlocked` is `false` and only a main thread that still runs its
+ * handlers counts.
  *
  * @param options Which signals count, whether a second one exits, where worker failures go.
  * @returns The watchdog; call `stop()` when done.
@@ -1629,7 +1648,6 @@ export function startWatchdog(options: WatchdogOptions = {}): Watchdog {
   const shared = new SharedArrayBuffer(WD_BYTES);
   const cells = new Int32Array(shared, 0, WD_CELLS);
   const floats = new Float64Array(shared, WD_FLOATS_OFFSET, 2);
-  const worker = createWatchdogWorker(shared, counted, secondSignalExit);
   let stopped = false;
   let reported = false;
 
@@ -1637,12 +1655,39 @@ export function startWatchdog(options: WatchdogOptions = {}): Watchdog {
     Atomics.add(cells, WD_WAKE, 1);
     Atomics.notify(cells, WD_WAKE);
   };
+  // The main thread counts what its own handlers see; the worker counts what it sees; the total is the
+  // larger of the two (a delivery both see is counted once). Subscribing first also makes Bun install
+  // its handler, which the Bun worker then arms (see WATCHDOG_WORKER_SOURCE). When our listener is the
+  // only one, nobody handles the signal: stop and re-raise it, so its default action happens as if
+  // there were no watchdog.
+  let unsubscribe = counted.map((signal) =>
+    onSignal(signal, () => {
+      Atomics.add(cells, WD_MAIN_SEEN, 1);
+      wake();
+      if (!stopped && signalListenerCount(signal) === 1) {
+        stop();
+        kill(getPid(), signal);
+      }
+    })
+  );
+  const release = () => {
+    for (const off of unsubscribe) off();
+    unsubscribe = [];
+  };
   const fail = (error: unknown) => {
     Atomics.store(cells, WD_READY, WD_READY_FAILED);
+    release(); // without a worker, absorbing the first signal would only take its default action away
     if (reported || stopped) return;
     reported = true;
     onError(error);
   };
+  let worker: Worker;
+  try {
+    worker = createWatchdogWorker(shared, counted, secondSignalExit);
+  } catch (error) {
+    release();
+    throw error;
+  }
   worker.on("error", fail);
   worker.on("exit", (code) => {
     if (!stopped) fail(new Error(`The watchdog worker exited unexpectedly with code ${code}`));
@@ -1661,15 +1706,6 @@ export function startWatchdog(options: WatchdogOptions = {}): Watchdog {
     fail(new Error(`The watchdog worker did not start within ${WD_BOOT_TIMEOUT_MS} ms`));
   }
 
-  // The main thread counts what its own handlers see; the worker counts what it sees; the total is the
-  // larger of the two (a delivery both see is counted once).
-  const unsubscribe = counted.map((signal) =>
-    onSignal(signal, () => {
-      Atomics.add(cells, WD_MAIN_SEEN, 1);
-      wake();
-    })
-  );
-
   const mechanism = !secondSignalExit ? "off" : WD_MECHANISMS[Atomics.load(cells, WD_SIGNALS)] ??
     "main-thread-only";
   const blockedToo = secondSignalExit && Atomics.load(cells, WD_SIGNALS) !== WD_SIGNALS_MAIN_ONLY;
@@ -1677,10 +1713,17 @@ export function startWatchdog(options: WatchdogOptions = {}): Watchdog {
   const stop = () => {
     if (stopped) return;
     stopped = true;
-    for (const off of unsubscribe) off();
     Atomics.store(cells, WD_STATE, WD_STATE_STOPPED);
     wake();
-    // The worker lets its signal handles go and ends by itself; terminate() covers a stuck one.
+    // The worker puts back what it changed (Bun: the signal actions) and lets its signal handles go; wait
+    // for that before unsubscribing, so no signal is left with a handler and no listener.
+    const until = performance.now() + WD_STOP_TIMEOUT_MS;
+    while (Atomics.load(cells, WD_READY) === WD_READY_UP) {
+      const left = until - performance.now();
+      if (left <= 0) break;
+      Atomics.wait(cells, WD_READY, WD_READY_UP, left);
+    }
+    release();
     Promise.resolve(worker.terminate()).catch(() => {});
   };
 
@@ -1741,6 +1784,7 @@ const WD_STATE_STOPPED = 2;
 const WD_READY_BOOTING = 0;
 const WD_READY_UP = 1;
 const WD_READY_FAILED = -1;
+const WD_READY_STOPPED = 2;
 const WD_SIGNALS_MAIN_ONLY = 0;
 const WD_MECHANISMS = [
   "main-thread-only",
@@ -1750,6 +1794,10 @@ const WD_MECHANISMS = [
 ];
 /** How long startWatchdog waits for the worker to come up (generous: a loaded 2-core machine). */
 const WD_BOOT_TIMEOUT_MS = 10_000;
+/** How often the Bun worker looks at the signal actions. */
+const WD_BUN_POLL_MS = 20;
+/** How long stop() waits for the worker to put things back. */
+const WD_STOP_TIMEOUT_MS = 1_000;
 
 function validateWatchdogSignals(signals: unknown): string[] {
   if (!Array.isArray(signals)) {
@@ -1858,7 +1906,102 @@ function listen() {
     cleanups.push(() => { for (const h of handles) h.close(); });
     return 2;
   }
+  if (runtime === "bun") return listenBun();
   return ${WD_SIGNALS_MAIN_ONLY};
+}
+
+// Bun's workers receive no signals, but the kernel can count for us. The main thread listens (so Bun
+// installed its C handler); here we re-install that same handler with SA_RESETHAND added: the first
+// delivery runs Bun's handler (queued for the main thread's listeners) and the kernel resets the action
+// to SIG_DFL, so a second delivery ends the process by the default action, even while the main thread
+// is blocked. A poll sees the reset (counts it) and then sets every other counted signal to SIG_DFL
+// too. Only the flag changes: Bun's handler, mask and restorer are kept, and put back on stop.
+// struct sigaction of glibc and musl on Linux x86_64 and arm64: handler at 0, sa_flags at 136, 152 bytes.
+function listenBun() {
+  if (process.platform !== "linux" || (process.arch !== "x64" && process.arch !== "arm64")) {
+    return ${WD_SIGNALS_MAIN_ONLY};
+  }
+  let ffi;
+  let sigaction;
+  try {
+    ffi = require("bun:ffi");
+    const spec = { sigaction: { args: ["i32", "ptr", "ptr"], returns: "i32" } };
+    let lib;
+    for (const name of ["libc.so.6", "libc.musl-" + (process.arch === "x64" ? "x86_64" : "aarch64") + ".so.1"]) {
+      try {
+        lib = ffi.dlopen(name, spec);
+        break;
+      } catch {
+        // try the next libc
+      }
+    }
+    if (!lib) return ${WD_SIGNALS_MAIN_ONLY};
+    sigaction = lib.symbols.sigaction;
+  } catch {
+    return ${WD_SIGNALS_MAIN_ONLY};
+  }
+  const SIZE = 152;
+  const FLAGS = 136;
+  const SA_RESETHAND = 0x80000000;
+  const numbers = require("node:os").constants.signals;
+  const read = (n) => {
+    const action = new Uint8Array(SIZE);
+    if (sigaction(n, null, ffi.ptr(action)) !== 0) throw new Error("sigaction(" + n + ") failed");
+    return action;
+  };
+  const write = (n, action) => {
+    if (sigaction(n, ffi.ptr(action), null) !== 0) throw new Error("sigaction(" + n + ") failed");
+  };
+  const handlerOf = (action) => new DataView(action.buffer).getBigUint64(0, true);
+  const flagsOf = (action) => new DataView(action.buffer).getUint32(FLAGS, true);
+  const withFlags = (action, flags) => {
+    const copy = action.slice();
+    new DataView(copy.buffer).setUint32(FLAGS, flags >>> 0, true);
+    return copy;
+  };
+  const SIG_DFL = new Uint8Array(SIZE);
+  // Per signal: Bun's own action (to put back), and "armed" (RESETHAND set by us), "fired" (the kernel
+  // reset it: one delivery) or "forced" (we set SIG_DFL after a delivery elsewhere).
+  const tracked = signals.map((name) => ({ n: numbers[name], saved: null, state: "none" }));
+  const poll = () => {
+    if (Atomics.load(cells, ${WD_STATE}) === ${WD_STATE_STOPPED}) return;
+    for (const t of tracked) {
+      if (t.state === "fired" || t.state === "forced") continue;
+      const current = read(t.n);
+      const handler = handlerOf(current);
+      if (handler === 0n) {
+        if (t.state === "armed") {
+          t.state = "fired";
+          delivered();
+        }
+        continue;
+      }
+      if (handler === 1n) continue; // SIG_IGN: someone wants it ignored, leave it
+      const flags = flagsOf(current);
+      if ((flags & SA_RESETHAND) === 0) {
+        // Bun (re)installed its handler: arm it.
+        t.saved = current;
+        write(t.n, withFlags(current, flags | SA_RESETHAND));
+        t.state = "armed";
+      }
+    }
+    if (seen() >= 1) {
+      for (const t of tracked) {
+        if (t.state !== "armed") continue;
+        write(t.n, SIG_DFL);
+        t.state = "forced";
+      }
+    }
+  };
+  poll();
+  const timer = setInterval(poll, ${WD_BUN_POLL_MS});
+  cleanups.push(() => {
+    clearInterval(timer);
+    for (const t of tracked) {
+      if (t.saved && t.state !== "none") write(t.n, t.saved);
+    }
+  });
+  return 3;
 }
 
 let armGen = -1;
@@ -1870,7 +2013,12 @@ function step() {
     const state = Atomics.load(cells, ${WD_STATE});
     if (state === ${WD_STATE_STOPPED}) {
       clearInterval(keepAlive);
-      for (const cleanup of cleanups) cleanup();
+      try {
+        for (const cleanup of cleanups) cleanup();
+      } finally {
+        Atomics.store(cells, ${WD_READY}, ${WD_READY_STOPPED});
+        Atomics.notify(cells, ${WD_READY});
+      }
       return;
     }
     if (exitOnSecond && seen() >= 2) die();

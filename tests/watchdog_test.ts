@@ -22,8 +22,13 @@ const SLOW = { timeout: 60_000 };
 const EXPECTED: Record<string, WatchdogCapabilities> = {
   deno: { deadline: true, secondSignalWhileBlocked: true, mechanism: "deno-worker-signal-listener" },
   node: { deadline: true, secondSignalWhileBlocked: true, mechanism: "node-internal-signal-wrap" },
-  bun: { deadline: true, secondSignalWhileBlocked: false, mechanism: "main-thread-only" },
+  bun: { deadline: true, secondSignalWhileBlocked: true, mechanism: "bun-ffi-sigaction" },
 };
+/**
+ * How a second termination signal ends the process: the worker's SIGKILL, or on Bun the signal's own
+ * default action (the kernel reset the action to SIG_DFL after the first delivery).
+ */
+const SECOND_SIGNAL_ENDING = runtime === "bun" ? "SIGTERM" : "SIGKILL";
 const expected = EXPECTED[runtime];
 const NOT_WHILE_BLOCKED = expected.secondSignalWhileBlocked
   ? false
@@ -131,18 +136,30 @@ describe("startWatchdog() signals", () => {
     assert.deepEqual(await r.ended, { code: null, signal: "SIGKILL" });
   });
 
+  it("startWatchdog() without a handler leaves SIGTERM its default action", SLOW, async () => {
+    const r = run("unhandled");
+    try {
+      await r.line("ready");
+      process.kill(r.child.pid!, "SIGTERM");
+      assert.deepEqual(await r.ended, { code: null, signal: "SIGTERM" });
+    } finally {
+      killChild(r.child);
+    }
+  });
+
   it(
-    "startWatchdog() without a handler: the first SIGTERM is absorbed, the second ends it",
-    SLOW,
+    "startWatchdog() without a handler, main thread blocked: the second SIGTERM ends it",
+    { ...SLOW, skip: NOT_WHILE_BLOCKED },
     async () => {
-      const r = run("unhandled");
+      const r = run("unhandled-blocked");
       try {
         await r.line("ready");
+        await sleep(300); // let the write fill the pipe and block
         process.kill(r.child.pid!, "SIGTERM");
         const early = await Promise.race([r.ended, sleep(500).then(() => "alive")]);
-        assert.equal(early, "alive", "the first SIGTERM must not end the process by itself");
+        assert.equal(early, "alive", "a blocked main thread cannot act on the first SIGTERM");
         process.kill(r.child.pid!, "SIGTERM");
-        assert.deepEqual(await r.ended, { code: null, signal: "SIGKILL" });
+        assert.deepEqual(await r.ended, { code: null, signal: SECOND_SIGNAL_ENDING });
       } finally {
         killChild(r.child);
       }
@@ -161,7 +178,7 @@ describe("startWatchdog() signals", () => {
         process.kill(r.child.pid!, "SIGTERM");
         await sleep(300);
         process.kill(r.child.pid!, "SIGTERM");
-        assert.deepEqual(await r.ended, { code: null, signal: "SIGKILL" });
+        assert.deepEqual(await r.ended, { code: null, signal: SECOND_SIGNAL_ENDING });
         assert.doesNotMatch(r.stderr(), /handled SIGTERM/, "the main thread was blocked throughout");
       } finally {
         killChild(r.child);
@@ -180,12 +197,56 @@ describe("startWatchdog() signals", () => {
         await r.line("handled SIGTERM");
         await sleep(300);
         process.kill(r.child.pid!, "SIGTERM");
-        assert.deepEqual(await r.ended, { code: null, signal: "SIGKILL" });
+        assert.deepEqual(await r.ended, { code: null, signal: SECOND_SIGNAL_ENDING });
       } finally {
         killChild(r.child);
       }
     },
   );
+
+  it(
+    "startWatchdog() counts across signals: SIGTERM then SIGINT ends a blocked main thread",
+    { ...SLOW, skip: NOT_WHILE_BLOCKED },
+    async () => {
+      const r = run("second-signal-blocked");
+      try {
+        await r.line("ready");
+        await sleep(300);
+        process.kill(r.child.pid!, "SIGTERM");
+        await sleep(300);
+        process.kill(r.child.pid!, "SIGINT");
+        // Bun: SIGINT had been set to SIG_DFL once the first SIGTERM was seen.
+        assert.deepEqual(await r.ended, { code: null, signal: runtime === "bun" ? "SIGINT" : "SIGKILL" });
+      } finally {
+        killChild(r.child);
+      }
+    },
+  );
+
+  it("Watchdog.stop() gives SIGTERM its default action back", SLOW, async () => {
+    const r = run("stopped");
+    try {
+      await r.line("ready");
+      process.kill(r.child.pid!, "SIGTERM");
+      assert.deepEqual(await r.ended, { code: null, signal: "SIGTERM" });
+    } finally {
+      killChild(r.child);
+    }
+  });
+
+  it("Watchdog.stop() leaves the program's own SIGTERM handler getting every delivery", SLOW, async () => {
+    const r = run("stopped-handler");
+    try {
+      await r.line("ready");
+      process.kill(r.child.pid!, "SIGTERM");
+      await r.line("handled 1");
+      process.kill(r.child.pid!, "SIGTERM");
+      assert.deepEqual(await r.ended, { code: 0, signal: null });
+      assert.match(r.stderr(), /^handled 2$/m);
+    } finally {
+      killChild(r.child);
+    }
+  });
 
   it("startWatchdog() capabilities are the documented ones for this runtime", SLOW, async () => {
     const { command, args } = scriptCommand(FIXTURE, ["capabilities"]);
