@@ -38,6 +38,7 @@ import {
   createStdioTransport,
   installShutdown,
   type LogFields,
+  type Logger,
   openRotatingFile,
   type PidFile,
   PidFileLockedError,
@@ -89,11 +90,15 @@ interface Request {
   ms?: unknown;
 }
 
+/** The gateway's logger once it is open, for the last word on an unexpected failure. */
+let gatewayLog: Logger | null = null;
+
 async function serve(dir: string, replace: boolean): Promise<void> {
   const pidPath = path.join(dir, "gateway.pid");
   const logPath = path.join(dir, "gateway.log");
   const dbPath = path.join(dir, "gateway.db");
   const pid = process.pid;
+  fs.mkdirSync(dir, { recursive: true });
 
   const logFile = openRotatingFile(logPath, {
     maxBytes: LOG_MAX_BYTES,
@@ -101,6 +106,7 @@ async function serve(dir: string, replace: boolean): Promise<void> {
     onError: (error) => stderrLine(`gateway[${pid}] log file failure: ${describe(error)}`),
   });
   const log = createLogger({ sink: logFile, fields: { pid } });
+  gatewayLog = log;
   /** A diagnostic for both the log file and stderr. */
   const say = (msg: string, fields: LogFields = {}) => {
     log.info(msg, fields);
@@ -851,7 +857,12 @@ if (argv[0] === "--serve") {
   const dir = argv[1];
   const rest = argv.slice(2);
   if (!dir || dir.startsWith("--") || rest.some((arg) => arg !== "--replace")) usageError();
-  await serve(dir, rest.includes("--replace"));
+  await serve(dir, rest.includes("--replace")).catch((error) => {
+    // A real bug (a full disk under the transport, a broken database) is loud: logged, then status 1.
+    gatewayLog?.error("gateway failed", { err: error });
+    stderrLine(`gateway[${process.pid}] failed: ${error instanceof Error ? error.stack : String(error)}`);
+    exit(1);
+  });
 } else {
   if (argv.some((arg) => arg !== "--keep")) usageError();
   exit(await tour({ keep: argv.includes("--keep") }));
