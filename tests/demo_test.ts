@@ -167,6 +167,22 @@ describe("examples/demo.ts", () => {
     }
   });
 
+  it("--serve exits with status 1 and says why when its folder cannot be used", {
+    timeout: SERVE_TIMEOUT_MS + 10_000,
+  }, async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "keelson-"));
+    try {
+      const file = path.join(dir, "not-a-folder");
+      fs.writeFileSync(file, "");
+      const run = await runDemo(["--serve", path.join(file, "gateway")], "", SERVE_TIMEOUT_MS);
+      assert.equal(run.code, 1, transcript(run));
+      assert.match(run.stderr, /^gateway\[\d+\] failed: Error: ENOTDIR/m, transcript(run));
+      assert.equal(run.stdout, "", transcript(run));
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it(
     "rejects unknown arguments with exit status 2 and a usage line",
     { timeout: SERVE_TIMEOUT_MS },
