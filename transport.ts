@@ -27,7 +27,30 @@ import {
 // Public types
 // ---------------------------------------------------------------------------------------------------
 
-/** Something that delivers JSON frames to a peer. */
+/**
+ * Something that delivers JSON frames to a peer: what {@linkcode createStdioTransport} returns and what
+ * {@linkcode TeeTransport} and {@linkcode withTransport} accept.
+ *
+ * @example A transport that keeps frames in memory (for tests or replay)
+ * ```ts
+ * import type { Transport } from "./transport.ts";
+ * class MemoryTransport implements Transport {
+ *   frames: string[] = [];
+ *   #closed = false;
+ *   write(frame: unknown): boolean {
+ *     const text = JSON.stringify(frame);
+ *     if (text === undefined) throw new TypeError("Cannot serialise the frame");
+ *     if (this.#closed) return false;
+ *     this.frames.push(text);
+ *     return true;
+ *   }
+ *   close(): void {
+ *     this.#closed = true;
+ *   }
+ * }
+ * new MemoryTransport().write({ hello: "memory" });
+ * ```
+ */
 export interface Transport {
   /**
    * Sends one frame. Throws `TypeError` when the frame cannot be serialised (nothing is sent) and
@@ -88,6 +111,20 @@ export interface StdioTransport extends Transport, Disposable {
 /**
  * A write failed for a reason other than a gone peer (`ENOSPC`, `EIO`, `EACCES`, …): the peer may well
  * be there, the frame was not (entirely) delivered, and the host needs attention.
+ *
+ * @example Tell a full disk from a parent that quit
+ * ```ts
+ * import * as fs from "node:fs";
+ * import { createStdioTransport, TransportWriteError } from "./transport.ts";
+ * const transport = createStdioTransport({ fd: fs.openSync("/dev/full", "w") });
+ * try {
+ *   transport.write({ level: "info", msg: "hello" });
+ * } catch (error) {
+ *   if (!(error instanceof TransportWriteError)) throw error;
+ *   console.error(`frame lost: ${error.code}`); // "frame lost: ENOSPC"
+ * }
+ * transport.close();
+ * ```
  */
 export class TransportWriteError extends Error {
   /** The errno name of the cause (`"ENOSPC"`, `"EIO"`, …), or `undefined` when it carries none. */
@@ -130,7 +167,20 @@ export class TransportWriteError extends Error {
 /** Why {@linkcode readFrames} could not turn a line into a frame. */
 export type FrameErrorReason = "invalid-json" | "too-large";
 
-/** A line {@linkcode readFrames} could not turn into a frame; the lines around it are unaffected. */
+/**
+ * A line {@linkcode readFrames} could not turn into a frame; the lines around it are unaffected.
+ *
+ * @example Log bad lines and keep serving
+ * ```ts
+ * import { type FrameError, readFrames } from "./transport.ts";
+ * const bytes = new TextEncoder().encode('{"ok":1}\nnot json\n{"ok":2}\n');
+ * async function* source() {
+ *   yield bytes;
+ * }
+ * const onInvalid = (error: FrameError) => console.error(`line ${error.line}: ${error.reason}`);
+ * for await (const frame of readFrames(source(), { onInvalid })) console.log(frame); // line 2: invalid-json
+ * ```
+ */
 export class FrameError extends Error {
   /** The 1-based number of the line in the stream (blank lines count). */
   readonly line: number;
