@@ -35,6 +35,7 @@ import {
   startWatchdog,
   statOrNull,
   type Watchdog,
+  type WatchdogCapabilities,
   writeAll,
   writeFileAtomic,
 } from "./platform.ts";
@@ -301,6 +302,12 @@ export interface InstallShutdownOptions {
    * @default the runtime's exit
    */
   exit?: (code: number) => void;
+  /**
+   * Where the install-time check of the unit's `TimeoutStopSec` looks (see
+   * {@linkcode checkSystemdStopTimeout}); `false` skips the check.
+   * @default {} (our own cgroup, `systemctl` on `PATH`)
+   */
+  systemd?: CheckStopTimeoutOptions | false;
 }
 
 /** What {@linkcode installShutdown} returns. */
@@ -309,6 +316,11 @@ export interface ShutdownHandle {
   shutdown(reason?: string): Promise<never>;
   /** Unhooks everything: the signal listeners, the watchdog, the timers. Idempotent. */
   dispose(): void;
+  /**
+   * What the watchdog can do on this runtime (`deadline: false` when it could not start, then only a
+   * main thread that still runs its timers and handlers can end the shutdown).
+   */
+  readonly watchdog: WatchdogCapabilities;
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -586,11 +598,17 @@ export async function checkSystemdStopTimeout(
   const unit = systemdUnitFromCgroup(options.cgroupPath ?? DEFAULT_CGROUP_PATH);
   if (!unit) return null;
   const args = [...(unit.user ? ["--user"] : []), "show", unit.name, "-p", "TimeoutStopUSec"];
-  const result = await runCommand(options.systemctl ?? DEFAULT_SYSTEMCTL, args, {
-    timeoutMs,
-    env: options.env,
-  });
-  if (result.code !== 0 || result.timedOut) return null;
+  // runCommand kills systemctl at timeoutMs but settles only once its pipes close, which a leftover
+  // grandchild can delay: our own timer bounds the wait whatever happens.
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const result = await Promise.race([
+    runCommand(options.systemctl ?? DEFAULT_SYSTEMCTL, args, { timeoutMs, env: options.env }),
+    new Promise<null>((resolve) => {
+      timer = setTimeout(() => resolve(null), timeoutMs + SYSTEMCTL_GRACE_MS);
+    }),
+  ]);
+  clearTimeout(timer);
+  if (result === null || result.code !== 0 || result.timedOut) return null;
   const match = /^TimeoutStopUSec=(.*)$/m.exec(result.stdout);
   if (!match) return null;
   const value = match[1].trim();
@@ -772,7 +790,12 @@ export function installShutdown(options: InstallShutdownOptions = {}): ShutdownH
     throw error;
   }
   const watchdog: Watchdog | null = safely(
-    () => startWatchdog({ signals, secondSignalExit: true }),
+    () =>
+      startWatchdog({
+        signals,
+        secondSignalExit: true,
+        onError: (error) => log(`shutdown warning: the watchdog failed: ${describeError(error)}`),
+      }),
     null,
   );
 
@@ -789,6 +812,8 @@ export function installShutdown(options: InstallShutdownOptions = {}): ShutdownH
     exited = true;
     clearTimeout(forceTimer);
     exitWith(code);
+    // Only an embedding `exit` returns: it wants to go on living, so the deadline must not kill it.
+    safely(() => watchdog?.disarm(), undefined);
   };
 
   function onSignalReceived(name: string): void {
@@ -851,8 +876,8 @@ export function installShutdown(options: InstallShutdownOptions = {}): ShutdownH
   if (forceExitMs > 0 && !watchdog?.capabilities.deadline) {
     log("shutdown warning: no watchdog thread here; forceExitMs cannot end a blocked main thread");
   }
-  if (forceExitMs > 0) {
-    void warnAboutStopTimeout(forceExitMs, log, () => disposed);
+  if (forceExitMs > 0 && options.systemd !== false) {
+    void warnAboutStopTimeout(forceExitMs, options.systemd ?? {}, log, () => disposed);
   }
 
   return {
@@ -869,6 +894,10 @@ export function installShutdown(options: InstallShutdownOptions = {}): ShutdownH
       for (const off of unsubscribe) off();
       clearTimeout(forceTimer);
       safely(() => watchdog?.stop(), undefined);
+    },
+    get watchdog(): WatchdogCapabilities {
+      return watchdog?.capabilities ??
+        { deadline: false, secondSignalWhileBlocked: false, mechanism: "none" };
     },
   };
 }
@@ -1039,6 +1068,8 @@ function describeError(error: unknown): string {
 // Private helpers: systemd
 // ---------------------------------------------------------------------------------------------------
 
+/** How long past its timeout a killed systemctl may take to hand back its output. */
+const SYSTEMCTL_GRACE_MS = 250;
 const USEC_INFINITY = (1n << 64n) - 1n;
 const LLONG_MAX = (1n << 63n) - 1n;
 /** systemd's WHITESPACE: what it skips between parts. */
@@ -1196,12 +1227,13 @@ function systemdUnitFromCgroup(cgroupPath: string): { name: string; user: boolea
 
 async function warnAboutStopTimeout(
   forceExitMs: number,
+  where: CheckStopTimeoutOptions,
   log: (line: string) => void,
   isDisposed: () => boolean,
 ): Promise<void> {
   let check: StopTimeoutCheck | null;
   try {
-    check = await checkSystemdStopTimeout(forceExitMs / 1000, { headroomSeconds: 0 });
+    check = await checkSystemdStopTimeout(forceExitMs / 1000, { ...where, headroomSeconds: 0 });
   } catch (error) {
     log(`shutdown warning: cannot read the unit's TimeoutStopSec: ${describeError(error)}`);
     return;
@@ -1261,11 +1293,12 @@ function trimLogHead(path: string, keepBytes: number): void {
 }
 
 /**
- * The diagnostic child: `sh -c SCRIPT name OURPID SIGNAL SECONDS MAXBYTES`. It is a session leader, so
- * `kill -KILL -$$` ends it and everything it started when the time is up.
+ * The diagnostic child: `sh -c SCRIPT keelson-diagnostic OURPID SIGNAL SECONDS MAXBYTES`. It is a session
+ * leader, so `kill -KILL -$$` ends it and everything it started when the time is up. Its own processes
+ * (whose command line is this whole script) are left out of the `ps` and `pstree` listings by their `$0`.
  */
 const DIAGNOSTIC_SCRIPT = `
-ourpid=$1; sig=$2; secs=$3; cap=$4
+ourpid=$1; sig=$2; secs=$3; cap=$4; self=$0
 (
   sleep "$secs" &
   sleeper=$!
@@ -1281,10 +1314,10 @@ killer=$!
   cat /proc/loadavg 2>/dev/null || uptime 2>/dev/null
   echo "--- ps (top 60 by cpu)"
   listing=$(ps -eo pid,ppid,user,stat,pcpu,pmem,rss,etime,args --sort=-pcpu 2>/dev/null) || listing=$(ps 2>&1)
-  printf '%s\\n' "$listing" | head -n 61
+  printf '%s\\n' "$listing" | grep -v -e "$self" | head -n 61
   if command -v pstree >/dev/null 2>&1; then
     echo "--- pstree $ourpid"
-    pstree -alp "$ourpid" 2>&1 | head -n 200
+    pstree -alp "$ourpid" 2>&1 | grep -v -e "$self" | head -n 200
   fi
   echo "--- recent oom/kill lines"
   if command -v dmesg >/dev/null 2>&1; then
