@@ -1965,33 +1965,30 @@ function listenBun() {
   const tracked = signals.map((name) => ({ n: numbers[name], saved: null, state: "none" }));
   const poll = () => {
     if (Atomics.load(cells, ${WD_STATE}) === ${WD_STATE_STOPPED}) return;
-    for (const t of tracked) {
-      if (t.state === "fired" || t.state === "forced") continue;
-      const current = read(t.n);
-      const handler = handlerOf(current);
-      if (handler === 0n) {
-        if (t.state === "armed") {
-          t.state = "fired";
-          delivered();
-        }
-        continue;
+    const current = tracked.map((t) => read(t.n));
+    // First the deliveries: an armed action the kernel reset to SIG_DFL.
+    tracked.forEach((t, i) => {
+      if (t.state === "armed" && handlerOf(current[i]) === 0n) {
+        t.state = "fired";
+        delivered();
       }
-      if (handler === 1n) continue; // SIG_IGN: someone wants it ignored, leave it
-      const flags = flagsOf(current);
-      if ((flags & SA_RESETHAND) === 0) {
-        // Bun (re)installed its handler: arm it.
-        t.saved = current;
-        write(t.n, withFlags(current, flags | SA_RESETHAND));
-        t.state = "armed";
-      }
-    }
-    if (seen() >= 1) {
-      for (const t of tracked) {
-        if (t.state !== "armed") continue;
+    });
+    // Then every action that is Bun's handler again (installed, or re-installed by Bun): after a
+    // delivery anywhere, the next one must end the process, so SIG_DFL; before, arm it.
+    const after = seen() >= 1;
+    tracked.forEach((t, i) => {
+      const handler = handlerOf(current[i]);
+      if (handler === 0n || handler === 1n) return; // SIG_DFL, or SIG_IGN: someone wants it ignored
+      const flags = flagsOf(current[i]);
+      if ((flags & SA_RESETHAND) === 0) t.saved = current[i];
+      if (after) {
         write(t.n, SIG_DFL);
         t.state = "forced";
+      } else if ((flags & SA_RESETHAND) === 0) {
+        write(t.n, withFlags(current[i], flags | SA_RESETHAND));
+        t.state = "armed";
       }
-    }
+    });
   };
   poll();
   const timer = setInterval(poll, ${WD_BUN_POLL_MS});
