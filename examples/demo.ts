@@ -180,6 +180,7 @@ async function serve(dir: string, replace: boolean): Promise<void> {
         timeoutMs: PHASE_TIMEOUT_MS,
         run: async () => {
           accepting = false;
+          stopping = true; // whatever started the shutdown, the end of stdin is no news now
           const inFlight = pending.size;
           await Promise.all(pending);
           log.info("drained", { inFlight, served: served() });
