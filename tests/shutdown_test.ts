@@ -979,7 +979,7 @@ describe("spawnShutdownDiagnostic()", () => {
       const logPath = path.join(dir, "diag.log");
       fs.writeFileSync(logPath, "older\n", { mode: 0o644 });
       fs.chmodSync(logPath, 0o644);
-      const pid = spawnShutdownDiagnostic(logPath, "SIGINT");
+      assert.equal(typeof spawnShutdownDiagnostic(logPath, "SIGINT"), "number");
       assert.equal(fs.statSync(logPath).mode & 0o777, 0o600);
       const text = await waitForDiagnostic(logPath);
       assert.ok(text.startsWith("older\n"));
@@ -1343,7 +1343,7 @@ describe("installShutdown()", () => {
       systemd: false,
       phases: [
         { name: "one", run: () => void order.push("one") },
-        { name: "two", run: async () => void order.push("two") },
+        { name: "two", run: () => Promise.resolve().then(() => void order.push("two")) },
       ],
     });
     try {
