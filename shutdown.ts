@@ -350,64 +350,25 @@ export function snapshotShutdownContext(
   signal?: string | number,
   options: SnapshotOptions = {},
 ): ShutdownContext {
-  const tsMonotonic = performance.now();
-  const ts = new Date().toISOString();
-  const mode = cmdlineModeOf(options);
-  const { name, number } = resolveSignal(signal);
-  const pid = safely(getPid, 0);
-
-  const selfStatus = isLinux ? safely(() => readProcStatus(pid), null) : null;
-  const statusPpid = selfStatus ? Number.parseInt(selfStatus.PPid ?? "", 10) : NaN;
-  const ppid = Number.isInteger(statusPpid) ? statusPpid : safely(getPpid, 0);
-
-  const ctx: ShutdownContext = {
-    ts,
-    tsMonotonic,
-    signal: name,
-    signalNumber: number,
-    pid,
-    ppid,
-    self: summarize(pid, selfStatus, mode),
-    parent: summarize(ppid, isLinux ? safely(() => readProcStatus(ppid), null) : null, mode),
-    underSystemd: false,
-  };
-
-  const invocationId = safely(() => getEnv("INVOCATION_ID"), undefined);
-  const journalStream = safely(() => getEnv("JOURNAL_STREAM"), undefined);
-  ctx.underSystemd = (invocationId !== undefined && invocationId !== "") || ppid === 1;
-  if (invocationId) ctx.systemdInvocationId = invocationId;
-  if (journalStream) ctx.systemdJournalStream = journalStream;
-
-  const load = safely(loadAverage, null);
-  if (load && Number.isFinite(load[0])) ctx.loadavg1m = load[0];
-
-  if (selfStatus && selfStatus.TracerPid !== undefined) {
-    const tracerPid = Number.parseInt(selfStatus.TracerPid, 10);
-    if (Number.isInteger(tracerPid)) {
-      ctx.tracerPid = tracerPid;
-      if (tracerPid > 0) {
-        ctx.tracer = summarize(
-          tracerPid,
-          safely(() => readProcStatus(tracerPid), null),
-          mode,
-        );
-      }
-    }
+  try {
+    return gatherContext(signal, options ?? {});
+  } catch {
+    // Every read in gatherContext is guarded already; this is the last line of "never throws".
+    const { name, number } = resolveSignal(signal);
+    const pid = safely(getPid, 0);
+    const ppid = safely(getPpid, 0);
+    return {
+      ts: new Date().toISOString(),
+      tsMonotonic: performance.now(),
+      signal: name,
+      signalNumber: number,
+      pid,
+      ppid,
+      self: { pid },
+      parent: { pid: ppid },
+      underSystemd: ppid === 1,
+    };
   }
-
-  if (typeof options.pidFile === "string" && options.pidFile !== "") {
-    const takeover = readTakeoverMarker(`${options.pidFile}.takeover.json`);
-    if (takeover) {
-      ctx.takeoverMarker = takeover;
-      ctx.takeoverMarkerForSelf = takeover.targetPid === pid;
-    }
-    const planned = readPlannedStopMarker(`${options.pidFile}.planned-stop.json`);
-    if (planned) {
-      ctx.plannedStopMarker = planned;
-      ctx.plannedStopMarkerForSelf = planned.pid === pid;
-    }
-  }
-  return ctx;
 }
 
 /**
@@ -737,10 +698,13 @@ export function spawnShutdownDiagnostic(
  * ```
  */
 export function installShutdown(options: InstallShutdownOptions = {}): ShutdownHandle {
-  const signals = [...(options.signals ?? DEFAULT_SHUTDOWN_SIGNALS)];
-  if (!Array.isArray(options.signals ?? []) || signals.length === 0) {
-    throw new TypeError(`Cannot install the shutdown: signals ${JSON.stringify(options.signals)} is empty`);
+  if (options.signals !== undefined && (!Array.isArray(options.signals) || options.signals.length === 0)) {
+    throw new TypeError(
+      `Cannot install the shutdown: signals ${JSON.stringify(options.signals)} is not a non-empty array`,
+    );
   }
+  // One listener per signal: a name listed twice must not make one delivery count as two.
+  const signals = [...new Set(options.signals ?? DEFAULT_SHUTDOWN_SIGNALS)];
   const forceExitMs = options.forceExitMs ?? DEFAULT_FORCE_EXIT_MS;
   if (typeof forceExitMs !== "number" || !Number.isFinite(forceExitMs) || forceExitMs < 0) {
     throw new RangeError(`Cannot install the shutdown: forceExitMs ${String(forceExitMs)} is not >= 0`);
@@ -918,6 +882,67 @@ function safely<T>(fn: () => T, fallback: T): T {
   } catch {
     return fallback;
   }
+}
+
+function gatherContext(signal: string | number | undefined, options: SnapshotOptions): ShutdownContext {
+  const tsMonotonic = performance.now();
+  const ts = new Date().toISOString();
+  const mode = cmdlineModeOf(options);
+  const { name, number } = resolveSignal(signal);
+  const pid = safely(getPid, 0);
+
+  const selfStatus = isLinux ? safely(() => readProcStatus(pid), null) : null;
+  const statusPpid = selfStatus ? Number.parseInt(selfStatus.PPid ?? "", 10) : NaN;
+  const ppid = Number.isInteger(statusPpid) ? statusPpid : safely(getPpid, 0);
+
+  const ctx: ShutdownContext = {
+    ts,
+    tsMonotonic,
+    signal: name,
+    signalNumber: number,
+    pid,
+    ppid,
+    self: summarize(pid, selfStatus, mode),
+    parent: summarize(ppid, isLinux ? safely(() => readProcStatus(ppid), null) : null, mode),
+    underSystemd: false,
+  };
+
+  const invocationId = safely(() => getEnv("INVOCATION_ID"), undefined);
+  const journalStream = safely(() => getEnv("JOURNAL_STREAM"), undefined);
+  ctx.underSystemd = (invocationId !== undefined && invocationId !== "") || ppid === 1;
+  if (invocationId) ctx.systemdInvocationId = invocationId;
+  if (journalStream) ctx.systemdJournalStream = journalStream;
+
+  const load = safely(loadAverage, null);
+  if (load && Number.isFinite(load[0])) ctx.loadavg1m = load[0];
+
+  if (selfStatus && selfStatus.TracerPid !== undefined) {
+    const tracerPid = Number.parseInt(selfStatus.TracerPid, 10);
+    if (Number.isInteger(tracerPid)) {
+      ctx.tracerPid = tracerPid;
+      if (tracerPid > 0) {
+        ctx.tracer = summarize(
+          tracerPid,
+          safely(() => readProcStatus(tracerPid), null),
+          mode,
+        );
+      }
+    }
+  }
+
+  if (typeof options.pidFile === "string" && options.pidFile !== "") {
+    const takeover = readTakeoverMarker(`${options.pidFile}.takeover.json`);
+    if (takeover) {
+      ctx.takeoverMarker = takeover;
+      ctx.takeoverMarkerForSelf = takeover.targetPid === pid;
+    }
+    const planned = readPlannedStopMarker(`${options.pidFile}.planned-stop.json`);
+    if (planned) {
+      ctx.plannedStopMarker = planned;
+      ctx.plannedStopMarkerForSelf = planned.pid === pid;
+    }
+  }
+  return ctx;
 }
 
 function cmdlineModeOf(options: { cmdline?: CmdlineMode }): CmdlineMode {

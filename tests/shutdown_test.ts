@@ -1149,6 +1149,38 @@ describe("installShutdown()", () => {
     },
   );
 
+  it(
+    "installShutdown() starts the diagnostic child on the first signal when diagnosticLog is set",
+    SLOW,
+    async (t) => {
+      if (!hasTools()) return t.skip("no sh/ps on this host");
+      const dir = tempDir();
+      try {
+        const logPath = path.join(dir, "diag.log");
+        const { running, info } = await startInstall("diagnostic", "-", logPath);
+        signal(info.pid, "SIGTERM");
+        assert.equal((await running.exited).code, 0);
+        const lines = logLines(running);
+        assert.match(lines[0], /^signal=SIGTERM /);
+        assert.match(lines[1], /^\+\d+\.\d\ds shutdown diagnostic=pid:\d+$/);
+        assert.match(lines[2], /phase=a ok$/);
+        const text = await waitForDiagnostic(logPath, info.pid);
+        assert.match(text, new RegExp(`pid=${info.pid} signal=SIGTERM `));
+        assert.equal(fs.statSync(logPath).mode & 0o777, 0o600);
+      } finally {
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
+    },
+  );
+
+  it("installShutdown() counts one delivery once when a signal is listed twice", SLOW, async () => {
+    const { running, info } = await startInstall("dup");
+    signal(info.pid, "SIGTERM");
+    const result = await running.exited;
+    assert.equal(result.code, 0, running.stderr.join("\n"));
+    assert.match(logLines(running).at(-1)!, /phases=3 failed=0 exit=0$/);
+  });
+
   it("installShutdown() moves on after a phase that hangs past its timeout and exits 1", SLOW, async () => {
     const { running, info } = await startInstall("hang");
     signal(info.pid, "SIGINT");
@@ -1363,6 +1395,10 @@ describe("installShutdown()", () => {
   it("installShutdown() rejects bad options with typed errors and installs nothing", () => {
     assert.throws(() => installShutdown({ signals: ["SIGBOGUS"] }), TypeError);
     assert.throws(() => installShutdown({ signals: [] }), TypeError);
+    assert.throws(
+      () => installShutdown({ signals: "SIGTERM" as unknown as string[] }),
+      /not a non-empty array/,
+    );
     assert.throws(() => installShutdown({ forceExitMs: -1 }), /forceExitMs -1/);
     assert.throws(
       () => installShutdown({ phases: [{ name: "", run: () => {} }] }),
