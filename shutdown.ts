@@ -497,8 +497,8 @@ export function shutdownContextToJSON(ctx: ShutdownContext): string {
  * `.5s`, a bare number as seconds, units us/usec/μs/µs, ms/msec, s/sec/second(s), m/min/minute(s),
  * h/hr/hour(s), d/day(s), w/week(s), M/month(s) (30.44 days), y/year(s) (365.25 days), `infinity`.
  * Fraction digits are truncated to whole microseconds, as systemd does; a leading `-` anywhere, an empty
- * text, an unknown unit or a value of 2^64-1 µs and over give `null`. Values above 2^53 µs (285 years) are
- * rounded to the nearest double.
+ * text, an unknown unit, a NUL character or a total of 2^64-1 µs and over give `null`. Values above 2^53 µs
+ * (285 years) are rounded to the nearest double.
  *
  * @param text The time span.
  * @returns Microseconds, `Infinity` for `infinity`, or `null` when systemd would reject it.
@@ -604,6 +604,8 @@ export async function checkSystemdStopTimeout(
  * @param signal The signal being handled, written in the header.
  * @param options The child's time limit, the log's size limit, the environment.
  * @returns The child's pid, or `null` when `sh` or `ps` is not on `PATH` or the child could not start.
+ * @throws {TypeError | RangeError} For a bad argument; the file system's error when the log cannot be
+ *   created, trimmed or opened (e.g. `EACCES`).
  *
  * @example On SIGTERM, let a child record what the machine looked like
  * ```ts
@@ -675,11 +677,15 @@ export function spawnShutdownDiagnostic(
  * Exit status: 0 ({@linkcode EXIT_CLEAN}) after a clean run, and also whenever a planned-stop or takeover
  * marker beside `pidFile` names us (the stop was intended, so a supervisor must not restart us); otherwise
  * 1 ({@linkcode EXIT_PHASE_FAILED}) when a phase threw or timed out or `forceExitMs` was reached; 128 + the
- * signal number (143 for SIGTERM) when a second signal ended it. A watchdog outside the main thread ends
- * the process `forceExitMs` (+ {@linkcode WATCHDOG_GRACE_MS}) after the start, and on a second signal,
- * even while the main thread is blocked in a synchronous write (it kills with SIGKILL then, so the status
- * is "killed by signal 9"). Under systemd it warns once at install when `forceExitMs` is not below the
- * unit's `TimeoutStopSec` (systemd's SIGKILL would always come first and the forensics would never run).
+ * signal number (143 for SIGTERM) when a second signal ended it while the main thread still ran.
+ *
+ * A watchdog outside the main thread (`startWatchdog` of platform.ts) ends the process `forceExitMs`
+ * (+ {@linkcode WATCHDOG_GRACE_MS}) after the start, and on a second signal, even while the main thread is
+ * blocked in a synchronous write: then the status is "killed by SIGKILL" (137 in a shell), or on Bun, for
+ * the second signal, "killed by" that signal (its default action). See `handle.watchdog` for what the
+ * runtime allows (`secondSignalWhileBlocked`). Under systemd it warns once at install when `forceExitMs`
+ * is not below the unit's `TimeoutStopSec` (systemd's SIGKILL would always come first and the forensics
+ * would never run). Install it once per process.
  *
  * @param options Signals, phases, deadline, log, PID file.
  * @returns `shutdown(reason)` to start the same sequence from code, `dispose()` to unhook it all.
@@ -807,8 +813,12 @@ export function installShutdown(options: InstallShutdownOptions = {}): ShutdownH
     }
     if (options.diagnosticLog) {
       const diagnosticLog = options.diagnosticLog;
-      const pid = safely(() => spawnShutdownDiagnostic(diagnosticLog, ctx.signal), null);
-      log(`${elapsed()} shutdown diagnostic=${pid === null ? "unavailable" : `pid:${pid}`}`);
+      try {
+        const pid = spawnShutdownDiagnostic(diagnosticLog, ctx.signal);
+        log(`${elapsed()} shutdown diagnostic=${pid === null ? "unavailable" : `pid:${pid}`}`);
+      } catch (error) {
+        log(`${elapsed()} shutdown diagnostic=failed error=${quote(describeError(error))}`);
+      }
     }
     started = new Promise<never>(() => {
       void runPhases(ctx);

@@ -1083,6 +1083,19 @@ describe("spawnShutdownDiagnostic()", () => {
     }
   });
 
+  it("spawnShutdownDiagnostic() throws the file system's error for a log it cannot create", (t) => {
+    if (!hasTools()) return t.skip("no sh/ps on this host");
+    const dir = tempDir();
+    try {
+      assert.throws(
+        () => spawnShutdownDiagnostic(path.join(dir, "no", "such", "diag.log"), "SIGTERM"),
+        (error: unknown) => (error as { code?: string }).code === "ENOENT",
+      );
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it("spawnShutdownDiagnostic() rejects bad arguments with typed errors", () => {
     assert.throws(() => spawnShutdownDiagnostic("", "SIGTERM"), TypeError);
     assert.throws(() => spawnShutdownDiagnostic("/tmp/x.log", 15 as unknown as string), TypeError);
@@ -1172,6 +1185,21 @@ describe("installShutdown()", () => {
       }
     },
   );
+
+  it("installShutdown() logs a diagnostic that cannot start and still runs the phases", SLOW, async () => {
+    const dir = tempDir();
+    try {
+      const logPath = path.join(dir, "missing-dir", "diag.log");
+      const { running, info } = await startInstall("diagnostic", "-", logPath);
+      signal(info.pid, "SIGTERM");
+      assert.equal((await running.exited).code, 0);
+      const lines = logLines(running);
+      assert.match(lines[1], /^\+\d+\.\d\ds shutdown diagnostic=(failed error=".*ENOENT.*"|unavailable)$/);
+      assert.match(lines.at(-1)!, /phases=3 failed=0 exit=0$/);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
 
   it("installShutdown() counts one delivery once when a signal is listed twice", SLOW, async () => {
     const { running, info } = await startInstall("dup");
