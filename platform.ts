@@ -119,9 +119,18 @@ export function errorCode(error: unknown): string | undefined {
   const code = (error as { code?: unknown }).code;
   if (typeof code === "string" && code !== "") return code;
   const name = (error as { name?: unknown }).name;
-  if (typeof name === "string" && name in DENO_ERROR_CODES) return DENO_ERROR_CODES[name];
-  return undefined;
+  if (typeof name === "string" && Object.hasOwn(DENO_ERROR_CODES, name)) return DENO_ERROR_CODES[name];
+  // Deno reports errnos it has no class for (EFBIG, EIO, …) only in the message: "… (os error 27)".
+  const message = (error as { message?: unknown }).message;
+  const osError = typeof message === "string" ? /\(os error (\d+)\)/.exec(message) : null;
+  return osError ? ERRNO_NAMES.get(Number(osError[1])) : undefined;
 }
+
+const ERRNO_NAMES: Map<number, string> = new Map(
+  Object.entries((os.constants as { errno?: Record<string, number> }).errno ?? {})
+    .filter(([name]) => name !== "EWOULDBLOCK" && name !== "EDEADLOCK")
+    .map(([name, number]) => [number, name]),
+);
 
 // ---------------------------------------------------------------------------------------------------
 // Files

@@ -54,6 +54,9 @@ describe("platform: errorCode()", () => {
       error.name = name;
       assert.equal(platform.errorCode(error), code, name);
     }
+    assert.equal(platform.errorCode(new Error("File too large (os error 27)")), "EFBIG");
+    assert.equal(platform.errorCode(new Error("Input/output error (os error 5)")), "EIO");
+    assert.equal(platform.errorCode(new Error("Resource temporarily unavailable (os error 11)")), "EAGAIN");
     assert.equal(platform.errorCode(new Error("plain")), undefined);
     assert.equal(platform.errorCode("ENOENT"), undefined);
     assert.equal(platform.errorCode(null), undefined);
