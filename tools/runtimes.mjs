@@ -62,6 +62,7 @@ function commandFor(runtime, files) {
   throw new Error(`unknown runtime ${runtime}`);
 }
 
+// deno-lint-ignore no-control-regex
 const stripAnsi = (text) => text.replace(/\x1b\[[0-9;]*m/g, "");
 
 // Each runner prints its own closing summary; read the counts from it.
@@ -73,7 +74,11 @@ function parseCounts(runtime, output) {
   };
   if (runtime === "deno") {
     // "ok | 7 passed (46 steps) | 0 failed": node:test's it() blocks are Deno's steps; count those.
-    const m = [...text.matchAll(/^(?:ok|FAILED) \| (\d+) passed(?: \((\d+) steps?\))? \| (\d+) failed(?: \((\d+) steps?\))?/gm)].pop();
+    const m = [
+      ...text.matchAll(
+        /^(?:ok|FAILED) \| (\d+) passed(?: \((\d+) steps?\))? \| (\d+) failed(?: \((\d+) steps?\))?/gm,
+      ),
+    ].pop();
     if (!m) return null;
     return { passed: Number(m[2] ?? m[1]), failed: Number(m[4] ?? m[3]) };
   }
@@ -117,7 +122,11 @@ function runTests(selected) {
   }
   console.log("\n=== summary ===");
   for (const s of summaries) {
-    console.log(`${s.runtime.padEnd(5)} ${String(s.passed).padStart(4)} passed ${String(s.failed).padStart(3)} failed  (${s.seconds}s, exit ${s.status})`);
+    console.log(
+      `${s.runtime.padEnd(5)} ${String(s.passed).padStart(4)} passed ${
+        String(s.failed).padStart(3)
+      } failed  (${s.seconds}s, exit ${s.status})`,
+    );
   }
   const passed = summaries.reduce((n, s) => n + s.passed, 0);
   const failed = summaries.reduce((n, s) => n + s.failed, 0);
