@@ -24,6 +24,7 @@ import {
   loadAverage,
   onSignal,
   openAppend,
+  processStartTime,
   readFile,
   readProcCmdline,
   readProcStatus,
@@ -944,15 +945,31 @@ function gatherContext(signal: string | number | undefined, options: SnapshotOpt
     const takeover = readTakeoverMarker(`${options.pidFile}.takeover.json`);
     if (takeover) {
       ctx.takeoverMarker = takeover;
-      ctx.takeoverMarkerForSelf = takeover.targetPid === pid;
+      ctx.takeoverMarkerForSelf = takeover.targetPid === pid && writtenInOurLifetime(takeover.at);
     }
     const planned = readPlannedStopMarker(`${options.pidFile}.planned-stop.json`);
     if (planned) {
       ctx.plannedStopMarker = planned;
-      ctx.plannedStopMarkerForSelf = planned.pid === pid;
+      ctx.plannedStopMarkerForSelf = planned.pid === pid && writtenInOurLifetime(planned.at);
     }
   }
   return ctx;
+}
+
+/** Tolerance for comparing a marker's time with our start time: `btime` may move by a second. */
+const START_TIME_TOLERANCE_MS = 1000;
+let ownStartTime: number | null | undefined;
+
+/**
+ * A marker names us only if it was written after we started: a marker left by an earlier process that
+ * had our pid (pid 1 in a container, or pid reuse) must not turn an unexpected stop into an intended one.
+ * Where our start time is unknown (no /proc) the pid alone decides.
+ */
+function writtenInOurLifetime(at: string): boolean {
+  if (ownStartTime === undefined) ownStartTime = safely(() => processStartTime(getPid()), null);
+  if (ownStartTime === null) return true;
+  const written = Date.parse(at);
+  return Number.isFinite(written) && written >= ownStartTime - START_TIME_TOLERANCE_MS;
 }
 
 function cmdlineModeOf(options: { cmdline?: CmdlineMode }): CmdlineMode {
@@ -978,6 +995,11 @@ function summarize(pid: number, status: Record<string, string> | null, mode: Cmd
   const summary: ProcessSummary = { pid };
   if (!status) return summary;
   if (status.Name !== undefined) summary.name = status.Name;
+  // Node names its main thread "MainThread", which hides the program: name it after argv[0] instead.
+  if (summary.name === "MainThread") {
+    const program = safely(() => readProcCmdline(pid), null)?.[0];
+    if (program) summary.name = program.slice(program.lastIndexOf("/") + 1);
+  }
   if (status.State !== undefined) summary.state = status.State.charAt(0);
   const ppid = Number.parseInt(status.PPid ?? "", 10);
   if (Number.isInteger(ppid)) summary.ppid = ppid;

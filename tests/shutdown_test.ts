@@ -262,31 +262,62 @@ describe("snapshotShutdownContext()", () => {
       const dir = tempDir();
       try {
         const pidFile = path.join(dir, "app.pid");
+        const takeoverAt = new Date().toISOString();
+        const plannedAt = new Date(Date.now() + 1).toISOString();
         const { ctx } = await childSnapshot({
           pidFile,
           beforeSignal: (pid) => {
             fs.writeFileSync(
               `${pidFile}.takeover.json`,
-              JSON.stringify({ targetPid: pid, byPid: 4242, at: "2025-01-02T03:04:05.000Z" }),
+              JSON.stringify({ targetPid: pid, byPid: 4242, at: takeoverAt }),
             );
             fs.writeFileSync(
               `${pidFile}.planned-stop.json`,
-              JSON.stringify({ pid, at: "2025-01-02T03:04:06.000Z", reason: "deploy" }),
+              JSON.stringify({ pid, at: plannedAt, reason: "deploy" }),
             );
           },
         });
         assert.deepEqual(ctx.takeoverMarker, {
           targetPid: ctx.pid,
           byPid: 4242,
-          at: "2025-01-02T03:04:05.000Z",
+          at: takeoverAt,
         });
         assert.equal(ctx.takeoverMarkerForSelf, true);
         assert.deepEqual(ctx.plannedStopMarker, {
           pid: ctx.pid,
-          at: "2025-01-02T03:04:06.000Z",
+          at: plannedAt,
           reason: "deploy",
         });
         assert.equal(ctx.plannedStopMarkerForSelf, true);
+      } finally {
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
+    },
+  );
+
+  it(
+    "snapshotShutdownContext() does not take markers naming our pid from before we started as ours",
+    SLOW,
+    async () => {
+      const dir = tempDir();
+      try {
+        // An earlier process with the same pid (pid 1 in a container, pid reuse) left these behind.
+        const pidFile = path.join(dir, "app.pid");
+        const { ctx } = await childSnapshot({
+          pidFile,
+          beforeSignal: (pid) => {
+            const before = new Date(Date.now() - 3_600_000).toISOString();
+            fs.writeFileSync(
+              `${pidFile}.takeover.json`,
+              JSON.stringify({ targetPid: pid, byPid: 7, at: before }),
+            );
+            fs.writeFileSync(`${pidFile}.planned-stop.json`, JSON.stringify({ pid, at: before }));
+          },
+        });
+        assert.equal(ctx.takeoverMarker?.targetPid, ctx.pid);
+        assert.equal(ctx.takeoverMarkerForSelf, false);
+        assert.equal(ctx.plannedStopMarker?.pid, ctx.pid);
+        assert.equal(ctx.plannedStopMarkerForSelf, false);
       } finally {
         fs.rmSync(dir, { recursive: true, force: true });
       }
@@ -386,6 +417,14 @@ describe("snapshotShutdownContext()", () => {
     assert.deepEqual(JSON.parse(shutdownContextToJSON(ctx)), ctx);
     const argv = readProcCmdline(process.pid)!;
     assert.equal(ctx.self.cmdline, redactArgv(argv).join(" ").slice(0, 300));
+  });
+
+  it('snapshotShutdownContext() names a process after its program, not Node\'s "MainThread"', () => {
+    const ctx = snapshotShutdownContext("SIGTERM");
+    const comm = fs.readFileSync(`/proc/${process.pid}/comm`, "utf8").trim();
+    assert.notEqual(ctx.self.name, "MainThread");
+    const program = readProcCmdline(process.pid)![0];
+    assert.equal(ctx.self.name, comm === "MainThread" ? path.basename(program) : comm);
   });
 });
 
@@ -1266,7 +1305,7 @@ describe("installShutdown()", () => {
         const ours = await startInstall("error", pidFile);
         fs.writeFileSync(
           `${pidFile}.takeover.json`,
-          JSON.stringify({ targetPid: ours.info.pid, byPid: 1, at: "now" }),
+          JSON.stringify({ targetPid: ours.info.pid, byPid: 1, at: new Date().toISOString() }),
         );
         signal(ours.info.pid, "SIGTERM");
         assert.equal((await ours.running.exited).code, 0);
