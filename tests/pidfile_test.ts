@@ -168,6 +168,38 @@ async function probe(
   return JSON.parse(line);
 }
 
+let unprivilegedCheck: Promise<string | null> | undefined;
+
+/**
+ * Why the probe cannot run as nobody here, or `null`: a checkout (and the runtime inside it) in a
+ * folder only root may enter cannot be reached by an unprivileged user, whatever the test does.
+ */
+function unprivilegedBlocker(): Promise<string | null> {
+  if (!IS_ROOT) return Promise.resolve(null);
+  const { command } = scriptCommand(PROBE);
+  unprivilegedCheck ??= new Promise((resolve) => {
+    const check = spawn("setpriv", [
+      "--reuid=65534",
+      "--regid=65534",
+      "--clear-groups",
+      "sh",
+      "-c",
+      'test -x "$0" && test -r "$1"',
+      command,
+      PROBE,
+    ], { stdio: "ignore" });
+    check.on("error", () => resolve("setpriv is not available to drop root privileges"));
+    check.on(
+      "close",
+      (code) =>
+        resolve(
+          code === 0 ? null : `an unprivileged user cannot run ${command} on ${PROBE} from this checkout`,
+        ),
+    );
+  });
+  return unprivilegedCheck;
+}
+
 /** A live `sleep`: a real process whose pid and start time the records can name. */
 function startSleep(): Child {
   return startChild("sleep", ["120"]);
@@ -423,7 +455,9 @@ describe("readPidFile()", () => {
     assert.throws(() => readPidFile(fifo), PidFileError);
   });
 
-  it("readPidFile() reports an unreadable file as invalid (permissions enforced, unprivileged probe)", async () => {
+  it("readPidFile() reports an unreadable file as invalid (permissions enforced, unprivileged probe)", async (t) => {
+    const blocker = await unprivilegedBlocker();
+    if (blocker) return t.skip(blocker);
     const dir = freshDir();
     fs.chmodSync(dir, 0o777);
     const pidPath = path.join(dir, "secret.pid");
@@ -545,7 +579,9 @@ describe("acquirePidFile()", () => {
     }
   });
 
-  it("acquirePidFile() replaces an unreadable file (unprivileged probe)", async () => {
+  it("acquirePidFile() replaces an unreadable file (unprivileged probe)", async (t) => {
+    const blocker = await unprivilegedBlocker();
+    if (blocker) return t.skip(blocker);
     const dir = freshDir();
     fs.chmodSync(dir, 0o777);
     const pidPath = path.join(dir, "secret.pid");
@@ -636,7 +672,9 @@ describe("acquirePidFile()", () => {
     });
   });
 
-  it("acquirePidFile() throws PidFileError naming the path for an unwritable folder (unprivileged probe)", async () => {
+  it("acquirePidFile() throws PidFileError naming the path for an unwritable folder (unprivileged probe)", async (t) => {
+    const blocker = await unprivilegedBlocker();
+    if (blocker) return t.skip(blocker);
     const home = freshDir();
     fs.chmodSync(home, 0o777);
     const locked = path.join(home, "ro");
