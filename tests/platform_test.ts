@@ -467,6 +467,19 @@ describe("platform: processes", () => {
     assert.equal(platform.getEnv(name), undefined);
   });
 
+  it("onExit() runs at a natural end and at exit(); an unsubscribed handler never runs", async () => {
+    const natural = await runFixture("platform_on_exit.ts", ["natural"]);
+    assert.equal(natural.code, 0, natural.stderr);
+    assert.equal(natural.stdout, "main done\ntimer done\nexit handler ran\n");
+    const exited = await runFixture("platform_on_exit.ts", ["exit"]);
+    assert.equal(exited.code, 3, exited.stderr);
+    assert.equal(exited.stdout, "main done\nexit handler ran\n");
+  });
+
+  it("runCommand() has a documented default time limit", () => {
+    assert.equal(platform.DEFAULT_COMMAND_TIMEOUT_MS, 10_000);
+  });
+
   it("exit() ends the process with the code, even with timers pending", async () => {
     const result = await runFixture("platform_exit.ts", ["7"]);
     assert.equal(result.code, 7);

@@ -7,6 +7,7 @@ import process from "node:process";
 import { type ChildProcess, spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import {
+  DEFAULT_WATCHDOG_SECOND_SIGNAL_EXIT,
   DEFAULT_WATCHDOG_SIGNALS,
   MAX_WATCHDOG_MS,
   runtime,
@@ -316,5 +317,6 @@ describe("startWatchdog() arguments and state", () => {
   it("DEFAULT_WATCHDOG_SIGNALS are the four termination signals", () => {
     assert.deepEqual([...DEFAULT_WATCHDOG_SIGNALS], ["SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT"]);
     assert.ok(Object.isFrozen(DEFAULT_WATCHDOG_SIGNALS));
+    assert.equal(DEFAULT_WATCHDOG_SECOND_SIGNAL_EXIT, true);
   });
 });
