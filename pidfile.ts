@@ -109,13 +109,36 @@ export interface PidRecord {
   bootId: string | null;
 }
 
-/** Nothing is at the path. */
+/**
+ * Nothing is at the path.
+ *
+ * @example Tell a first start from a restart
+ * ```ts
+ * import { type PidFileAbsent, type PidFileStatus, readPidFile } from "./pidfile.ts";
+ * const isAbsent = (status: PidFileStatus): status is PidFileAbsent => status.state === "absent";
+ * const status = readPidFile("/tmp/example.pid");
+ * console.log(isAbsent(status) ? "first start: no PID file" : `found a ${status.state} PID file`);
+ * ```
+ */
 export interface PidFileAbsent {
   /** No file. */
   state: "absent";
 }
 
-/** A live process holds the PID file (or its record comes from another host and cannot be judged). */
+/**
+ * A live process holds the PID file (or its record comes from another host and cannot be judged).
+ *
+ * @example Describe the holder
+ * ```ts
+ * import { type PidFileRunning, readPidFile } from "./pidfile.ts";
+ * function describeHolder(running: PidFileRunning): string {
+ *   const where = running.foreignHost ? "on another host" : "here";
+ *   return `pid ${running.record.pid} ${where} (${running.reason})`;
+ * }
+ * const status = readPidFile("/tmp/example.pid");
+ * if (status.state === "running") console.log(`already running: ${describeHolder(status)}`);
+ * ```
+ */
 export interface PidFileRunning {
   /** The holder is alive and the same process that wrote the record. */
   state: "running";
@@ -127,7 +150,19 @@ export interface PidFileRunning {
   foreignHost: boolean;
 }
 
-/** The record names a process that is gone (or a PID that now belongs to another process). */
+/**
+ * The record names a process that is gone (or a PID that now belongs to another process).
+ *
+ * @example Report a crash left behind
+ * ```ts
+ * import { type PidFileStale, readPidFile } from "./pidfile.ts";
+ * const status = readPidFile("/tmp/example.pid");
+ * if (status.state === "stale") {
+ *   const stale: PidFileStale = status;
+ *   console.warn(`pid ${stale.record.pid} did not clean up: ${stale.reason}`); // e.g. "process 1234 is gone"
+ * }
+ * ```
+ */
 export interface PidFileStale {
   /** Provably not running: {@linkcode acquirePidFile} replaces it. */
   state: "stale";
@@ -137,7 +172,19 @@ export interface PidFileStale {
   reason: string;
 }
 
-/** A PID file that nobody can read as a record. */
+/**
+ * A PID file that nobody can read as a record.
+ *
+ * @example Warn about a garbled file
+ * ```ts
+ * import { type PidFileInvalid, readPidFile } from "./pidfile.ts";
+ * const status = readPidFile("/tmp/example.pid");
+ * if (status.state === "invalid") {
+ *   const invalid: PidFileInvalid = status;
+ *   console.warn(`not a PID record (${invalid.reason}): the next start replaces it`);
+ * }
+ * ```
+ */
 export interface PidFileInvalid {
   /** The file exists but is no record: empty, garbage, truncated, unreadable, a bad PID. */
   state: "invalid";
@@ -196,17 +243,84 @@ export interface PidFile {
   [Symbol.dispose](): void;
 }
 
-/** Default of {@linkcode AcquirePidFileOptions.replace}. */
+/**
+ * Default of {@linkcode AcquirePidFileOptions.replace}.
+ *
+ * @example A `--replace` flag, off by default
+ * ```ts
+ * import process from "node:process";
+ * import { acquirePidFile, DEFAULT_REPLACE } from "./pidfile.ts";
+ * const replace = process.argv.includes("--replace") || DEFAULT_REPLACE;
+ * const pidFile = await acquirePidFile("/tmp/example.pid", { replace });
+ * pidFile.release();
+ * ```
+ */
 export const DEFAULT_REPLACE = false;
-/** Default of {@linkcode AcquirePidFileOptions.replaceTimeoutMs}. */
+/**
+ * Default of {@linkcode AcquirePidFileOptions.replaceTimeoutMs}.
+ *
+ * @example Give a slow drain more time
+ * ```ts
+ * import { acquirePidFile, DEFAULT_REPLACE_TIMEOUT_MS } from "./pidfile.ts";
+ * const replaceTimeoutMs = 2 * DEFAULT_REPLACE_TIMEOUT_MS; // 10 s between SIGTERM and SIGKILL
+ * const pidFile = await acquirePidFile("/tmp/example.pid", { replace: true, replaceTimeoutMs });
+ * pidFile.release();
+ * ```
+ */
 export const DEFAULT_REPLACE_TIMEOUT_MS = 5000;
-/** Default of {@linkcode AcquirePidFileOptions.mode}. */
+/**
+ * Default of {@linkcode AcquirePidFileOptions.mode}.
+ *
+ * @example The permissions a PID file gets
+ * ```ts
+ * import * as fs from "node:fs";
+ * import { acquirePidFile, DEFAULT_PID_FILE_MODE } from "./pidfile.ts";
+ * const pidFile = await acquirePidFile("/tmp/example.pid");
+ * console.log((fs.statSync(pidFile.path).mode & 0o777) === DEFAULT_PID_FILE_MODE); // true: rw-r--r--
+ * pidFile.release();
+ * ```
+ */
 export const DEFAULT_PID_FILE_MODE = 0o644;
-/** Default of {@linkcode AcquirePidFileOptions.releaseOnExit}. */
+/**
+ * Default of {@linkcode AcquirePidFileOptions.releaseOnExit}.
+ *
+ * @example Keep the file after exit, on request
+ * ```ts
+ * import process from "node:process";
+ * import { acquirePidFile, DEFAULT_RELEASE_ON_EXIT } from "./pidfile.ts";
+ * const releaseOnExit = process.env.KEEP_PID_FILE === "1" ? false : DEFAULT_RELEASE_ON_EXIT;
+ * const pidFile = await acquirePidFile("/tmp/example.pid", { releaseOnExit });
+ * console.log(`holding ${pidFile.path}; removed at exit: ${releaseOnExit}`);
+ * ```
+ */
 export const DEFAULT_RELEASE_ON_EXIT = true;
-/** Default of {@linkcode AcquirePidFileOptions.releaseOnSignals}. */
+/**
+ * Default of {@linkcode AcquirePidFileOptions.releaseOnSignals}.
+ *
+ * @example Also release when the terminal closes
+ * ```ts
+ * import { acquirePidFile, DEFAULT_RELEASE_SIGNALS } from "./pidfile.ts";
+ * const pidFile = await acquirePidFile("/tmp/example.pid", {
+ *   releaseOnSignals: [...DEFAULT_RELEASE_SIGNALS, "SIGHUP"], // SIGTERM, SIGINT and SIGHUP
+ * });
+ * console.log(`holding ${pidFile.path}`);
+ * ```
+ */
 export const DEFAULT_RELEASE_SIGNALS: readonly string[] = Object.freeze(["SIGTERM", "SIGINT"]);
-/** Default of {@linkcode AcquirePidFileOptions.contentionTimeoutMs}. */
+/**
+ * Default of {@linkcode AcquirePidFileOptions.contentionTimeoutMs}.
+ *
+ * @example Many workers starting at once
+ * ```ts
+ * import { acquirePidFile, DEFAULT_CONTENTION_TIMEOUT_MS, PidFileLockedError } from "./pidfile.ts";
+ * try {
+ *   await acquirePidFile("/tmp/example.pid", { contentionTimeoutMs: 4 * DEFAULT_CONTENTION_TIMEOUT_MS });
+ * } catch (error) {
+ *   if (!(error instanceof PidFileLockedError && error.acquiring)) throw error;
+ *   console.error(`pid ${error.holder.pid} is still replacing the stale PID file`);
+ * }
+ * ```
+ */
 export const DEFAULT_CONTENTION_TIMEOUT_MS = 3000;
 
 /**
@@ -368,9 +482,36 @@ export class PidFileError extends Error {
 // Public functions
 // ---------------------------------------------------------------------------------------------------
 
-/** Suffix of the takeover marker written beside the PID file by `replace: true`. */
+/**
+ * Suffix of the takeover marker written beside the PID file by `replace: true`.
+ *
+ * @example Tell a takeover from a plain stop
+ * ```ts
+ * import * as fs from "node:fs";
+ * import process from "node:process";
+ * import { TAKEOVER_MARKER_SUFFIX } from "./pidfile.ts";
+ * const marker = "/tmp/example.pid" + TAKEOVER_MARKER_SUFFIX; // written by `replace: true`
+ * process.on("SIGTERM", () => {
+ *   const target = fs.existsSync(marker) && JSON.parse(fs.readFileSync(marker, "utf8")).targetPid;
+ *   console.error(target === process.pid ? "a new instance takes over" : "stopping");
+ *   process.exit(0);
+ * });
+ * ```
+ */
 export const TAKEOVER_MARKER_SUFFIX = ".takeover.json";
-/** Suffix of the planned-stop marker written beside the PID file by {@linkcode markPlannedStop}. */
+/**
+ * Suffix of the planned-stop marker written beside the PID file by {@linkcode markPlannedStop}.
+ *
+ * @example A watchdog that pages only on unplanned stops
+ * ```ts
+ * import * as fs from "node:fs";
+ * import { PLANNED_STOP_MARKER_SUFFIX } from "./pidfile.ts";
+ * const marker = "/tmp/example.pid" + PLANNED_STOP_MARKER_SUFFIX; // written by `markPlannedStop`
+ * const servicePid = 1234; // the service that just exited
+ * const planned = fs.existsSync(marker) && JSON.parse(fs.readFileSync(marker, "utf8")).pid === servicePid;
+ * if (!planned) console.error(`pid ${servicePid} stopped unexpectedly: paging the on-call`);
+ * ```
+ */
 export const PLANNED_STOP_MARKER_SUFFIX = ".planned-stop.json";
 
 /**

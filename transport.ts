@@ -63,16 +63,63 @@ export interface Transport {
   close(): void;
 }
 
-/** Default of {@linkcode StdioTransportOptions.fd}: stdout. */
+/**
+ * Default of {@linkcode StdioTransportOptions.fd}: stdout.
+ *
+ * @example Frames on stdout, logs on stderr
+ * ```ts
+ * import { createStdioTransport, DEFAULT_TRANSPORT_FD } from "./transport.ts";
+ * const transport = createStdioTransport();
+ * console.error(transport.fd === DEFAULT_TRANSPORT_FD); // true: keep console.log off stdout
+ * transport.write({ jsonrpc: "2.0", method: "ready" });
+ * transport.close();
+ * ```
+ */
 export const DEFAULT_TRANSPORT_FD = 1;
 
-/** Default of {@linkcode StdioTransportOptions.flush}. */
+/**
+ * Default of {@linkcode StdioTransportOptions.flush}.
+ *
+ * @example Sync each frame to disk only when asked
+ * ```ts
+ * import * as fs from "node:fs";
+ * import process from "node:process";
+ * import { createStdioTransport, DEFAULT_TRANSPORT_FLUSH } from "./transport.ts";
+ * const flush = process.env.AUDIT_FSYNC === "1" || DEFAULT_TRANSPORT_FLUSH;
+ * const transport = createStdioTransport({ fd: fs.openSync("/tmp/example-audit.jsonl", "a"), flush });
+ * transport.write({ event: "login", user: "ada" });
+ * transport.close();
+ * ```
+ */
 export const DEFAULT_TRANSPORT_FLUSH = false;
 
-/** Descriptors up to this one (stdin, stdout, stderr) stay open on `close()` unless `closeFd` says so. */
+/**
+ * Descriptors up to this one (stdin, stdout, stderr) stay open on `close()` unless `closeFd` says so.
+ *
+ * @example Which descriptors `close()` closes
+ * ```ts
+ * import * as fs from "node:fs";
+ * import { createStdioTransport, LAST_STDIO_FD } from "./transport.ts";
+ * const transport = createStdioTransport({ fd: fs.openSync("/tmp/example.jsonl", "a") });
+ * transport.write({ event: "done" });
+ * transport.close();
+ * if (transport.fd > LAST_STDIO_FD) console.error(`fd ${transport.fd} is closed too; stdio would stay open`);
+ * ```
+ */
 export const LAST_STDIO_FD = 2;
 
-/** Options for {@linkcode createStdioTransport}. */
+/**
+ * Options for {@linkcode createStdioTransport}.
+ *
+ * @example Durable frames to a file, closed with the transport
+ * ```ts
+ * import * as fs from "node:fs";
+ * import { createStdioTransport, type StdioTransportOptions } from "./transport.ts";
+ * const options: StdioTransportOptions = { fd: fs.openSync("/tmp/example.jsonl", "a"), flush: true };
+ * using transport = createStdioTransport(options); // closeFd defaults to true: the fd is not 0, 1 or 2
+ * transport.write({ event: "started" });
+ * ```
+ */
 export interface StdioTransportOptions {
   /**
    * The descriptor frames are written to: stdout, or any descriptor open for writing (a pipe, a
@@ -98,7 +145,20 @@ export interface StdioTransportOptions {
   closeFd?: boolean;
 }
 
-/** The transport {@linkcode createStdioTransport} returns. */
+/**
+ * The transport {@linkcode createStdioTransport} returns.
+ *
+ * @example Say why a frame was not sent
+ * ```ts
+ * import { createStdioTransport, type StdioTransport } from "./transport.ts";
+ * function send(transport: StdioTransport, frame: unknown): void {
+ *   if (transport.write(frame)) return;
+ *   console.error(transport.peerGone ? `nobody reads fd ${transport.fd} any more` : "already closed");
+ * }
+ * using transport = createStdioTransport();
+ * send(transport, { jsonrpc: "2.0", method: "ready" });
+ * ```
+ */
 export interface StdioTransport extends Transport, Disposable {
   /** The descriptor frames are written to. */
   readonly fd: number;
@@ -164,7 +224,18 @@ export class TransportWriteError extends Error {
   }
 }
 
-/** Why {@linkcode readFrames} could not turn a line into a frame. */
+/**
+ * Why {@linkcode readFrames} could not turn a line into a frame.
+ *
+ * @example Count bad lines by reason
+ * ```ts
+ * import { type FrameError, type FrameErrorReason, readFrames } from "./transport.ts";
+ * const counts: Record<FrameErrorReason, number> = { "invalid-json": 0, "too-large": 0 };
+ * const onInvalid = (error: FrameError) => counts[error.reason]++;
+ * for await (const frame of readFrames(undefined, { onInvalid })) console.log(frame);
+ * console.error(counts); // e.g. { "invalid-json": 2, "too-large": 0 }
+ * ```
+ */
 export type FrameErrorReason = "invalid-json" | "too-large";
 
 /**
@@ -205,10 +276,31 @@ export class FrameError extends Error {
   }
 }
 
-/** Default of {@linkcode ReadFramesOptions.maxFrameBytes}: 16 MiB. */
+/**
+ * Default of {@linkcode ReadFramesOptions.maxFrameBytes}: 16 MiB.
+ *
+ * @example Room for frames that carry images
+ * ```ts
+ * import { DEFAULT_MAX_FRAME_BYTES, readFrames } from "./transport.ts";
+ * const maxFrameBytes = 4 * DEFAULT_MAX_FRAME_BYTES; // 64 MiB: the peer sends base64 screenshots
+ * for await (const frame of readFrames(undefined, { maxFrameBytes })) console.log(frame);
+ * ```
+ */
 export const DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024;
 
-/** Options for {@linkcode readFrames}. */
+/**
+ * Options for {@linkcode readFrames}.
+ *
+ * @example A small limit and a log of skipped lines
+ * ```ts
+ * import { type ReadFramesOptions, readFrames } from "./transport.ts";
+ * const options: ReadFramesOptions = {
+ *   maxFrameBytes: 64 * 1024, // a control channel: 64 KiB is plenty
+ *   onInvalid: (error) => console.error(`line ${error.line} skipped: ${error.reason}`),
+ * };
+ * for await (const frame of readFrames(undefined, options)) console.log(frame);
+ * ```
+ */
 export interface ReadFramesOptions {
   /**
    * The longest line accepted, in bytes without its line ending. A longer line is skipped as it streams
