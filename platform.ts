@@ -25,7 +25,16 @@ import { Worker } from "node:worker_threads";
 // Runtime detection
 // ---------------------------------------------------------------------------------------------------
 
-/** The runtimes keelson runs on. */
+/**
+ * The runtimes keelson runs on.
+ *
+ * @example Pick the test command of the running runtime
+ * ```ts
+ * import { runtime, type RuntimeName } from "./platform.ts";
+ * const test: Record<RuntimeName, string> = { deno: "deno test", bun: "bun test", node: "node --test" };
+ * console.log(test[runtime]);
+ * ```
+ */
 export type RuntimeName = "deno" | "bun" | "node";
 
 interface DenoLike {
@@ -136,7 +145,16 @@ const ERRNO_NAMES: Map<number, string> = new Map(
 // Files
 // ---------------------------------------------------------------------------------------------------
 
-/** What keelson needs to know about a file. */
+/**
+ * What keelson needs to know about a file.
+ *
+ * @example Print the size and permission bits of a file
+ * ```ts
+ * import { type FileStat, stat } from "./platform.ts";
+ * const info: FileStat = stat("/etc/hostname");
+ * console.log(info.isFile, info.size, (info.mode & 0o777).toString(8)); // e.g. true 12 "644"
+ * ```
+ */
 export interface FileStat {
   /** Device id. */
   dev: number;
@@ -156,7 +174,16 @@ export interface FileStat {
   isDirectory: boolean;
 }
 
-/** Options for {@linkcode openAppend} and {@linkcode createExclusive}. */
+/**
+ * Options for {@linkcode openAppend} and {@linkcode createExclusive}.
+ *
+ * @example Keep a log readable by its owner only
+ * ```ts
+ * import { closeFd, type OpenOptions, openAppend } from "./platform.ts";
+ * const ownerOnly: OpenOptions = { mode: 0o600 };
+ * closeFd(openAppend("/tmp/example-private.log", ownerOnly));
+ * ```
+ */
 export interface OpenOptions {
   /**
    * Permission bits for the file. Applied with `fchmod` after the open, so the umask cannot narrow
@@ -676,7 +703,16 @@ export function readHead(path: string, length: number): Uint8Array {
   }
 }
 
-/** Options for {@linkcode writeTextFile}. */
+/**
+ * Options for {@linkcode writeTextFile}.
+ *
+ * @example Write a secret that only its owner can read
+ * ```ts
+ * import { writeFileAtomic, type WriteFileOptions } from "./platform.ts";
+ * const ownerOnly: WriteFileOptions = { mode: 0o600 };
+ * writeFileAtomic("/tmp/example-token", "s3cret\n", ownerOnly);
+ * ```
+ */
 export interface WriteFileOptions {
   /**
    * Permission bits, applied with `chmod` whatever the umask.
@@ -927,7 +963,16 @@ export function isAlive(pid: number): boolean {
   }
 }
 
-/** The fields of `/proc/<pid>/stat` that keelson uses. */
+/**
+ * The fields of `/proc/<pid>/stat` that keelson uses.
+ *
+ * @example Describe this process
+ * ```ts
+ * import { getPid, type ProcStat, readProcStat } from "./platform.ts";
+ * const stat: ProcStat | null = readProcStat(getPid());
+ * if (stat !== null) console.log(`${stat.comm} (state ${stat.state}), parent ${stat.ppid}`);
+ * ```
+ */
 export interface ProcStat {
   /** The command name (field 2), without the parentheses. */
   comm: string;
@@ -971,7 +1016,16 @@ export function readProcStat(pid: number): ProcStat | null {
   return { comm: text.slice(open + 1, close), state: rest[0], ppid, startTicks };
 }
 
-/** Clock ticks per second of `/proc` times (`sysconf(_SC_CLK_TCK)`: 100 on Linux x86_64 and arm64). */
+/**
+ * Clock ticks per second of `/proc` times (`sysconf(_SC_CLK_TCK)`: 100 on Linux x86_64 and arm64).
+ *
+ * @example How long after boot this process started
+ * ```ts
+ * import { CLOCK_TICKS_PER_SECOND, getPid, readProcStat } from "./platform.ts";
+ * const stat = readProcStat(getPid());
+ * if (stat !== null) console.log(`started ${stat.startTicks / CLOCK_TICKS_PER_SECOND} s after boot`);
+ * ```
+ */
 export const CLOCK_TICKS_PER_SECOND = 100;
 
 let bootTimeCache: number | null | undefined;
@@ -1199,7 +1253,17 @@ export function exit(code = 0): never {
 // Signals
 // ---------------------------------------------------------------------------------------------------
 
-/** The signals a service handles; the ones {@linkcode onSignal} accepts. */
+/**
+ * The signals a service handles; the ones {@linkcode onSignal} accepts.
+ *
+ * @example Log every signal a service handles
+ * ```ts
+ * import { HANDLED_SIGNALS, onSignal } from "./platform.ts";
+ * const offs = HANDLED_SIGNALS.map((signal) => onSignal(signal, (name) => console.log(`got ${name}`)));
+ * // ... later, on shutdown:
+ * for (const off of offs) off();
+ * ```
+ */
 export const HANDLED_SIGNALS: readonly string[] = Object.freeze([
   "SIGTERM",
   "SIGINT",
@@ -1246,7 +1310,17 @@ export function onSignal(signal: string, handler: (signal: string) => void): () 
 // Child processes
 // ---------------------------------------------------------------------------------------------------
 
-/** Options for {@linkcode spawnDetached}. */
+/**
+ * Options for {@linkcode spawnDetached}.
+ *
+ * @example Start a helper in /tmp with a minimal environment
+ * ```ts
+ * import { spawnDetached, type SpawnDetachedOptions } from "./platform.ts";
+ * const options: SpawnDetachedOptions = { cwd: "/tmp", env: { PATH: "/usr/bin:/bin", LANG: "C" } };
+ * const pid = spawnDetached("sh", ["-c", "pwd > /tmp/example-cwd.txt"], options);
+ * console.log(pid);
+ * ```
+ */
 export interface SpawnDetachedOptions {
   /** Descriptor for the child's stdout. @default undefined (discarded) */
   stdoutFd?: number;
@@ -1300,7 +1374,17 @@ export function spawnDetached(
   }
 }
 
-/** Options for {@linkcode runCommand}. */
+/**
+ * Options for {@linkcode runCommand}.
+ *
+ * @example Feed stdin to a command, with a time limit
+ * ```ts
+ * import { runCommand, type RunCommandOptions } from "./platform.ts";
+ * const options: RunCommandOptions = { timeoutMs: 2000, input: "b\na\n", env: { LC_ALL: "C" } };
+ * const result = await runCommand("sort", [], options);
+ * console.log(result.stdout); // "a\nb\n"
+ * ```
+ */
 export interface RunCommandOptions {
   /** Kill the command (SIGKILL) after this many milliseconds. @default 10000 */
   timeoutMs?: number;
@@ -1312,7 +1396,18 @@ export interface RunCommandOptions {
   cwd?: string;
 }
 
-/** What {@linkcode runCommand} observed. */
+/**
+ * What {@linkcode runCommand} observed.
+ *
+ * @example Tell a timeout from a failure to start
+ * ```ts
+ * import { type CommandResult, runCommand } from "./platform.ts";
+ * const result: CommandResult = await runCommand("sleep", ["5"], { timeoutMs: 100 });
+ * if (result.timedOut) console.log(`killed by ${result.signal}`); // "killed by SIGKILL"
+ * else if (result.error !== null) console.log(`could not start: ${result.error.message}`);
+ * else console.log(`exit status ${result.code}`);
+ * ```
+ */
 export interface CommandResult {
   /** Exit status, or `null` when it died from a signal or could not start. */
   code: number | null;
@@ -1328,7 +1423,17 @@ export interface CommandResult {
   error: Error | null;
 }
 
-/** Default of {@linkcode RunCommandOptions.timeoutMs}. */
+/**
+ * Default of {@linkcode RunCommandOptions.timeoutMs}.
+ *
+ * @example Give a slow command more time than the default
+ * ```ts
+ * import { DEFAULT_COMMAND_TIMEOUT_MS, runCommand } from "./platform.ts";
+ * const timeoutMs = 3 * DEFAULT_COMMAND_TIMEOUT_MS; // 30 s instead of 10 s
+ * const result = await runCommand("sh", ["-c", "sync; uptime"], { timeoutMs });
+ * console.log(result.code, result.timedOut);
+ * ```
+ */
 export const DEFAULT_COMMAND_TIMEOUT_MS = 10_000;
 
 /**
@@ -1443,7 +1548,19 @@ export function stdinChunks(): AsyncIterable<Uint8Array> {
 // Context binding
 // ---------------------------------------------------------------------------------------------------
 
-/** A value bound to an async call tree. */
+/**
+ * A value bound to an async call tree.
+ *
+ * @example Prefix log lines with the current request id
+ * ```ts
+ * import { type ContextStore, createContextStore } from "./platform.ts";
+ * const requestId: ContextStore<string> = createContextStore<string>();
+ * function log(message: string): void {
+ *   console.log(`[${requestId.get() ?? "-"}] ${message}`);
+ * }
+ * requestId.run("req-42", () => log("handling")); // "[req-42] handling"
+ * ```
+ */
 export interface ContextStore<T> {
   /** Runs `fn` with `value` bound for it and everything it starts, sync or async. */
   run<R>(value: T, fn: () => R): R;
@@ -1519,7 +1636,20 @@ export function scriptCommand(
 // `bun:ffi` and `sigaction(2)` to add SA_RESETHAND to Bun's own handler and lets the kernel count.
 // Where none works (a Node without the internal binding, Bun off Linux), only the main thread counts.
 
-/** Options for {@linkcode startWatchdog}. */
+/**
+ * Options for {@linkcode startWatchdog}.
+ *
+ * @example Leave SIGHUP to a reload handler
+ * ```ts
+ * import { startWatchdog, type WatchdogOptions } from "./platform.ts";
+ * const options: WatchdogOptions = {
+ *   signals: ["SIGTERM", "SIGINT"], // SIGHUP means "reload" in this service
+ *   onError: (error) => console.error("watchdog failed:", error),
+ * };
+ * const watchdog = startWatchdog(options);
+ * watchdog.stop();
+ * ```
+ */
 export interface WatchdogOptions {
   /**
    * The signals that count towards "a second signal ends the process". Each must be one of
@@ -1546,7 +1676,17 @@ export interface WatchdogOptions {
   onError?: (error: unknown) => void;
 }
 
-/** Default of {@linkcode WatchdogOptions.signals}. */
+/**
+ * Default of {@linkcode WatchdogOptions.signals}.
+ *
+ * @example The default signals without SIGHUP
+ * ```ts
+ * import { DEFAULT_WATCHDOG_SIGNALS, startWatchdog } from "./platform.ts";
+ * const signals = DEFAULT_WATCHDOG_SIGNALS.filter((signal) => signal !== "SIGHUP"); // SIGHUP reloads
+ * const watchdog = startWatchdog({ signals });
+ * watchdog.stop();
+ * ```
+ */
 export const DEFAULT_WATCHDOG_SIGNALS: readonly string[] = Object.freeze([
   "SIGTERM",
   "SIGINT",
@@ -1554,13 +1694,49 @@ export const DEFAULT_WATCHDOG_SIGNALS: readonly string[] = Object.freeze([
   "SIGQUIT",
 ]);
 
-/** Default of {@linkcode WatchdogOptions.secondSignalExit}. */
+/**
+ * Default of {@linkcode WatchdogOptions.secondSignalExit}.
+ *
+ * @example Let the environment override the default
+ * ```ts
+ * import { DEFAULT_WATCHDOG_SECOND_SIGNAL_EXIT, getEnv, startWatchdog } from "./platform.ts";
+ * const setting = getEnv("SECOND_SIGNAL_EXIT"); // "0" or "1", usually unset
+ * const secondSignalExit = setting === undefined ? DEFAULT_WATCHDOG_SECOND_SIGNAL_EXIT : setting === "1";
+ * const watchdog = startWatchdog({ secondSignalExit });
+ * watchdog.stop();
+ * ```
+ */
 export const DEFAULT_WATCHDOG_SECOND_SIGNAL_EXIT = true;
 
-/** The largest deadline {@linkcode Watchdog.arm} accepts, in milliseconds (about 24.8 days). */
+/**
+ * The largest deadline {@linkcode Watchdog.arm} accepts, in milliseconds (about 24.8 days).
+ *
+ * @example Clamp a configured deadline
+ * ```ts
+ * import { MAX_WATCHDOG_MS, startWatchdog } from "./platform.ts";
+ * const configuredMs = 30 * 24 * 60 * 60 * 1000; // 30 days, from a config file
+ * const watchdog = startWatchdog();
+ * watchdog.arm(Math.min(configuredMs, MAX_WATCHDOG_MS)); // arm() throws a RangeError above the limit
+ * watchdog.disarm();
+ * watchdog.stop();
+ * ```
+ */
 export const MAX_WATCHDOG_MS = 2 ** 31 - 1;
 
-/** What a {@linkcode Watchdog} can do on this runtime. */
+/**
+ * What a {@linkcode Watchdog} can do on this runtime.
+ *
+ * @example Warn when a second signal cannot end a blocked process
+ * ```ts
+ * import { startWatchdog, type WatchdogCapabilities } from "./platform.ts";
+ * const watchdog = startWatchdog();
+ * const capabilities: WatchdogCapabilities = watchdog.capabilities;
+ * if (!capabilities.secondSignalWhileBlocked) {
+ *   console.warn(`only a running main thread counts signals here (${capabilities.mechanism})`);
+ * }
+ * watchdog.stop();
+ * ```
+ */
 export interface WatchdogCapabilities {
   /** `true` while the worker runs: `arm()` ends the process at the deadline whatever the main thread does. */
   deadline: boolean;
@@ -1580,7 +1756,19 @@ export interface WatchdogCapabilities {
   mechanism: string;
 }
 
-/** A running watchdog thread; see {@linkcode startWatchdog}. */
+/**
+ * A running watchdog thread; see {@linkcode startWatchdog}.
+ *
+ * @example Bound a flush to 10 s, stopping the watchdog at the end of the scope
+ * ```ts
+ * import { startWatchdog, type Watchdog } from "./platform.ts";
+ * using watchdog: Watchdog = startWatchdog(); // `using` calls stop() when the scope ends
+ * watchdog.arm(10_000); // a flush that takes longer than 10 s ends the process
+ * // ... flush buffers, close files
+ * watchdog.disarm();
+ * console.log(watchdog.signalsSeen); // 0
+ * ```
+ */
 export interface Watchdog {
   /**
    * Ends the process (SIGKILL of ourselves) `ms` from now, whatever the main thread is doing then.
@@ -2153,7 +2341,21 @@ export function signalListenerCount(signal: string): number | null {
 
 // --- Identity stat: the cheapest stat of a path, for checks made before every write
 
-/** A file's identity and size, from {@linkcode statIdentity}. */
+/**
+ * A file's identity and size, from {@linkcode statIdentity}.
+ *
+ * @example Notice that a log file was rotated
+ * ```ts
+ * import { type FileIdentity, rename, statIdentity, writeTextFile } from "./platform.ts";
+ * const same = (a: FileIdentity | null, b: FileIdentity | null) =>
+ *   a !== null && b !== null && a.ino !== null && a.dev === b.dev && a.ino === b.ino;
+ * writeTextFile("/tmp/example.log", "old\n");
+ * const opened = statIdentity("/tmp/example.log");
+ * rename("/tmp/example.log", "/tmp/example.log.1"); // what logrotate does
+ * writeTextFile("/tmp/example.log", "");
+ * console.log(same(opened, statIdentity("/tmp/example.log"))); // false
+ * ```
+ */
 export interface FileIdentity {
   /** Device id. */
   dev: number;

@@ -43,10 +43,30 @@ export const WAL_INCOMPATIBLE_MARKERS: readonly string[] = Object.freeze([
  * reports it: `"wal"` (header byte 18 or 19 is 2), `"rollback"` (both are 1), `"empty"` (a 0-byte file,
  * which SQLite treats as a new database), `"absent"` (nothing at the path) or `"not-sqlite"` (a short or
  * foreign file, an unknown format version, or something that is not a regular file).
+ *
+ * @example Refuse to open a file that is not SQLite
+ * ```ts
+ * import { type DiskJournalMode, readJournalModeOnDisk } from "./sqlite_wal.ts";
+ * const mode: DiskJournalMode = readJournalModeOnDisk("/tmp/example-app.db");
+ * if (mode === "not-sqlite") throw new Error("/tmp/example-app.db is not an SQLite database");
+ * console.log(mode === "absent" || mode === "empty" ? "a new database" : `an existing ${mode} database`);
+ * ```
  */
 export type DiskJournalMode = "wal" | "rollback" | "empty" | "absent" | "not-sqlite";
 
-/** A prepared statement of any driver: only `get()` is used. */
+/**
+ * A prepared statement of any driver: only `get()` is used.
+ *
+ * @example A node:sqlite statement is one
+ * ```ts
+ * import { DatabaseSync } from "node:sqlite";
+ * import type { SqliteStatementLike } from "./sqlite_wal.ts";
+ * const db = new DatabaseSync(":memory:");
+ * const statement: SqliteStatementLike = db.prepare("PRAGMA journal_mode");
+ * console.log(statement.get()); // { journal_mode: "memory" }
+ * db.close();
+ * ```
+ */
 export interface SqliteStatementLike {
   /** Runs the statement and returns its first row (an object or an array of column values). */
   get(...params: unknown[]): unknown;
@@ -55,23 +75,93 @@ export interface SqliteStatementLike {
 /**
  * The one method {@linkcode applyWal} needs from a connection: `prepare(sql).get()`. node:sqlite's
  * `DatabaseSync`, bun:sqlite's `Database`, better-sqlite3 and @db/sqlite all have it.
+ *
+ * @example A stand-in driver for a unit test
+ * ```ts
+ * import { applyWal, type SqliteLike } from "./sqlite_wal.ts";
+ * // Every pragma answers "wal", as a connection already in WAL mode would.
+ * const fake: SqliteLike = { prepare: () => ({ get: () => ({ journal_mode: "wal" }) }) };
+ * console.log(applyWal(fake, "/tmp/example-fake.db")); // "wal"
+ * ```
  */
 export interface SqliteLike {
   /** Prepares one SQL statement. */
   prepare(sql: string): SqliteStatementLike;
 }
 
-/** What {@linkcode applyWal} achieved: WAL, or a rollback journal after a documented fallback. */
+/**
+ * What {@linkcode applyWal} achieved: WAL, or a rollback journal after a documented fallback.
+ *
+ * @example Warn when a connection runs without WAL
+ * ```ts
+ * import { DatabaseSync } from "node:sqlite";
+ * import { applyWal, type WalResult } from "./sqlite_wal.ts";
+ * const db = new DatabaseSync(":memory:");
+ * const result: WalResult = applyWal(db, ":memory:");
+ * if (result === "delete") console.warn("no WAL: readers and the writer block each other"); // in-memory
+ * db.close();
+ * ```
+ */
 export type WalResult = "wal" | "delete";
 
-/** Default of {@linkcode ApplyWalOptions.requireWal}. */
+/**
+ * Default of {@linkcode ApplyWalOptions.requireWal}.
+ *
+ * @example Log the effective setting
+ * ```ts
+ * import { DatabaseSync } from "node:sqlite";
+ * import { applyWal, DEFAULT_REQUIRE_WAL } from "./sqlite_wal.ts";
+ * const config: { requireWal?: boolean } = {}; // the service's settings, nothing set
+ * console.log(`requireWal=${config.requireWal ?? DEFAULT_REQUIRE_WAL}`); // "requireWal=false"
+ * const db = new DatabaseSync("/tmp/example-config.db");
+ * applyWal(db, "/tmp/example-config.db", config);
+ * db.close();
+ * ```
+ */
 export const DEFAULT_REQUIRE_WAL = false;
-/** Default of {@linkcode ApplyWalOptions.retries}. */
+/**
+ * Default of {@linkcode ApplyWalOptions.retries}.
+ *
+ * @example Retry only when the configuration asks for it
+ * ```ts
+ * import { DatabaseSync } from "node:sqlite";
+ * import { applyWal, DEFAULT_WAL_RETRIES } from "./sqlite_wal.ts";
+ * const config: { retries?: number } = JSON.parse('{"retries": 3}'); // the service's settings
+ * const db = new DatabaseSync("/tmp/example-retries.db");
+ * applyWal(db, "/tmp/example-retries.db", { retries: config.retries ?? DEFAULT_WAL_RETRIES });
+ * db.close();
+ * ```
+ */
 export const DEFAULT_WAL_RETRIES = 0;
-/** Default of {@linkcode ApplyWalOptions.retryDelayMs}. */
+/**
+ * Default of {@linkcode ApplyWalOptions.retryDelayMs}.
+ *
+ * @example Bound the time spent retrying
+ * ```ts
+ * import { DatabaseSync } from "node:sqlite";
+ * import { applyWal, DEFAULT_WAL_RETRY_DELAY_MS } from "./sqlite_wal.ts";
+ * const retries = 4;
+ * console.log(`applyWal sleeps at most ${retries * DEFAULT_WAL_RETRY_DELAY_MS} ms`); // 200 ms
+ * const db = new DatabaseSync("/tmp/example-delay.db");
+ * applyWal(db, "/tmp/example-delay.db", { retries });
+ * db.close();
+ * ```
+ */
 export const DEFAULT_WAL_RETRY_DELAY_MS = 50;
 
-/** Options for {@linkcode applyWal}. */
+/**
+ * Options for {@linkcode applyWal}.
+ *
+ * @example Retry busy errors and insist on WAL
+ * ```ts
+ * import { DatabaseSync } from "node:sqlite";
+ * import { applyWal, type ApplyWalOptions } from "./sqlite_wal.ts";
+ * const options: ApplyWalOptions = { retries: 3, retryDelayMs: 100, requireWal: true };
+ * const db = new DatabaseSync("/tmp/example-options.db");
+ * applyWal(db, "/tmp/example-options.db", options); // WalUnsupportedError rather than DELETE
+ * db.close();
+ * ```
+ */
 export interface ApplyWalOptions {
   /**
    * Called with the reason once the connection has fallen back to `journal_mode=DELETE`: the driver's
@@ -99,7 +189,18 @@ export interface ApplyWalOptions {
   retryDelayMs?: number;
 }
 
-/** What the filesystem says about a database, as gathered before any downgrade. */
+/**
+ * What the filesystem says about a database, as gathered before any downgrade.
+ *
+ * @example Build the error an alert handler is tested with
+ * ```ts
+ * import { WalDowngradeRefusedError, type WalEvidence } from "./sqlite_wal.ts";
+ * const evidence: WalEvidence = { file: "/tmp/example.db", onDisk: "wal", walFilePresent: true };
+ * const cause = new Error("locking protocol");
+ * const error = new WalDowngradeRefusedError("/tmp/example.db", evidence, cause, null);
+ * console.log(error.message); // Refusing to downgrade "/tmp/example.db" from WAL to DELETE: …
+ * ```
+ */
 export interface WalEvidence {
   /** The file that was inspected (the path part of a `file:` URI), or `null` for an in-memory or temp database. */
   file: string | null;
@@ -220,7 +321,19 @@ export class WalUnsupportedError extends Error {
   }
 }
 
-/** What {@linkcode checkJournalMode} found. */
+/**
+ * What {@linkcode checkJournalMode} found.
+ *
+ * @example Expose the health check as JSON
+ * ```ts
+ * import { DatabaseSync } from "node:sqlite";
+ * import { checkJournalMode, type JournalModeReport } from "./sqlite_wal.ts";
+ * const db = new DatabaseSync("/tmp/example-report.db");
+ * const report: JournalModeReport = checkJournalMode(db, "/tmp/example-report.db");
+ * console.log(JSON.stringify(report)); // {"connection":"delete","onDisk":"empty",…,"agree":true,…}
+ * db.close();
+ * ```
+ */
 export interface JournalModeReport {
   /** The connection's mode, as `PRAGMA journal_mode` answers it: `"wal"`, `"delete"`, `"memory"`, … */
   connection: string;
