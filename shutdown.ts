@@ -45,7 +45,16 @@ import {
 // Public types
 // ---------------------------------------------------------------------------------------------------
 
-/** What `/proc` says about one process. Off Linux only `pid` is known. */
+/**
+ * What `/proc` says about one process. Off Linux only `pid` is known.
+ *
+ * @example Describe the parent that most likely sent the signal
+ * ```ts
+ * import { type ProcessSummary, snapshotShutdownContext } from "./shutdown.ts";
+ * const parent: ProcessSummary = snapshotShutdownContext("SIGTERM").parent;
+ * console.log(`pid=${parent.pid} name=${parent.name ?? "?"} state=${parent.state ?? "?"}`);
+ * ```
+ */
 export interface ProcessSummary {
   /** The process id. */
   pid: number;
@@ -61,7 +70,17 @@ export interface ProcessSummary {
   cmdline?: string;
 }
 
-/** `<pidFile>.takeover.json`: a newer instance announced that it is replacing `targetPid`. */
+/**
+ * `<pidFile>.takeover.json`: a newer instance announced that it is replacing `targetPid`.
+ *
+ * @example Tell a takeover from an ordinary stop
+ * ```ts
+ * import { snapshotShutdownContext, type TakeoverMarker } from "./shutdown.ts";
+ * const ctx = snapshotShutdownContext("SIGTERM", { pidFile: "/tmp/example.pid" });
+ * const marker: TakeoverMarker | undefined = ctx.takeoverMarker;
+ * if (marker && ctx.takeoverMarkerForSelf) console.log(`replaced by pid ${marker.byPid} at ${marker.at}`);
+ * ```
+ */
 export interface TakeoverMarker {
   /** The pid being replaced. */
   targetPid: number;
@@ -71,7 +90,19 @@ export interface TakeoverMarker {
   at: string;
 }
 
-/** `<pidFile>.planned-stop.json`: somebody announced that stopping `pid` is intended. */
+/**
+ * `<pidFile>.planned-stop.json`: somebody announced that stopping `pid` is intended.
+ *
+ * @example Log why a planned stop happened
+ * ```ts
+ * import { type PlannedStopMarker, snapshotShutdownContext } from "./shutdown.ts";
+ * const ctx = snapshotShutdownContext("SIGTERM", { pidFile: "/tmp/example.pid" });
+ * const marker: PlannedStopMarker | undefined = ctx.plannedStopMarker;
+ * if (marker && ctx.plannedStopMarkerForSelf) {
+ *   console.log(`intended stop of ${marker.pid}: ${String(marker.reason ?? "no reason given")}`);
+ * }
+ * ```
+ */
 export interface PlannedStopMarker {
   /** The pid whose stop is planned. */
   pid: number;
@@ -84,6 +115,14 @@ export interface PlannedStopMarker {
 /**
  * The facts of a shutdown, gathered synchronously from `/proc` at the moment the signal is handled.
  * Every field is plain data: `JSON.stringify(ctx)` is safe (see {@linkcode shutdownContextToJSON}).
+ *
+ * @example Name the likely sender of the signal
+ * ```ts
+ * import { type ShutdownContext, snapshotShutdownContext } from "./shutdown.ts";
+ * const ctx: ShutdownContext = snapshotShutdownContext("SIGTERM");
+ * const sender = ctx.underSystemd ? `systemd ${ctx.systemdInvocationId ?? ""}` : `pid ${ctx.ppid}`;
+ * console.log(`${ctx.signal} at ${ctx.ts}, probably from ${sender}`);
+ * ```
  */
 export interface ShutdownContext {
   /** Wall-clock time of the snapshot (ISO-8601, UTC). */
@@ -126,16 +165,53 @@ export interface ShutdownContext {
   plannedStopMarkerForSelf?: boolean;
 }
 
-/** How command lines appear in a {@linkcode ShutdownContext}. */
+/**
+ * How command lines appear in a {@linkcode ShutdownContext}.
+ *
+ * @example Compare the three modes on our own command line
+ * ```ts
+ * import { type CmdlineMode, snapshotShutdownContext } from "./shutdown.ts";
+ * const modes: CmdlineMode[] = ["redacted", "full", "none"];
+ * for (const cmdline of modes) console.log(cmdline, snapshotShutdownContext(15, { cmdline }).self.cmdline);
+ * ```
+ */
 export type CmdlineMode = "redacted" | "full" | "none";
 
-/** Default of {@linkcode SnapshotOptions.cmdline}. */
+/**
+ * Default of {@linkcode SnapshotOptions.cmdline}.
+ *
+ * @example Say in the log which mode was in effect
+ * ```ts
+ * import { DEFAULT_CMDLINE_MODE, type SnapshotOptions } from "./shutdown.ts";
+ * const options: SnapshotOptions = { pidFile: "/tmp/example.pid" };
+ * console.log(`cmdline=${options.cmdline ?? DEFAULT_CMDLINE_MODE}`); // cmdline=redacted
+ * ```
+ */
 export const DEFAULT_CMDLINE_MODE: CmdlineMode = "redacted";
 
-/** Command lines in a snapshot are cut to this many characters. */
+/**
+ * Command lines in a snapshot are cut to this many characters.
+ *
+ * @example Show that a command line may have been cut
+ * ```ts
+ * import { CMDLINE_MAX_CHARS, snapshotShutdownContext } from "./shutdown.ts";
+ * const cmdline = snapshotShutdownContext("SIGTERM").parent.cmdline ?? "";
+ * console.log(cmdline.length === CMDLINE_MAX_CHARS ? `${cmdline}…` : cmdline);
+ * ```
+ */
 export const CMDLINE_MAX_CHARS = 300;
 
-/** Options for {@linkcode snapshotShutdownContext}. */
+/**
+ * Options for {@linkcode snapshotShutdownContext}.
+ *
+ * @example Read the markers beside the PID file, leave command lines out
+ * ```ts
+ * import { snapshotShutdownContext, type SnapshotOptions } from "./shutdown.ts";
+ * const options: SnapshotOptions = { pidFile: "/tmp/example.pid", cmdline: "none" };
+ * const ctx = snapshotShutdownContext("SIGTERM", options);
+ * console.log(ctx.parent.cmdline, ctx.plannedStopMarker); // undefined, and the marker if there is one
+ * ```
+ */
 export interface SnapshotOptions {
   /**
    * The PID file of this service: the markers `<pidFile>.takeover.json` and `<pidFile>.planned-stop.json`
@@ -151,7 +227,19 @@ export interface SnapshotOptions {
   cmdline?: CmdlineMode;
 }
 
-/** The stop timeout of the systemd unit we run in, next to what the drain needs. */
+/**
+ * The stop timeout of the systemd unit we run in, next to what the drain needs.
+ *
+ * @example Turn a mismatch into advice
+ * ```ts
+ * import { checkSystemdStopTimeout, type StopTimeoutCheck } from "./shutdown.ts";
+ * function advice(check: StopTimeoutCheck): string {
+ *   return check.mismatch ? `set TimeoutStopSec=${Math.ceil(check.expectedMinSec)} in ${check.unit}` : "ok";
+ * }
+ * const check = await checkSystemdStopTimeout(45);
+ * console.log(check ? advice(check) : "not a systemd service");
+ * ```
+ */
 export interface StopTimeoutCheck {
   /** The unit, e.g. `"app.service"`. */
   unit: string;
@@ -165,16 +253,63 @@ export interface StopTimeoutCheck {
   mismatch: boolean;
 }
 
-/** Default of {@linkcode CheckStopTimeoutOptions.headroomSeconds}. */
+/**
+ * Default of {@linkcode CheckStopTimeoutOptions.headroomSeconds}.
+ *
+ * @example The stop timeout that a 60 s drain needs
+ * ```ts
+ * import { DEFAULT_STOP_HEADROOM_SECONDS } from "./shutdown.ts";
+ * const drainSeconds = 60;
+ * console.log(`TimeoutStopSec=${drainSeconds + DEFAULT_STOP_HEADROOM_SECONDS}`); // TimeoutStopSec=90
+ * ```
+ */
 export const DEFAULT_STOP_HEADROOM_SECONDS = 30;
-/** Default of {@linkcode CheckStopTimeoutOptions.timeoutMs}. */
+/**
+ * Default of {@linkcode CheckStopTimeoutOptions.timeoutMs}.
+ *
+ * @example Give a slow D-Bus twice the default time
+ * ```ts
+ * import { checkSystemdStopTimeout, DEFAULT_SYSTEMCTL_TIMEOUT_MS } from "./shutdown.ts";
+ * const check = await checkSystemdStopTimeout(30, { timeoutMs: 2 * DEFAULT_SYSTEMCTL_TIMEOUT_MS });
+ * console.log(check?.timeoutStopSec ?? "unknown");
+ * ```
+ */
 export const DEFAULT_SYSTEMCTL_TIMEOUT_MS = 2000;
-/** Default of {@linkcode CheckStopTimeoutOptions.cgroupPath}. */
+/**
+ * Default of {@linkcode CheckStopTimeoutOptions.cgroupPath}.
+ *
+ * @example Say where the unit name was looked for
+ * ```ts
+ * import { checkSystemdStopTimeout, DEFAULT_CGROUP_PATH } from "./shutdown.ts";
+ * const check = await checkSystemdStopTimeout(30, { cgroupPath: DEFAULT_CGROUP_PATH }); // as if left out
+ * console.log(check?.unit ?? `no .service in ${DEFAULT_CGROUP_PATH}`);
+ * ```
+ */
 export const DEFAULT_CGROUP_PATH = "/proc/self/cgroup";
-/** Default of {@linkcode CheckStopTimeoutOptions.systemctl}. */
+/**
+ * Default of {@linkcode CheckStopTimeoutOptions.systemctl}.
+ *
+ * @example Ask the system's systemctl whatever PATH says
+ * ```ts
+ * import { checkSystemdStopTimeout, DEFAULT_SYSTEMCTL } from "./shutdown.ts";
+ * const systemctl = `/usr/bin/${DEFAULT_SYSTEMCTL}`;
+ * const check = await checkSystemdStopTimeout(30, { systemctl });
+ * console.log(check?.timeoutStopSec ?? `no answer from ${systemctl}`);
+ * ```
+ */
 export const DEFAULT_SYSTEMCTL = "systemctl";
 
-/** Options for {@linkcode checkSystemdStopTimeout}. */
+/**
+ * Options for {@linkcode checkSystemdStopTimeout}.
+ *
+ * @example Less headroom, and a shorter wait for systemctl
+ * ```ts
+ * import { type CheckStopTimeoutOptions, checkSystemdStopTimeout } from "./shutdown.ts";
+ * const options: CheckStopTimeoutOptions = { headroomSeconds: 10, timeoutMs: 1000 };
+ * const check = await checkSystemdStopTimeout(20, options);
+ * console.log(check?.expectedMinSec); // 30 inside a systemd service, undefined elsewhere
+ * ```
+ */
 export interface CheckStopTimeoutOptions {
   /**
    * Seconds on top of the drain that the stop timeout must leave (forensics, flushing, slow disks).
@@ -204,14 +339,51 @@ export interface CheckStopTimeoutOptions {
   timeoutMs?: number;
 }
 
-/** Default of {@linkcode DiagnosticOptions.timeoutSeconds}. */
+/**
+ * Default of {@linkcode DiagnosticOptions.timeoutSeconds}.
+ *
+ * @example Give the child on a loaded host twice the default time
+ * ```ts
+ * import { DEFAULT_DIAGNOSTIC_TIMEOUT_SECONDS, spawnShutdownDiagnostic } from "./shutdown.ts";
+ * const timeoutSeconds = 2 * DEFAULT_DIAGNOSTIC_TIMEOUT_SECONDS;
+ * spawnShutdownDiagnostic("/tmp/example-shutdown-diag.log", "SIGTERM", { timeoutSeconds });
+ * ```
+ */
 export const DEFAULT_DIAGNOSTIC_TIMEOUT_SECONDS = 10;
-/** Default of {@linkcode DiagnosticOptions.maxLogBytes}: 1 MiB. */
+/**
+ * Default of {@linkcode DiagnosticOptions.maxLogBytes}: 1 MiB.
+ *
+ * @example Keep more past shutdowns in the log
+ * ```ts
+ * import { DEFAULT_DIAGNOSTIC_MAX_BYTES, spawnShutdownDiagnostic } from "./shutdown.ts";
+ * const maxLogBytes = 8 * DEFAULT_DIAGNOSTIC_MAX_BYTES; // 8 MiB
+ * spawnShutdownDiagnostic("/tmp/example-shutdown-diag.log", "SIGTERM", { maxLogBytes });
+ * ```
+ */
 export const DEFAULT_DIAGNOSTIC_MAX_BYTES = 1024 * 1024;
-/** The most one diagnostic run appends to its log: 256 KiB (the child caps itself with `head -c`). */
+/**
+ * The most one diagnostic run appends to its log: 256 KiB (the child caps itself with `head -c`).
+ *
+ * @example The smallest log limit that is accepted
+ * ```ts
+ * import { DIAGNOSTIC_RUN_MAX_BYTES, spawnShutdownDiagnostic } from "./shutdown.ts";
+ * const maxLogBytes = 2 * DIAGNOSTIC_RUN_MAX_BYTES; // 512 KiB: room for two runs
+ * spawnShutdownDiagnostic("/tmp/example-shutdown-diag.log", "SIGTERM", { maxLogBytes });
+ * ```
+ */
 export const DIAGNOSTIC_RUN_MAX_BYTES = 256 * 1024;
 
-/** Options for {@linkcode spawnShutdownDiagnostic}. */
+/**
+ * Options for {@linkcode spawnShutdownDiagnostic}.
+ *
+ * @example A quick diagnostic with a fixed PATH and a 2 MiB log
+ * ```ts
+ * import { type DiagnosticOptions, spawnShutdownDiagnostic } from "./shutdown.ts";
+ * const options: DiagnosticOptions = { timeoutSeconds: 5, maxLogBytes: 2 * 1024 * 1024 };
+ * options.env = { PATH: "/usr/bin:/bin" }; // where sh, ps and pstree are looked up
+ * spawnShutdownDiagnostic("/tmp/example-shutdown-diag.log", "SIGTERM", options);
+ * ```
+ */
 export interface DiagnosticOptions {
   /**
    * The child kills itself (and everything it started) after this many seconds.
@@ -231,7 +403,20 @@ export interface DiagnosticOptions {
   env?: Record<string, string | undefined>;
 }
 
-/** One step of an orderly shutdown (stop accepting, drain, flush, close). */
+/**
+ * One step of an orderly shutdown (stop accepting, drain, flush, close).
+ *
+ * @example Close the open connections, then flush
+ * ```ts
+ * import { installShutdown, type ShutdownPhase } from "./shutdown.ts";
+ * const connections = new Set<{ close(): void }>();
+ * const phases: ShutdownPhase[] = [
+ *   { name: "close-connections", run: () => connections.forEach((c) => c.close()), timeoutMs: 5000 },
+ *   { name: "flush", run: () => new Promise((resolve) => setTimeout(resolve, 50)) },
+ * ];
+ * installShutdown({ phases }).dispose(); // a real service keeps the handle installed
+ * ```
+ */
 export interface ShutdownPhase {
   /** A short name for the log line (`phase=NAME`). */
   name: string;
@@ -244,21 +429,94 @@ export interface ShutdownPhase {
   timeoutMs?: number;
 }
 
-/** Default of {@linkcode InstallShutdownOptions.signals}. */
+/**
+ * Default of {@linkcode InstallShutdownOptions.signals}.
+ *
+ * @example Also shut down on SIGHUP
+ * ```ts
+ * import { DEFAULT_SHUTDOWN_SIGNALS, installShutdown } from "./shutdown.ts";
+ * const handle = installShutdown({ signals: [...DEFAULT_SHUTDOWN_SIGNALS, "SIGHUP"] });
+ * handle.dispose(); // a test or a hot reload unhooks it again
+ * ```
+ */
 export const DEFAULT_SHUTDOWN_SIGNALS: readonly string[] = Object.freeze(["SIGTERM", "SIGINT"]);
-/** Default of {@linkcode InstallShutdownOptions.forceExitMs}. */
+/**
+ * Default of {@linkcode InstallShutdownOptions.forceExitMs}.
+ *
+ * @example Check that systemd leaves the default deadline enough time
+ * ```ts
+ * import { checkSystemdStopTimeout, DEFAULT_FORCE_EXIT_MS } from "./shutdown.ts";
+ * const check = await checkSystemdStopTimeout(DEFAULT_FORCE_EXIT_MS / 1000, { headroomSeconds: 1 });
+ * if (check?.mismatch) console.error(`${check.unit} sends SIGKILL before our ${DEFAULT_FORCE_EXIT_MS} ms`);
+ * ```
+ */
 export const DEFAULT_FORCE_EXIT_MS = 30_000;
-/** Default of {@linkcode ShutdownPhase.timeoutMs}. */
+/**
+ * Default of {@linkcode ShutdownPhase.timeoutMs}.
+ *
+ * @example Give one slow phase three times the default
+ * ```ts
+ * import { DEFAULT_PHASE_TIMEOUT_MS, type ShutdownPhase } from "./shutdown.ts";
+ * const phases: ShutdownPhase[] = [
+ *   { name: "flush-metrics", run: () => {} },
+ *   { name: "upload-logs", run: () => {}, timeoutMs: 3 * DEFAULT_PHASE_TIMEOUT_MS },
+ * ];
+ * console.log(phases.map((p) => `${p.name}: ${p.timeoutMs ?? DEFAULT_PHASE_TIMEOUT_MS} ms`));
+ * ```
+ */
 export const DEFAULT_PHASE_TIMEOUT_MS = 10_000;
-/** How long after `forceExitMs` the watchdog kills a main thread too stuck to exit by itself. */
+/**
+ * How long after `forceExitMs` the watchdog kills a main thread too stuck to exit by itself.
+ *
+ * @example The latest moment a stuck process is gone
+ * ```ts
+ * import { DEFAULT_FORCE_EXIT_MS, WATCHDOG_GRACE_MS } from "./shutdown.ts";
+ * const worstCaseMs = DEFAULT_FORCE_EXIT_MS + WATCHDOG_GRACE_MS;
+ * console.log(`gone at most ${worstCaseMs} ms after the first signal`); // 30200 ms
+ * ```
+ */
 export const WATCHDOG_GRACE_MS = 200;
 
-/** Exit status after a clean run, or after a planned stop / takeover marker that names us. */
+/**
+ * Exit status after a clean run, or after a planned stop / takeover marker that names us.
+ *
+ * @example A supervisor restarts only after an unintended stop
+ * ```ts
+ * import { EXIT_CLEAN } from "./shutdown.ts";
+ * function shouldRestart(status: number): boolean {
+ *   return status !== EXIT_CLEAN; // 0: a clean run, or a planned stop / takeover that named us
+ * }
+ * console.log(shouldRestart(0), shouldRestart(143)); // false true
+ * ```
+ */
 export const EXIT_CLEAN = 0;
-/** Exit status when a phase threw or timed out, or the force-exit deadline was reached. */
+/**
+ * Exit status when a phase threw or timed out, or the force-exit deadline was reached.
+ *
+ * @example See a failing phase in the exit status, without exiting
+ * ```ts
+ * import { EXIT_PHASE_FAILED, installShutdown } from "./shutdown.ts";
+ * const phases = [{ name: "flush", run: () => Promise.reject(new Error("disk full")) }];
+ * const handle = installShutdown({ phases, exit: (code) => console.log(code === EXIT_PHASE_FAILED) });
+ * void handle.shutdown("test"); // logs the snapshot, phase=flush error=…, then true
+ * ```
+ */
 export const EXIT_PHASE_FAILED = 1;
 
-/** Options for {@linkcode installShutdown}. */
+/**
+ * Options for {@linkcode installShutdown}.
+ *
+ * @example JSON log lines, the PID file's markers and a diagnostic child
+ * ```ts
+ * import { installShutdown, type InstallShutdownOptions } from "./shutdown.ts";
+ * const options: InstallShutdownOptions = {
+ *   pidFile: "/tmp/example.pid",
+ *   diagnosticLog: "/tmp/example-shutdown-diag.log",
+ *   log: (line) => console.log(JSON.stringify({ msg: line })),
+ * };
+ * installShutdown(options).dispose(); // a real service keeps it installed
+ * ```
+ */
 export interface InstallShutdownOptions {
   /**
    * The signals that start the shutdown. A second one (any of them) ends the process at once.
@@ -311,7 +569,17 @@ export interface InstallShutdownOptions {
   systemd?: CheckStopTimeoutOptions | false;
 }
 
-/** What {@linkcode installShutdown} returns. */
+/**
+ * What {@linkcode installShutdown} returns.
+ *
+ * @example Shut down from code after a fatal error
+ * ```ts ignore
+ * import { installShutdown, type ShutdownHandle } from "./shutdown.ts";
+ * const handle: ShutdownHandle = installShutdown({ forceExitMs: 10_000 });
+ * if (!handle.watchdog.deadline) console.error("no watchdog: a blocked main thread outlives forceExitMs");
+ * await handle.shutdown("database connection lost"); // never settles: the process exits
+ * ```
+ */
 export interface ShutdownHandle {
   /** Starts the shutdown sequence from code (same as the first signal); later calls return the same promise. */
   shutdown(reason?: string): Promise<never>;
@@ -383,11 +651,19 @@ export function snapshotShutdownContext(
  * @param argv The arguments.
  * @returns A redacted copy.
  *
- * @example
+ * @example Redact an argv before it is logged
  * ```ts
  * import { redactArgv } from "./shutdown.ts";
  * console.log(redactArgv(["app", "--api-key=abc", "--token", "xyz", "https://u:p@db.example"]));
  * // ["app", "--api-key=***", "--token", "***", "https://***@db.example"]
+ * ```
+ *
+ * @example Log a child's command line without its secrets
+ * ```ts
+ * import { CMDLINE_MAX_CHARS, redactArgv } from "./shutdown.ts";
+ * const argv = ["deploy", "AWS_SECRET_ACCESS_KEY=abc", "--auth-token", "xyz", "--region", "eu-west-1"];
+ * console.log(redactArgv(argv).join(" ").slice(0, CMDLINE_MAX_CHARS));
+ * // deploy AWS_SECRET_ACCESS_KEY=*** --auth-token *** --region eu-west-1
  * ```
  */
 export function redactArgv(argv: readonly string[]): string[] {
