@@ -1669,6 +1669,14 @@ export interface WatchdogOptions {
    */
   secondSignalExit?: boolean;
   /**
+   * After a second signal, how long the main thread gets to end the process by itself (a handler that
+   * logs and exits) before the watchdog kills it. While the main thread is free its own exit then
+   * decides the exit status; while it is blocked the watchdog acts once the grace is over. Bun's
+   * mechanism is the kernel's default action, which no grace can delay.
+   * @default 0 ({@linkcode DEFAULT_WATCHDOG_SECOND_SIGNAL_GRACE_MS}: at once)
+   */
+  secondSignalGraceMs?: number;
+  /**
    * Called when the worker fails (it could not start, or died). The watchdog then does nothing more;
    * `capabilities.deadline` turns `false`.
    * @default writes one line to stderr
@@ -1693,6 +1701,18 @@ export const DEFAULT_WATCHDOG_SIGNALS: readonly string[] = Object.freeze([
   "SIGHUP",
   "SIGQUIT",
 ]);
+
+/**
+ * Default of {@linkcode WatchdogOptions.secondSignalGraceMs}: the watchdog acts at once.
+ *
+ * @example Give a second-signal handler 250 ms to log and exit
+ * ```ts
+ * import { DEFAULT_WATCHDOG_SECOND_SIGNAL_GRACE_MS, startWatchdog } from "./platform.ts";
+ * const watchdog = startWatchdog({ secondSignalGraceMs: DEFAULT_WATCHDOG_SECOND_SIGNAL_GRACE_MS + 250 });
+ * watchdog.stop();
+ * ```
+ */
+export const DEFAULT_WATCHDOG_SECOND_SIGNAL_GRACE_MS = 0;
 
 /**
  * Default of {@linkcode WatchdogOptions.secondSignalExit}.
@@ -1837,6 +1857,13 @@ export function startWatchdog(options: WatchdogOptions = {}): Watchdog {
   if (typeof secondSignalExit !== "boolean") {
     throw new TypeError(`Invalid secondSignalExit ${String(secondSignalExit)}: expected a boolean`);
   }
+  const graceMs = options.secondSignalGraceMs ?? DEFAULT_WATCHDOG_SECOND_SIGNAL_GRACE_MS;
+  if (typeof graceMs !== "number") {
+    throw new TypeError(`Invalid secondSignalGraceMs ${String(graceMs)}: expected a number of milliseconds`);
+  }
+  if (!Number.isFinite(graceMs) || graceMs < 0 || graceMs > MAX_WATCHDOG_MS) {
+    throw new RangeError(`Invalid secondSignalGraceMs ${graceMs}: expected 0 to ${MAX_WATCHDOG_MS}`);
+  }
   const onError = options.onError ?? reportWatchdogError;
   if (typeof onError !== "function") {
     throw new TypeError(`Invalid onError ${String(onError)}: expected a function`);
@@ -1880,7 +1907,7 @@ export function startWatchdog(options: WatchdogOptions = {}): Watchdog {
   };
   let worker: Worker;
   try {
-    worker = createWatchdogWorker(shared, counted, secondSignalExit);
+    worker = createWatchdogWorker(shared, counted, secondSignalExit, graceMs);
   } catch (error) {
     release();
     throw error;
@@ -2023,10 +2050,11 @@ function createWatchdogWorker(
   shared: SharedArrayBuffer,
   signals: string[],
   exitOnSecond: boolean,
+  graceMs: number,
 ): Worker {
   const options = {
     eval: true,
-    workerData: { shared, signals, exitOnSecond, runtime },
+    workerData: { shared, signals, exitOnSecond, graceMs, runtime },
     // Trap: piping a worker's stdio into ours makes Node set O_NONBLOCK on fds 1 and 2.
     stdout: true,
     stderr: true,
@@ -2051,7 +2079,7 @@ function createWatchdogWorker(
 // listeners; an interval keeps that loop alive (the Worker itself is unref'd by the main thread).
 const WATCHDOG_WORKER_SOURCE = `"use strict";
 const { workerData } = require("node:worker_threads");
-const { shared, signals, exitOnSecond, runtime } = workerData;
+const { shared, signals, exitOnSecond, graceMs, runtime } = workerData;
 const cells = new Int32Array(shared, 0, ${WD_CELLS});
 const floats = new Float64Array(shared, ${WD_FLOATS_OFFSET}, 2);
 const keepAlive = setInterval(() => {}, 1 << 30);
@@ -2066,9 +2094,16 @@ function seen() {
   return Math.max(Atomics.load(cells, ${WD_MAIN_SEEN}), Atomics.load(cells, ${WD_WORKER_SEEN}));
 }
 
+// A second signal ends the process: at once, or after the grace the main thread gets to exit by itself.
+let secondTimer = null;
+function secondSignal() {
+  if (graceMs <= 0) die();
+  else secondTimer ??= setTimeout(die, graceMs);
+}
+
 function delivered() {
   Atomics.add(cells, ${WD_WORKER_SEEN}, 1);
-  if (exitOnSecond && seen() >= 2) die();
+  if (exitOnSecond && seen() >= 2) secondSignal();
 }
 
 function listen() {
@@ -2207,6 +2242,7 @@ function step() {
     const state = Atomics.load(cells, ${WD_STATE});
     if (state === ${WD_STATE_STOPPED}) {
       clearInterval(keepAlive);
+      if (secondTimer !== null) clearTimeout(secondTimer);
       try {
         for (const cleanup of cleanups) cleanup();
       } finally {
@@ -2215,7 +2251,7 @@ function step() {
       }
       return;
     }
-    if (exitOnSecond && seen() >= 2) die();
+    if (exitOnSecond && seen() >= 2) secondSignal();
     const gen = Atomics.load(cells, ${WD_ARM_GEN});
     if (gen !== armGen) {
       armGen = gen;

@@ -466,7 +466,9 @@ export const DEFAULT_FORCE_EXIT_MS = 30_000;
  */
 export const DEFAULT_PHASE_TIMEOUT_MS = 10_000;
 /**
- * How long after `forceExitMs` the watchdog kills a main thread too stuck to exit by itself.
+ * How long the main thread gets to exit by itself before the watchdog kills it: after `forceExitMs`, and
+ * after a second signal (so a free main thread logs `second-signal` and exits 128+n, while a blocked one
+ * is killed 200 ms later; on Bun the kernel's default action ends it at once).
  *
  * @example The latest moment a stuck process is gone
  * ```ts
@@ -1041,6 +1043,7 @@ export function installShutdown(options: InstallShutdownOptions = {}): ShutdownH
       startWatchdog({
         signals,
         secondSignalExit: true,
+        secondSignalGraceMs: WATCHDOG_GRACE_MS,
         onError: (error) => log(`shutdown warning: the watchdog failed: ${describeError(error)}`),
       }),
     null,

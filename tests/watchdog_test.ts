@@ -8,6 +8,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import {
   DEFAULT_WATCHDOG_SECOND_SIGNAL_EXIT,
+  DEFAULT_WATCHDOG_SECOND_SIGNAL_GRACE_MS,
   DEFAULT_WATCHDOG_SIGNALS,
   MAX_WATCHDOG_MS,
   runtime,
@@ -188,6 +189,43 @@ describe("startWatchdog() signals", () => {
   );
 
   it(
+    "startWatchdog() with secondSignalGraceMs still ends a blocked main thread after the grace",
+    { ...SLOW, skip: NOT_WHILE_BLOCKED },
+    async () => {
+      const r = run("second-signal-grace-blocked");
+      try {
+        await r.line("ready");
+        await sleep(300); // let the write fill the pipe and block
+        process.kill(r.child.pid!, "SIGTERM");
+        await sleep(300);
+        process.kill(r.child.pid!, "SIGTERM");
+        assert.deepEqual(await r.ended, { code: null, signal: SECOND_SIGNAL_ENDING });
+        assert.doesNotMatch(r.stderr(), /handled SIGTERM/, "the main thread was blocked throughout");
+      } finally {
+        killChild(r.child);
+      }
+    },
+  );
+
+  it(
+    "startWatchdog() with secondSignalGraceMs lets a free main thread end the process its own way",
+    { ...SLOW, skip: runtime === "bun" ? "Bun's second signal is the kernel's default action" : false },
+    async () => {
+      const r = run("second-signal-grace-free");
+      try {
+        await r.line("ready");
+        process.kill(r.child.pid!, "SIGTERM");
+        await r.line("handled 1");
+        process.kill(r.child.pid!, "SIGTERM");
+        assert.deepEqual(await r.ended, { code: 7, signal: null });
+        assert.match(r.stderr(), /handled 2/);
+      } finally {
+        killChild(r.child);
+      }
+    },
+  );
+
+  it(
     "startWatchdog() second SIGTERM ends a child whose handler of the first one blocked",
     { ...SLOW, skip: NOT_WHILE_BLOCKED },
     async () => {
@@ -288,6 +326,12 @@ describe("startWatchdog() arguments and state", () => {
       { name: "TypeError", message: /secondSignalExit/ },
     );
     assert.throws(
+      () => startWatchdog({ secondSignalGraceMs: "1" as unknown as number }),
+      { name: "TypeError", message: /secondSignalGraceMs/ },
+    );
+    assert.throws(() => startWatchdog({ secondSignalGraceMs: -1 }), { name: "RangeError", message: /-1/ });
+    assert.throws(() => startWatchdog({ secondSignalGraceMs: Number.NaN }), RangeError);
+    assert.throws(
       () => startWatchdog({ onError: 1 as unknown as () => void }),
       { name: "TypeError", message: /onError/ },
     );
@@ -318,5 +362,6 @@ describe("startWatchdog() arguments and state", () => {
     assert.deepEqual([...DEFAULT_WATCHDOG_SIGNALS], ["SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT"]);
     assert.ok(Object.isFrozen(DEFAULT_WATCHDOG_SIGNALS));
     assert.equal(DEFAULT_WATCHDOG_SECOND_SIGNAL_EXIT, true);
+    assert.equal(DEFAULT_WATCHDOG_SECOND_SIGNAL_GRACE_MS, 0);
   });
 });
