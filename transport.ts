@@ -20,7 +20,6 @@ import {
   runtime,
   stdinChunks,
   writeAll,
-  writeOnce,
 } from "./platform.ts";
 
 // ---------------------------------------------------------------------------------------------------
@@ -696,10 +695,12 @@ class FdTransport implements StdioTransport {
     const bytes = encodeLine(text + "\n");
     try {
       if (this.#torn) {
-        writeLine(this.fd, NEWLINE_BYTES); // end the torn fragment on a line of its own first
+        writeAll(this.fd, NEWLINE_BYTES); // end the torn fragment on a line of its own first
         this.#torn = false;
       }
-      writeLine(this.fd, bytes);
+      // One write(2) for a line the descriptor takes whole; partial writes and EAGAIN are looped over and
+      // waited out before anything else can write, so frames never interleave.
+      writeAll(this.fd, bytes);
     } catch (error) {
       if (isPeerGone(error)) {
         this.#peerGone = true;
@@ -758,57 +759,13 @@ function encodeLine(line: string): Uint8Array {
 }
 
 /**
- * Writes a whole line synchronously: one `write(2)`, which takes all of a short line on a pipe with room,
- * then {@linkcode writeAll} for whatever is left (a partial write, `EAGAIN` on a non-blocking descriptor,
- * `EINTR`), which loops and sleeps until the reader took everything. No other frame can start meanwhile.
- * A thrown error carries the bytes of the line already written in `bytesWritten`.
+ * Whether a failed write reports exactly what it wrote. Not on Deno, whose `node:fs` `writeSync` keeps
+ * writing inside one call and can throw without saying how much went out (see `writeAll` in
+ * platform.ts): there every host error counts as a torn frame, which at worst costs one blank line
+ * (readers skip blank lines).
  */
-function writeLine(fd: number, bytes: Uint8Array): void {
-  if (WRITE_LOOPS_INTERNALLY && bytes.length > ATOMIC_WRITE_BYTES) {
-    writeAll(fd, bytes); // it writes a pipe in all-or-nothing pieces there
-    return;
-  }
-  let written: number;
-  try {
-    written = writeOnce(fd, bytes);
-  } catch (error) {
-    const code = errorCode(error);
-    if (code !== "EAGAIN" && code !== "EWOULDBLOCK" && code !== "EINTR") throw error;
-    written = 0;
-  }
-  if (written === bytes.length) return;
-  try {
-    writeAll(fd, bytes.subarray(written));
-  } catch (error) {
-    addBytesWritten(error, written);
-    throw error;
-  }
-}
-
-/**
- * Deno's `node:fs` `writeSync` loops over partial writes itself and, when a later round fails (`EAGAIN`
- * on a non-blocking pipe once the reader is slow), throws without saying how much it already wrote: a
- * retry of the same bytes would send them twice. A write of at most `PIPE_BUF` bytes to a pipe is
- * all-or-nothing, so there a longer line skips the single-write attempt and goes to {@linkcode writeAll},
- * which writes such descriptors in `PIPE_BUF` pieces.
- */
-const ATOMIC_WRITE_BYTES = 4096;
-const WRITE_LOOPS_INTERNALLY = runtime === "deno";
-/**
- * Whether a failed write reports exactly what it wrote. Not on Deno (see above), where a host error can
- * hide a partial write: there every host error counts as a torn frame, which at worst costs one blank
- * line (readers skip blank lines).
- */
-const EXACT_WRITE_COUNTS = !WRITE_LOOPS_INTERNALLY;
+const EXACT_WRITE_COUNTS = runtime !== "deno";
 const NEWLINE_BYTES = Uint8Array.of(NEWLINE);
-
-/** Adds the bytes written before the failing call to the `bytesWritten` {@linkcode writeAll} attached. */
-function addBytesWritten(error: unknown, before: number): void {
-  if (typeof error === "object" && error !== null) {
-    const partial = error as { bytesWritten?: number };
-    partial.bytesWritten = before + (partial.bytesWritten ?? 0);
-  }
-}
 
 /** `JSON.stringify` that throws `TypeError` for anything it cannot turn into a JSON text. */
 function serialise(frame: unknown): string {
