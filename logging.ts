@@ -832,6 +832,8 @@ function moveNoClobber(from: string, to: string, clobber: boolean): "moved" | "v
 interface LockRecord {
   pid: number;
   startTime: number | null;
+  /** Start in clock ticks since boot: exact, unlike `startTime`, which moves with the wall clock. */
+  startTicks?: number | null;
   token: string;
   at: string;
 }
@@ -847,7 +849,13 @@ function acquireLock(
 ): string | { error: unknown } {
   const pid = getPid();
   const token = `${pid}-${Date.now()}-${Math.random().toString(36).slice(2)}`;
-  const record: LockRecord = { pid, startTime: processStartTime(pid), token, at: new Date().toISOString() };
+  const record: LockRecord = {
+    pid,
+    startTime: processStartTime(pid),
+    startTicks: readProcStat(pid)?.startTicks ?? null,
+    token,
+    at: new Date().toISOString(),
+  };
   const text = JSON.stringify(record) + "\n";
   const deadline = Date.now() + settings.lockTimeoutMs;
   let sleepMs = LOCK_SLEEP_MIN_MS;
@@ -944,13 +952,20 @@ function isDeadHolder(holder: Partial<LockRecord>): boolean {
   const pid = holder.pid;
   if (typeof pid !== "number" || !Number.isInteger(pid) || pid <= 0) return true;
   if (!isAlive(pid)) return true;
-  if (readProcStat(pid)?.state === "Z") return true;
+  const stat = readProcStat(pid);
+  if (stat?.state === "Z") return true;
+  // The pid was reused when the process behind it started at another time: ticks compare exactly; a
+  // wall-clock start time (from a holder that recorded no ticks) moves when the clock is stepped.
+  if (stat && typeof holder.startTicks === "number") return stat.startTicks !== holder.startTicks;
   if (typeof holder.startTime === "number") {
     const started = processStartTime(pid);
-    if (started !== null && started !== holder.startTime) return true; // the pid was reused
+    if (started !== null && Math.abs(started - holder.startTime) > START_TIME_TOLERANCE_MS) return true;
   }
   return false;
 }
+
+/** How far two readings of one process's wall-clock start time may differ (`btime` moves with the clock). */
+const START_TIME_TOLERANCE_MS = 1000;
 
 /** Removes the lock if it still holds our token; returns a complaint when it did not. */
 function releaseLock(lockPath: string, token: string): string | null {

@@ -4,7 +4,7 @@ import { spawn, spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { getUid, processStartTime, scriptCommand, statIdentity } from "../platform.ts";
+import { getUid, processStartTime, readProcStat, scriptCommand, statIdentity } from "../platform.ts";
 import {
   createLogger,
   DEFAULT_BACKUPS,
@@ -616,6 +616,55 @@ describe("openRotatingFile() rollover", () => {
     assert.equal(fs.existsSync(`${file}.lock`), false);
     assert.deepEqual(errors, []);
   });
+
+  it(
+    "openRotatingFile() judges a lock holder by its start ticks, not a wall-clock start time",
+    SLOW,
+    async () => {
+      const file = freshLog();
+      const holder = spawn("sleep", ["30"]);
+      const exited = new Promise((resolve) => holder.on("close", resolve));
+      try {
+        let ticks = readProcStat(holder.pid!)?.startTicks;
+        for (let i = 0; i < 50 && ticks === undefined; i++) {
+          await new Promise((r) => setTimeout(r, 10));
+          ticks = readProcStat(holder.pid!)?.startTicks;
+        }
+        assert.ok(ticks !== undefined, "no /proc start ticks on this system");
+        // The same process, recorded while the wall clock was 30 s off: its ticks say it still holds the lock.
+        const started = processStartTime(holder.pid!)! - 30_000;
+        fs.writeFileSync(
+          `${file}.lock`,
+          JSON.stringify({ pid: holder.pid, startTime: started, startTicks: ticks, token: "held", at: "" }),
+        );
+        const { log, errors } = open(file, { maxBytes: 10, lockTimeoutMs: 100 });
+        log.write("12345678");
+        log.write("abcdefgh"); // rollover due, the lock is held: gives up after 100 ms
+        assert.equal(errors.length, 1);
+        assert.match(errors[0].message, /lock/);
+        assert.equal(fs.existsSync(`${file}.1`), false);
+        // Other ticks behind the same pid: a reused pid, so the lock is recovered.
+        fs.writeFileSync(
+          `${file}.lock`,
+          JSON.stringify({
+            pid: holder.pid,
+            startTime: null,
+            startTicks: ticks! - 1,
+            token: "earlier",
+            at: "",
+          }),
+        );
+        log.rotate();
+        log.close();
+        assert.equal(read(`${file}.1`), "12345678\nabcdefgh\n");
+        assert.equal(fs.existsSync(`${file}.lock`), false);
+        assert.equal(errors.length, 1);
+      } finally {
+        process.kill(holder.pid!, "SIGKILL");
+        await exited;
+      }
+    },
+  );
 
   it("openRotatingFile() waits for a live lock holder, then reports and keeps writing", SLOW, async () => {
     const file = freshLog();
