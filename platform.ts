@@ -2450,3 +2450,93 @@ export function statIdentity(path: string): FileIdentity | null {
     throw error;
   }
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Redaction: the one answer to "what of an argv may be written down" (shutdown forensics, PID records)
+// ---------------------------------------------------------------------------------------------------
+
+/**
+ * Replaces credentials in an argv with `***`, argument by argument (before anything joins or cuts it): the
+ * value of `--name VALUE`, `--name=VALUE` and `NAME=VALUE` when the name contains token, secret, password,
+ * passwd, key, auth or credential (any case), the user-info of URLs (`https://user:pass@host` →
+ * `https://***@host`) and such query parameters (`?token=…`). An argument with spaces (a `sh -c` script) is
+ * redacted word by word. After a bare `--token`-like flag the next argument is taken as its value unless it
+ * starts with `--`.
+ *
+ * @param argv The arguments.
+ * @returns A redacted copy.
+ *
+ * @example Redact an argv before it is logged
+ * ```ts
+ * import { redactArgv } from "./platform.ts";
+ * console.log(redactArgv(["app", "--api-key=abc", "--token", "xyz", "https://u:p@db.example"]));
+ * // ["app", "--api-key=***", "--token", "***", "https://***@db.example"]
+ * ```
+ *
+ * @example Log a child's command line without its secrets
+ * ```ts
+ * import { redactArgv } from "./platform.ts";
+ * const argv = ["deploy", "AWS_SECRET_ACCESS_KEY=abc", "--auth-token", "xyz", "--region", "eu-west-1"];
+ * console.log(redactArgv(argv).join(" "));
+ * // deploy AWS_SECRET_ACCESS_KEY=*** --auth-token *** --region eu-west-1
+ * ```
+ */
+export function redactArgv(argv: readonly string[]): string[] {
+  const out: string[] = [];
+  let valueNext = false;
+  for (const arg of argv) {
+    const text = String(arg);
+    if (valueNext && !text.startsWith("--")) {
+      out.push(REDACTED);
+      valueNext = false;
+      continue;
+    }
+    if (/\s/.test(text)) {
+      out.push(redactWords(text));
+      valueNext = false;
+      continue;
+    }
+    const word = redactWord(text);
+    out.push(word.text);
+    valueNext = word.valueNext;
+  }
+  return out;
+}
+
+const REDACTED = "***";
+const SENSITIVE_NAME = /token|secret|password|passwd|key|auth|credential/i;
+const URL_USERINFO = /([A-Za-z][A-Za-z0-9+.-]*:\/\/)[^/?#\s]*@/g;
+const SENSITIVE_QUERY =
+  /([?&;][^=&#\s]*(?:token|secret|password|passwd|key|auth|credential)[^=&#\s]*=)[^&#\s]*/gi;
+
+function redactWords(text: string): string {
+  const parts = text.split(/(\s+)/);
+  let valueNext = false;
+  for (let i = 0; i < parts.length; i += 2) {
+    const part = parts[i];
+    if (part === "") continue;
+    if (valueNext && !part.startsWith("--")) {
+      parts[i] = REDACTED;
+      valueNext = false;
+      continue;
+    }
+    const word = redactWord(part);
+    parts[i] = word.text;
+    valueNext = word.valueNext;
+  }
+  return parts.join("");
+}
+
+function redactWord(word: string): { text: string; valueNext: boolean } {
+  let text = word.replace(URL_USERINFO, `$1${REDACTED}@`).replace(SENSITIVE_QUERY, `$1${REDACTED}`);
+  const equals = text.indexOf("=");
+  if (equals > 0) {
+    const name = text.slice(0, equals);
+    if (!name.includes("://") && !name.includes("?") && SENSITIVE_NAME.test(name)) {
+      text = `${name}=${REDACTED}`;
+    }
+    return { text, valueNext: false };
+  }
+  const valueNext = /^-{1,2}[^-]/.test(text) && SENSITIVE_NAME.test(text);
+  return { text, valueNext };
+}

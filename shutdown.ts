@@ -29,6 +29,7 @@ import {
   readProcCmdline,
   readProcStatus,
   readTextFileOrNull,
+  redactArgv,
   runCommand,
   signalName,
   signalNumber,
@@ -40,6 +41,9 @@ import {
   writeAll,
   writeFileAtomic,
 } from "./platform.ts";
+
+// The one argv redaction (also used for PID records) is public API of this module.
+export { redactArgv } from "./platform.ts";
 
 // ---------------------------------------------------------------------------------------------------
 // Public types
@@ -643,54 +647,6 @@ export function snapshotShutdownContext(
 }
 
 /**
- * Replaces credentials in an argv with `***`, argument by argument (before anything joins or cuts it): the
- * value of `--name VALUE`, `--name=VALUE` and `NAME=VALUE` when the name contains token, secret, password,
- * passwd, key, auth or credential (any case), the user-info of URLs (`https://user:pass@host` →
- * `https://***@host`) and such query parameters (`?token=…`). An argument with spaces (a `sh -c` script) is
- * redacted word by word. After a bare `--token`-like flag the next argument is taken as its value unless it
- * starts with `--`.
- *
- * @param argv The arguments.
- * @returns A redacted copy.
- *
- * @example Redact an argv before it is logged
- * ```ts
- * import { redactArgv } from "./shutdown.ts";
- * console.log(redactArgv(["app", "--api-key=abc", "--token", "xyz", "https://u:p@db.example"]));
- * // ["app", "--api-key=***", "--token", "***", "https://***@db.example"]
- * ```
- *
- * @example Log a child's command line without its secrets
- * ```ts
- * import { CMDLINE_MAX_CHARS, redactArgv } from "./shutdown.ts";
- * const argv = ["deploy", "AWS_SECRET_ACCESS_KEY=abc", "--auth-token", "xyz", "--region", "eu-west-1"];
- * console.log(redactArgv(argv).join(" ").slice(0, CMDLINE_MAX_CHARS));
- * // deploy AWS_SECRET_ACCESS_KEY=*** --auth-token *** --region eu-west-1
- * ```
- */
-export function redactArgv(argv: readonly string[]): string[] {
-  const out: string[] = [];
-  let valueNext = false;
-  for (const arg of argv) {
-    const text = String(arg);
-    if (valueNext && !text.startsWith("--")) {
-      out.push(REDACTED);
-      valueNext = false;
-      continue;
-    }
-    if (/\s/.test(text)) {
-      out.push(redactWords(text));
-      valueNext = false;
-      continue;
-    }
-    const word = redactWord(text);
-    out.push(word.text);
-    valueNext = word.valueNext;
-  }
-  return out;
-}
-
-/**
  * Formats a context as one scannable line of `key=value` pairs: `signal=` first, `parent_cmdline=` last and
  * always quoted. Values with spaces, quotes or control characters are quoted with JSON escaping, so a
  * newline or a quote inside a command line cannot break the line.
@@ -1160,12 +1116,6 @@ export function installShutdown(options: InstallShutdownOptions = {}): ShutdownH
 // Private helpers: snapshot
 // ---------------------------------------------------------------------------------------------------
 
-const REDACTED = "***";
-const SENSITIVE_NAME = /token|secret|password|passwd|key|auth|credential/i;
-const URL_USERINFO = /([A-Za-z][A-Za-z0-9+.-]*:\/\/)[^/?#\s]*@/g;
-const SENSITIVE_QUERY =
-  /([?&;][^=&#\s]*(?:token|secret|password|passwd|key|auth|credential)[^=&#\s]*=)[^&#\s]*/gi;
-
 function safely<T>(fn: () => T, fallback: T): T {
   try {
     return fn();
@@ -1291,38 +1241,6 @@ function summarize(pid: number, status: Record<string, string> | null, mode: Cmd
     }
   }
   return summary;
-}
-
-function redactWords(text: string): string {
-  const parts = text.split(/(\s+)/);
-  let valueNext = false;
-  for (let i = 0; i < parts.length; i += 2) {
-    const part = parts[i];
-    if (part === "") continue;
-    if (valueNext && !part.startsWith("--")) {
-      parts[i] = REDACTED;
-      valueNext = false;
-      continue;
-    }
-    const word = redactWord(part);
-    parts[i] = word.text;
-    valueNext = word.valueNext;
-  }
-  return parts.join("");
-}
-
-function redactWord(word: string): { text: string; valueNext: boolean } {
-  let text = word.replace(URL_USERINFO, `$1${REDACTED}@`).replace(SENSITIVE_QUERY, `$1${REDACTED}`);
-  const equals = text.indexOf("=");
-  if (equals > 0) {
-    const name = text.slice(0, equals);
-    if (!name.includes("://") && !name.includes("?") && SENSITIVE_NAME.test(name)) {
-      text = `${name}=${REDACTED}`;
-    }
-    return { text, valueNext: false };
-  }
-  const valueNext = /^-{1,2}[^-]/.test(text) && SENSITIVE_NAME.test(text);
-  return { text, valueNext };
 }
 
 function readTakeoverMarker(path: string): TakeoverMarker | undefined {

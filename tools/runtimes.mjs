@@ -3,7 +3,8 @@
 // node_modules, installing them first when they are missing. Plain JavaScript so the machine's own
 // Node.js (any version with npm) can start it before the pinned runtimes exist.
 //
-//   node tools/runtimes.mjs test [deno|bun|node ...]   the whole suite, one summary per runtime
+//   node tools/runtimes.mjs test [deno|bun|node ...] [file-filter ...]   the suite (or the matching
+//                                                      files), one summary per runtime
 //   node tools/runtimes.mjs demo [runtime]             examples/demo.ts (Deno by default)
 //   node tools/runtimes.mjs bench [runtime ...]        bench/run.ts on each runtime
 import { spawnSync } from "node:child_process";
@@ -43,9 +44,11 @@ function ensureRuntimes() {
   }
 }
 
-function testFiles() {
+// Optional filters (e.g. "logging" or "tests/logging_test.ts") pick test files by substring.
+function testFiles(filters = []) {
   return readdirSync(join(root, "tests"))
     .filter((name) => name.endsWith("_test.ts"))
+    .filter((name) => filters.length === 0 || filters.some((f) => `tests/${name}`.includes(f)))
     .sort()
     .map((name) => `tests/${name}`);
 }
@@ -92,8 +95,8 @@ function parseCounts(runtime, output) {
   return passed === null ? null : { passed, failed: failed ?? 0 };
 }
 
-function runTests(selected) {
-  const files = testFiles();
+function runTests(selected, filters) {
+  const files = testFiles(filters);
   if (files.length === 0) {
     console.error("no test files under tests/");
     process.exit(1);
@@ -144,7 +147,7 @@ const [task = "test", ...rest] = process.argv.slice(2);
 const picked = rest.filter((r) => RUNTIMES.includes(r));
 const others = rest.filter((r) => !RUNTIMES.includes(r));
 ensureRuntimes();
-if (task === "test") runTests(picked.length ? picked : RUNTIMES);
+if (task === "test") runTests(picked.length ? picked : RUNTIMES, others);
 else if (task === "demo") process.exit(runScript(picked[0] ?? "deno", "examples/demo.ts", others));
 else if (task === "bench") {
   let status = 0;
