@@ -71,40 +71,64 @@ try {
   const tarball = readdirSync(work).find((name) => name.endsWith(".tgz"));
   if (!tarball) throw new Error("npm pack made no tarball");
   // What ships: the compiled entry points with their types, the .ts sources (vendoring, source maps).
-  const listed = run("tar", ["-tzf", join(work, tarball)]).split("\n").filter(Boolean).map((p) => p.replace(/^package\//, ""));
+  const listed = run("tar", ["-tzf", join(work, tarball)]).split("\n").filter(Boolean).map((p) =>
+    p.replace(/^package\//, "")
+  );
   const required = ["package.json", "README.md", "LICENSE", "platform.ts", "dist/platform.js"];
-  for (const name of ["mod", ...SUBPATHS]) required.push(`${name}.ts`, `dist/${name}.js`, `dist/${name}.d.ts`);
+  for (const name of ["mod", ...SUBPATHS]) {
+    required.push(`${name}.ts`, `dist/${name}.js`, `dist/${name}.d.ts`);
+  }
   const missing = required.filter((name) => !listed.includes(name));
-  const stray = listed.filter((name) => !/^(dist\/[a-z_]+\.(js|d\.ts)(\.map)?|[a-z_]+\.ts|package\.json|README\.md|LICENSE)$/.test(name));
+  const stray = listed.filter((name) =>
+    !/^(dist\/[a-z_]+\.(js|d\.ts)(\.map)?|[a-z_]+\.ts|package\.json|README\.md|LICENSE)$/.test(name)
+  );
   if (missing.length || stray.length) {
-    throw new Error(`tarball: missing ${missing.join(", ") || "nothing"}; unexpected ${stray.join(", ") || "nothing"}`);
+    throw new Error(
+      `tarball: missing ${missing.join(", ") || "nothing"}; unexpected ${stray.join(", ") || "nothing"}`,
+    );
   }
   console.log(`tarball: ${listed.length} files, every entry point as .js + .d.ts, sources beside`);
 
   const project = join(work, "consumer");
   mkdirSync(project);
-  writeFileSync(join(project, "package.json"), JSON.stringify({ name: "consumer", private: true, type: "module" }));
-  run("npm", ["install", "--no-audit", "--no-fund", "--loglevel=error", join(work, tarball)], { cwd: project });
+  writeFileSync(
+    join(project, "package.json"),
+    JSON.stringify({ name: "consumer", private: true, type: "module" }),
+  );
+  run("npm", ["install", "--no-audit", "--no-fund", "--loglevel=error", join(work, tarball)], {
+    cwd: project,
+  });
 
   // The consumer is the user's own .ts (each runtime strips it: it is not under node_modules); keelson
   // itself comes from node_modules as the compiled JavaScript.
   writeFileSync(join(project, "consumer.ts"), CONSUMER);
-  for (const [runtime, args] of [
-    ["node", ["consumer.ts"]],
-    ["bun", ["consumer.ts"]],
-    ["deno", ["run", "-A", "consumer.ts"]],
-  ]) {
+  for (
+    const [runtime, args] of [
+      ["node", ["consumer.ts"]],
+      ["bun", ["consumer.ts"]],
+      ["deno", ["run", "-A", "consumer.ts"]],
+    ]
+  ) {
     const out = run(bin(runtime), args, { cwd: project, env: { ...process.env, NO_COLOR: "1" } }).trim();
     if (out !== "package ok") throw new Error(`${runtime} printed ${JSON.stringify(out)}`);
     console.log(`${runtime}: imported keelson and every subpath from node_modules: ${out}`);
   }
 
-  writeFileSync(join(project, "typed.ts"), CONSUMER.replace(/^import \{ mkdtempSync[^\n]*\n[^\n]*\n[^\n]*\n/m, DECLARE_NODE_BITS()));
+  writeFileSync(
+    join(project, "typed.ts"),
+    CONSUMER.replace(/^import \{ mkdtempSync[^\n]*\n[^\n]*\n[^\n]*\n/m, DECLARE_NODE_BITS()),
+  );
   // Two consumers: a Node project (node16, ES2023 with @types/node) and a bundler/Bun-style one (ESNext and
   // DOM libs, no node types at all).
   const nodeTypes = { lib: ["ES2023"], types: ["node"], typeRoots: [join(root, "node_modules", "@types")] };
   const webTypes = { lib: ["ESNext", "DOM"], types: [] };
-  for (const [module, moduleResolution, libs] of [["node16", "node16", nodeTypes], ["ESNext", "bundler", webTypes]]) {
+  for (
+    const [module, moduleResolution, libs] of [["node16", "node16", nodeTypes], [
+      "ESNext",
+      "bundler",
+      webTypes,
+    ]]
+  ) {
     const compilerOptions = { ...STRICT, ...libs, module, moduleResolution };
     const config = { compilerOptions, files: ["typed.ts"] };
     writeFileSync(join(project, "tsconfig.json"), JSON.stringify(config, null, 2));
