@@ -145,11 +145,11 @@ export interface ApplyWalOptions {
   requireWal?: boolean;
   /**
    * Milliseconds to wait out another connection's lock ("database is locked", `SQLITE_BUSY`,
-   * `SQLITE_LOCKED`) on the journal pragmas, retrying with a growing pause (1 ms doubling up to 50 ms,
-   * jittered, on the monotonic clock), before re-throwing the last error untouched. This is what lets
-   * several processes open one fresh database at the same moment: one converts it to WAL, the others
-   * wait for it. A `busy_timeout` set on the connection applies inside each attempt too. `0` re-throws
-   * the first lock error at once.
+   * `SQLITE_LOCKED`) on the journal pragmas, counted on the monotonic clock from the first lock error,
+   * retrying with a growing pause (1 ms doubling up to 50 ms, jittered), before re-throwing the last
+   * error untouched. This is what lets several processes open one fresh database at the same moment:
+   * one converts it to WAL, the others wait for it. A `busy_timeout` set on the connection applies
+   * inside each attempt too. `0` re-throws the first lock error at once.
    * @default 5000
    */
   lockTimeoutMs?: number;
@@ -500,7 +500,7 @@ export function applyWal(db: SqliteLike, path: string, options: ApplyWalOptions 
   checkDb(db, "applyWal");
   checkPath(path, "applyWal");
   const settings = checkOptions(options);
-  const lockDeadline = performance.now() + settings.lockTimeoutMs;
+  let lockDeadline: number | undefined; // set at the first lock error: the common path reads no clock
   let lockPause = LOCK_PAUSE_FIRST_MS;
   let attempt = 0;
   let file: string | null | undefined; // asked once, after the first answer that is not "wal"
@@ -516,12 +516,15 @@ export function applyWal(db: SqliteLike, path: string, options: ApplyWalOptions 
       if (isWalIncompatibleError(error)) {
         return fallBack(db, path, file ?? databaseFile(db, path, settings.uri), error, null, settings);
       }
-      const left = lockDeadline - performance.now();
-      if (isLockError(error) && left > 0) {
-        // Jittered, so that processes started together do not retry in lockstep.
-        sleepSync(Math.min(left, lockPause * (0.5 + Math.random() / 2)));
-        lockPause = Math.min(lockPause * 2, LOCK_PAUSE_MAX_MS);
-        continue;
+      if (isLockError(error)) {
+        lockDeadline ??= performance.now() + settings.lockTimeoutMs;
+        const left = lockDeadline - performance.now();
+        if (left > 0) {
+          // Jittered, so that processes started together do not retry in lockstep.
+          sleepSync(Math.min(left, lockPause * (0.5 + Math.random() / 2)));
+          lockPause = Math.min(lockPause * 2, LOCK_PAUSE_MAX_MS);
+          continue;
+        }
       }
       if (attempt >= settings.retries || !isTransientError(error)) throw error;
       attempt++;
