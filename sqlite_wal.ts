@@ -205,7 +205,7 @@ export interface CheckJournalModeOptions {
  * const evidence: WalEvidence = { file: "/tmp/example.db", onDisk: "wal", walFilePresent: true };
  * const cause = new Error("locking protocol");
  * const error = new WalDowngradeRefusedError("/tmp/example.db", evidence, cause, null);
- * console.log(error.message); // Refusing to downgrade "/tmp/example.db" from WAL to DELETE: …
+ * console.log(error.message); // Cannot switch "/tmp/example.db" from WAL to DELETE: its header says WAL …
  * ```
  */
 export interface WalEvidence {
@@ -265,8 +265,8 @@ export class WalDowngradeRefusedError extends Error {
    */
   constructor(path: string, evidence: WalEvidence, cause: unknown, answeredMode: string | null) {
     super(
-      `Refusing to downgrade ${JSON.stringify(path)} from WAL to DELETE: ${walEvidenceText(evidence)}, ` +
-        `so other connections may be using WAL (WAL failed: ${reasonText(cause)})`,
+      `Cannot switch ${JSON.stringify(path)} from WAL to DELETE: ${walEvidenceText(evidence)}, so other ` +
+        `connections may be using WAL (WAL failed: ${reasonText(cause)})`,
       { cause },
     );
     this.name = "WalDowngradeRefusedError";
@@ -319,7 +319,7 @@ export class WalUnsupportedError extends Error {
    */
   constructor(path: string, evidence: WalEvidence, cause: unknown, answeredMode: string | null) {
     super(
-      `WAL is required but not supported for ${JSON.stringify(path)}: ${reasonText(cause)}`,
+      `Cannot use WAL on ${JSON.stringify(path)} as 'requireWal' demands: ${reasonText(cause)}`,
       { cause },
     );
     this.name = "WalUnsupportedError";
@@ -387,7 +387,7 @@ export interface JournalModeReport {
  */
 export function readJournalModeOnDisk(path: string): DiskJournalMode {
   if (typeof path !== "string") {
-    throw new TypeError(`Cannot read the journal mode on disk: path must be a string, got ${describe(path)}`);
+    throw new TypeError(mustBe("read the journal mode on disk", "path", "a string", path));
   }
   const stat = statOrNull(path);
   if (stat === null) return "absent";
@@ -497,8 +497,8 @@ export function isWalIncompatibleError(error: unknown): boolean {
  * ```
  */
 export function applyWal(db: SqliteLike, path: string, options: ApplyWalOptions = {}): WalResult {
-  checkDb(db, "applyWal");
-  checkPath(path, "applyWal");
+  checkDb(db, APPLY_WAL);
+  checkPath(path, APPLY_WAL);
   const settings = checkOptions(options);
   let lockDeadline: number | undefined; // set at the first lock error: the common path reads no clock
   let lockPause = LOCK_PAUSE_FIRST_MS;
@@ -533,8 +533,8 @@ export function applyWal(db: SqliteLike, path: string, options: ApplyWalOptions 
   }
   if (answer === "wal") return "wal";
   const refusal = new Error(
-    `PRAGMA journal_mode=WAL answered ${JSON.stringify(answer)} without an error: ` +
-      "the VFS or filesystem refuses WAL",
+    `'${PRAGMA_SET_WAL}' answered ${JSON.stringify(answer)} without an error: the VFS or filesystem ` +
+      "refuses WAL",
   );
   return fallBack(db, path, file, refusal, answer, settings);
 }
@@ -575,9 +575,9 @@ export function checkJournalMode(
   path: string,
   options: CheckJournalModeOptions = {},
 ): JournalModeReport {
-  checkDb(db, "checkJournalMode");
-  checkPath(path, "checkJournalMode");
-  const uri = checkUri(options, "check the journal mode");
+  checkDb(db, CHECK_JOURNAL_MODE);
+  checkPath(path, CHECK_JOURNAL_MODE);
+  const uri = checkUri(options, CHECK_JOURNAL_MODE);
   const connection = journalMode(db, PRAGMA_READ_MODE);
   const evidence = gatherEvidence(databaseFile(db, path, uri));
   const reason = disagreement(connection, evidence);
@@ -703,8 +703,8 @@ function fallBack(
   // An in-memory database keeps answering "memory": no file, no rollback journal on disk, no risk.
   if (mode !== "delete" && mode !== "memory") {
     throw new Error(
-      `Cannot fall back to DELETE on ${JSON.stringify(path)}: PRAGMA journal_mode=DELETE answered ` +
-        `${JSON.stringify(mode)} (WAL failed: ${reasonText(cause)})`,
+      `Cannot fall back to DELETE on ${JSON.stringify(path)}: '${PRAGMA_SET_DELETE}' must answer "delete", ` +
+        `got ${JSON.stringify(mode)} (WAL failed: ${reasonText(cause)})`,
       { cause },
     );
   }
@@ -715,7 +715,7 @@ function fallBack(
 /** Step 2 of {@linkcode applyWal} for a database without a file: nothing to switch, nothing to share. */
 function noFile(path: string, settings: WalSettings): WalResult {
   const reason = new Error(
-    `Cannot use WAL: ${JSON.stringify(path)} is an in-memory or temporary database; it has no file, so ` +
+    `${JSON.stringify(path)} is an in-memory or temporary database; it has no file, so ` +
       "no WAL and no other connection to share it with",
   );
   const evidence: WalEvidence = { file: null, onDisk: "absent", walFilePresent: false };
@@ -850,7 +850,7 @@ function queryRow(db: SqliteLike, sql: string): unknown {
 function journalMode(db: SqliteLike, sql: string): string {
   const value = firstColumn(queryRow(db, sql));
   if (typeof value !== "string") {
-    throw new TypeError(`Expected ${sql} to answer a journal mode string, got ${describe(value)}`);
+    throw new TypeError(mustBe("read the journal mode", sql, "answered with a string", value));
   }
   return value.toLowerCase();
 }
@@ -859,7 +859,14 @@ function busyTimeout(db: SqliteLike): number {
   const value = firstColumn(queryRow(db, PRAGMA_READ_BUSY_TIMEOUT));
   const timeout = typeof value === "bigint" ? Number(value) : value;
   if (typeof timeout !== "number" || !Number.isSafeInteger(timeout) || timeout < 0) {
-    throw new TypeError(`Expected ${PRAGMA_READ_BUSY_TIMEOUT} to answer a number, got ${describe(value)}`);
+    throw new TypeError(
+      mustBe(
+        "read the busy timeout",
+        PRAGMA_READ_BUSY_TIMEOUT,
+        "answered with a non-negative integer",
+        value,
+      ),
+    );
   }
   return timeout;
 }
@@ -969,67 +976,65 @@ function reasonText(cause: unknown): string {
   return String(cause);
 }
 
-function checkDb(db: unknown, caller: string): void {
+function checkDb(db: unknown, action: string): void {
   if (typeof db !== "object" || db === null || typeof (db as { prepare?: unknown }).prepare !== "function") {
-    throw new TypeError(`${caller}(): db must be a connection with prepare(sql), got ${describe(db)}`);
+    throw new TypeError(mustBe(action, "db", "a connection with prepare(sql)", db));
   }
 }
 
-function checkPath(path: unknown, caller: string): void {
-  if (typeof path !== "string") {
-    throw new TypeError(`${caller}(): path must be a string, got ${describe(path)}`);
-  }
+function checkPath(path: unknown, action: string): void {
+  if (typeof path !== "string") throw new TypeError(mustBe(action, "path", "a string", path));
 }
 
 function checkOptions(options: ApplyWalOptions): WalSettings {
   if (typeof options !== "object" || options === null) {
-    throw new TypeError(`applyWal(): options must be an object, got ${describe(options)}`);
+    throw new TypeError(mustBe(APPLY_WAL, "options", "an object", options));
   }
   const { onFallback, requireWal = DEFAULT_REQUIRE_WAL } = options;
   const lockTimeoutMs = options.lockTimeoutMs ?? DEFAULT_LOCK_TIMEOUT_MS;
   const retries = options.retries ?? DEFAULT_RETRIES;
   const retryDelayMs = options.retryDelayMs ?? DEFAULT_RETRY_DELAY_MS;
   if (onFallback !== undefined && typeof onFallback !== "function") {
-    throw new TypeError(`applyWal(): onFallback must be a function, got ${describe(onFallback)}`);
+    throw new TypeError(mustBe(APPLY_WAL, "onFallback", "a function", onFallback));
   }
   if (typeof requireWal !== "boolean") {
-    throw new TypeError(`applyWal(): requireWal must be a boolean, got ${describe(requireWal)}`);
+    throw new TypeError(mustBe(APPLY_WAL, "requireWal", "a boolean", requireWal));
   }
-  if (typeof lockTimeoutMs !== "number") {
-    throw new TypeError(`Cannot apply WAL: 'lockTimeoutMs' must be a number, got ${describe(lockTimeoutMs)}`);
-  }
-  if (!Number.isFinite(lockTimeoutMs) || lockTimeoutMs < 0) {
-    throw new RangeError(
-      `Cannot apply WAL: 'lockTimeoutMs' must be a finite number >= 0, got ${describe(lockTimeoutMs)}`,
-    );
-  }
-  if (typeof retries !== "number") {
-    throw new TypeError(`applyWal(): retries must be a number, got ${describe(retries)}`);
-  }
+  checkMilliseconds("lockTimeoutMs", lockTimeoutMs);
+  if (typeof retries !== "number") throw new TypeError(mustBe(APPLY_WAL, "retries", "a number", retries));
   if (!Number.isSafeInteger(retries) || retries < 0) {
-    throw new RangeError(`applyWal(): retries must be a non-negative integer, got ${describe(retries)}`);
+    throw new RangeError(mustBe(APPLY_WAL, "retries", "a non-negative integer", retries));
   }
-  if (typeof retryDelayMs !== "number") {
-    throw new TypeError(`applyWal(): retryDelayMs must be a number, got ${describe(retryDelayMs)}`);
-  }
-  if (!Number.isFinite(retryDelayMs) || retryDelayMs < 0) {
-    throw new RangeError(
-      `applyWal(): retryDelayMs must be a finite number >= 0, got ${describe(retryDelayMs)}`,
-    );
-  }
-  const uri = checkUri(options, "apply WAL");
+  checkMilliseconds("retryDelayMs", retryDelayMs);
+  const uri = checkUri(options, APPLY_WAL);
   return { onFallback, requireWal, lockTimeoutMs, retries, retryDelayMs, uri };
+}
+
+function checkMilliseconds(name: string, value: unknown): void {
+  if (typeof value !== "number") throw new TypeError(mustBe(APPLY_WAL, name, "a number", value));
+  if (!Number.isFinite(value) || value < 0) {
+    throw new RangeError(mustBe(APPLY_WAL, name, "a finite number >= 0", value));
+  }
 }
 
 function checkUri(options: { uri?: boolean }, action: string): boolean | undefined {
   if (typeof options !== "object" || options === null) {
-    throw new TypeError(`Cannot ${action}: 'options' must be an object, got ${describe(options)}`);
+    throw new TypeError(mustBe(action, "options", "an object", options));
   }
   const { uri } = options;
   if (uri !== undefined && typeof uri !== "boolean") {
-    throw new TypeError(`Cannot ${action}: 'uri' must be a boolean, got ${describe(uri)}`);
+    throw new TypeError(mustBe(action, "uri", "a boolean", uri));
   }
   return uri;
+}
+
+/** The actions argument errors name. */
+const APPLY_WAL = "apply WAL";
+const CHECK_JOURNAL_MODE = "check the journal mode";
+
+/** The one shape of an argument error: `Cannot <action>: '<name>' must be <expected>, got <value>`. */
+function mustBe(action: string, name: string, expected: string, value: unknown): string {
+  return `Cannot ${action}: '${name}' must be ${expected}, got ${describe(value)}`;
 }
 
 function describe(value: unknown): string {

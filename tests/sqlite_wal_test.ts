@@ -394,7 +394,7 @@ describe("readJournalModeOnDisk", () => {
   it("readJournalModeOnDisk() rejects a non-string path with a TypeError", () => {
     assert.throws(() => readJournalModeOnDisk(42 as unknown as string), {
       name: "TypeError",
-      message: /path must be a string, got 42/,
+      message: /^Cannot read the journal mode on disk: 'path' must be a string, got 42$/,
     });
   });
 });
@@ -565,7 +565,10 @@ describe("applyWal (real SQLite)", () => {
       assert.equal(error.onDisk, "rollback");
       assert.equal(error.walFilePresent, true);
       assert.equal(error.answeredMode, "delete");
-      assert.match(error.message, /-wal file/);
+      assert.match(
+        error.message,
+        /^Cannot switch ".*" from WAL to DELETE: a -wal file is beside it, so other/,
+      );
       assert.equal(fallbacks, 0);
       assert.deepEqual(log, ["PRAGMA journal_mode", "PRAGMA database_list", "PRAGMA journal_mode=WAL"]);
     } finally {
@@ -1104,7 +1107,7 @@ describe("applyWal (fake driver)", () => {
     assert.ok(unsupported instanceof WalUnsupportedError);
     assert.equal(unsupported.cause, error);
     assert.equal(unsupported.onDisk, "absent");
-    assert.match(unsupported.message, /locking protocol/);
+    assert.match(unsupported.message, /^Cannot use WAL on ".*" as 'requireWal' demands: locking protocol$/);
     assert.deepEqual(db.log, ["PRAGMA journal_mode", "PRAGMA database_list", "PRAGMA journal_mode=WAL"]);
     assert.equal(fallbacks, 0);
   });
@@ -1284,7 +1287,7 @@ describe("applyWal (fake driver)", () => {
     let fallbacks = 0;
     const error = thrown(() => applyWal(db, freshPath("delete-wal"), { onFallback: () => fallbacks++ }));
     assert.ok(error instanceof Error);
-    assert.match(error.message, /PRAGMA journal_mode=DELETE answered "wal"/);
+    assert.match(error.message, /'PRAGMA journal_mode=DELETE' must answer "delete", got "wal"/);
     assert.equal(error.cause, marker);
     assert.equal(fallbacks, 0);
   });
@@ -1307,7 +1310,8 @@ describe("applyWal (fake driver)", () => {
     const db: SqliteLike = { prepare: () => ({ get: () => undefined }) };
     assert.throws(() => applyWal(db, freshPath("no-row")), {
       name: "TypeError",
-      message: /PRAGMA journal_mode to answer a journal mode string, got undefined/,
+      message:
+        /^Cannot read the journal mode: 'PRAGMA journal_mode' must be answered with a string, got undefined$/,
     });
   });
 
@@ -1316,52 +1320,58 @@ describe("applyWal (fake driver)", () => {
     const file = freshPath("args");
     assert.throws(() => applyWal(null as unknown as SqliteLike, file), {
       name: "TypeError",
-      message: /db must be/,
+      message: /^Cannot apply WAL: 'db' must be a connection with prepare\(sql\), got null$/,
     });
     assert.throws(() => applyWal({} as SqliteLike, file), { name: "TypeError", message: /got an object/ });
     assert.throws(() => applyWal(db, 7 as unknown as string), {
       name: "TypeError",
-      message: /path must be a string, got 7/,
+      message: /^Cannot apply WAL: 'path' must be a string, got 7$/,
     });
-    assert.throws(() => applyWal(db, file, null as never), { name: "TypeError", message: /options/ });
+    assert.throws(() => applyWal(db, file, null as never), {
+      name: "TypeError",
+      message: /^Cannot apply WAL: 'options' must be an object, got null$/,
+    });
     assert.throws(() => applyWal(db, file, { onFallback: "x" as unknown as () => void }), {
       name: "TypeError",
-      message: /onFallback must be a function, got "x"/,
+      message: /^Cannot apply WAL: 'onFallback' must be a function, got "x"$/,
     });
     assert.throws(() => applyWal(db, file, { requireWal: "yes" as unknown as boolean }), {
       name: "TypeError",
-      message: /requireWal must be a boolean, got "yes"/,
+      message: /^Cannot apply WAL: 'requireWal' must be a boolean, got "yes"$/,
     });
     assert.throws(() => applyWal(db, file, { retries: "2" as unknown as number }), {
       name: "TypeError",
-      message: /retries must be a number, got "2"/,
+      message: /^Cannot apply WAL: 'retries' must be a number, got "2"$/,
     });
     for (const retries of [-1, 1.5, Number.NaN, Infinity]) {
-      assert.throws(() => applyWal(db, file, { retries }), { name: "RangeError", message: /retries/ });
+      assert.throws(() => applyWal(db, file, { retries }), {
+        name: "RangeError",
+        message: /^Cannot apply WAL: 'retries' must be a non-negative integer, got /,
+      });
     }
     for (const retryDelayMs of [-1, Infinity, Number.NaN]) {
       assert.throws(() => applyWal(db, file, { retryDelayMs }), {
         name: "RangeError",
-        message: /retryDelayMs/,
+        message: /^Cannot apply WAL: 'retryDelayMs' must be a finite number >= 0, got /,
       });
     }
     assert.throws(() => applyWal(db, file, { retryDelayMs: "1" as unknown as number }), {
       name: "TypeError",
-      message: /retryDelayMs must be a number/,
+      message: /^Cannot apply WAL: 'retryDelayMs' must be a number, got "1"$/,
     });
     for (const lockTimeoutMs of [-1, Infinity, Number.NaN]) {
       assert.throws(() => applyWal(db, file, { lockTimeoutMs }), {
         name: "RangeError",
-        message: /'lockTimeoutMs' must be a finite number >= 0/,
+        message: /^Cannot apply WAL: 'lockTimeoutMs' must be a finite number >= 0, got /,
       });
     }
     assert.throws(() => applyWal(db, file, { lockTimeoutMs: "5" as unknown as number }), {
       name: "TypeError",
-      message: /'lockTimeoutMs' must be a number, got "5"/,
+      message: /^Cannot apply WAL: 'lockTimeoutMs' must be a number, got "5"$/,
     });
     assert.throws(() => applyWal(db, file, { uri: "yes" as unknown as boolean }), {
       name: "TypeError",
-      message: /'uri' must be a boolean, got "yes"/,
+      message: /^Cannot apply WAL: 'uri' must be a boolean, got "yes"$/,
     });
     assert.deepEqual(db.log, [], "nothing is sent before the arguments are checked");
   });
@@ -1466,11 +1476,18 @@ describe("checkJournalMode", () => {
   });
 
   it("checkJournalMode() rejects bad arguments with a TypeError", () => {
-    assert.throws(() => checkJournalMode(undefined as unknown as SqliteLike, "x"), TypeError);
-    assert.throws(() => checkJournalMode(new FakeDriver(), null as unknown as string), TypeError);
+    assert.throws(() => checkJournalMode(undefined as unknown as SqliteLike, "x"), {
+      name: "TypeError",
+      message:
+        /^Cannot check the journal mode: 'db' must be a connection with prepare\(sql\), got undefined$/,
+    });
+    assert.throws(() => checkJournalMode(new FakeDriver(), null as unknown as string), {
+      name: "TypeError",
+      message: /^Cannot check the journal mode: 'path' must be a string, got null$/,
+    });
     assert.throws(() => checkJournalMode(new FakeDriver(), "x", { uri: 1 as unknown as boolean }), {
       name: "TypeError",
-      message: /'uri' must be a boolean, got 1/,
+      message: /^Cannot check the journal mode: 'uri' must be a boolean, got 1$/,
     });
   });
 });
