@@ -5,11 +5,13 @@
  * - on open: the first call on a connection just opened (only the call is timed, not the open);
  * - warm: repeated calls on one open connection.
  *
- * Runs with `deno run -A`, `bun` or `node`; on Bun, bun:sqlite is measured too. Prints
+ * Runs with `deno run -A`, `bun` or `node`; on Bun, bun:sqlite is measured too, and better-sqlite3 wherever
+ * it loads (bun:sqlite finalises the statements applyWal prepares, a cost the ratio includes). Prints
  * `ratio applyWal/bare-pragma X` (on open) and the microseconds per call of each variant.
  */
 
 import * as fs from "node:fs";
+import { createRequire } from "node:module";
 import * as os from "node:os";
 import * as path from "node:path";
 import { DatabaseSync } from "node:sqlite";
@@ -100,6 +102,16 @@ try {
       const specifier = "bun:sqlite";
       const { Database } = await import(specifier);
       report("bun-sqlite", (f) => new Database(f) as Connection, file);
+    }
+    let Better: (new (file: string) => Connection) | null = null;
+    try {
+      Better = createRequire(import.meta.url)("better-sqlite3");
+    } catch (error) {
+      console.log(`# better-sqlite3 skipped: it does not load here (${String(error).split("\n")[0]})`);
+    }
+    if (Better !== null) {
+      const Database = Better;
+      report("better-sqlite3", (f) => new Database(f), file);
     }
   } finally {
     setup.close();
