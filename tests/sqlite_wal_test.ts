@@ -1066,25 +1066,19 @@ describe("applyWal (fake driver)", () => {
   });
 
   it("applyWal() reads a file: name literally for a stand-in that cannot say which file it opened", () => {
-    const literal = path.join(root, "literal-dir");
-    fs.mkdirSync(path.join(literal, "file:"), { recursive: true });
-    const walCopy = path.join(literal, "file:", "lit.sqlite");
-    fs.copyFileSync(walFile(), walCopy);
-    // Read literally, "file:/lit.sqlite" is the relative path literal-dir/file:/lit.sqlite (a WAL file);
-    // read as a URI it would be /lit.sqlite (absent), which would let a DELETE through.
-    const cwd = process.cwd();
-    process.chdir(literal);
-    try {
+    const dir = freshDir("literal-stand-in");
+    fs.copyFileSync(walFile(), path.join(dir, "file:lit.sqlite"));
+    // Read literally, "file:lit.sqlite" is that WAL file; read as a URI it would be lit.sqlite (absent),
+    // which would let a DELETE through.
+    inDir(dir, () => {
       const db = new FakeDriver({ walErrors: [new Error("locking protocol")] });
-      const refused = thrown(() => applyWal(db, "file:/lit.sqlite"));
+      const refused = thrown(() => applyWal(db, "file:lit.sqlite"));
       assert.ok(refused instanceof WalDowngradeRefusedError, String(refused));
       assert.equal(refused.onDisk, "wal");
       assert.deepEqual(db.deletes(), []);
       const asUri = new FakeDriver({ walErrors: [new Error("locking protocol")] });
-      assert.equal(applyWal(asUri, "file:/lit.sqlite", { uri: true }), "delete", "/lit.sqlite is absent");
-    } finally {
-      process.chdir(cwd);
-    }
+      assert.equal(applyWal(asUri, "file:lit.sqlite", { uri: true }), "delete", "lit.sqlite is absent");
+    });
   });
 
   for (const name of ["file:shared?mode=memory&cache=shared", "file:/x.db?vfs=memdb", "file::memory:"]) {
