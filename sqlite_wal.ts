@@ -8,13 +8,18 @@
  * filesystem ({@linkcode WAL_INCOMPATIBLE_MARKERS}: "locking protocol" on NFS, "not authorized" on some
  * FUSE mounts) or on a pragma that silently answers another mode, and only after the file's header
  * (bytes 18-19: 1 = rollback journal, 2 = WAL) and the absence of a `-wal` file prove that nobody uses
- * WAL on it. Every other error is re-thrown untouched. It works on any driver with `prepare(sql).get()`
- * (node:sqlite, bun:sqlite, better-sqlite3, @db/sqlite) and imports none.
+ * WAL on it. Every other error is re-thrown untouched, after a bounded wait when another connection holds
+ * the lock (several processes starting on one fresh file at once). It works on any driver with
+ * `prepare(sql).get()` (node:sqlite, bun:sqlite, better-sqlite3, @db/sqlite) and imports none.
+ *
+ * Which file is inspected is asked of the connection itself (`PRAGMA database_list`), because drivers
+ * read a `file:` name differently: node:sqlite opens with URI rules (`file:x.db` is `x.db`), bun:sqlite
+ * and better-sqlite3 open `file:x.db` as a literal file name.
  *
  * @module
  */
 
-import { readHead, sleepSync, statOrNull } from "./platform.ts";
+import { errorCode, readHead, sleepSync, statOrNull } from "./platform.ts";
 
 // ---------------------------------------------------------------------------------------------------
 // Public types and constants
@@ -55,7 +60,7 @@ export const WAL_INCOMPATIBLE_MARKERS: readonly string[] = Object.freeze([
 export type DiskJournalMode = "wal" | "rollback" | "empty" | "absent" | "not-sqlite";
 
 /**
- * A prepared statement of any driver: only `get()` is used.
+ * A prepared statement of any driver: `get()` is used, and `finalize()` where the driver has it.
  *
  * @example A node:sqlite statement is one
  * ```ts
@@ -70,6 +75,12 @@ export type DiskJournalMode = "wal" | "rollback" | "empty" | "absent" | "not-sql
 export interface SqliteStatementLike {
   /** Runs the statement and returns its first row (an object or an array of column values). */
   get(...params: unknown[]): unknown;
+  /**
+   * Releases the statement (bun:sqlite, @db/sqlite). {@linkcode applyWal} calls it on every statement it
+   * prepared, when the driver has it: bun:sqlite defers `close()` while a statement is alive, which keeps
+   * the lock and the `-wal`/`-shm` files until garbage collection.
+   */
+  finalize?(): void;
 }
 
 /**
@@ -105,54 +116,9 @@ export interface SqliteLike {
 export type WalResult = "wal" | "delete";
 
 /**
- * Default of {@linkcode ApplyWalOptions.requireWal}.
- *
- * @example Log the effective setting
- * ```ts
- * import { DatabaseSync } from "node:sqlite";
- * import { applyWal, DEFAULT_REQUIRE_WAL } from "./sqlite_wal.ts";
- * const config: { requireWal?: boolean } = {}; // the service's settings, nothing set
- * console.log(`requireWal=${config.requireWal ?? DEFAULT_REQUIRE_WAL}`); // "requireWal=false"
- * const db = new DatabaseSync("/tmp/example-config.db");
- * applyWal(db, "/tmp/example-config.db", config);
- * db.close();
- * ```
- */
-export const DEFAULT_REQUIRE_WAL = false;
-/**
- * Default of {@linkcode ApplyWalOptions.retries}.
- *
- * @example Retry only when the configuration asks for it
- * ```ts
- * import { DatabaseSync } from "node:sqlite";
- * import { applyWal, DEFAULT_WAL_RETRIES } from "./sqlite_wal.ts";
- * const config: { retries?: number } = JSON.parse('{"retries": 3}'); // the service's settings
- * const db = new DatabaseSync("/tmp/example-retries.db");
- * applyWal(db, "/tmp/example-retries.db", { retries: config.retries ?? DEFAULT_WAL_RETRIES });
- * db.close();
- * ```
- */
-export const DEFAULT_WAL_RETRIES = 0;
-/**
- * Default of {@linkcode ApplyWalOptions.retryDelayMs}.
- *
- * @example Bound the time spent retrying
- * ```ts
- * import { DatabaseSync } from "node:sqlite";
- * import { applyWal, DEFAULT_WAL_RETRY_DELAY_MS } from "./sqlite_wal.ts";
- * const retries = 4;
- * console.log(`applyWal sleeps at most ${retries * DEFAULT_WAL_RETRY_DELAY_MS} ms`); // 200 ms
- * const db = new DatabaseSync("/tmp/example-delay.db");
- * applyWal(db, "/tmp/example-delay.db", { retries });
- * db.close();
- * ```
- */
-export const DEFAULT_WAL_RETRY_DELAY_MS = 50;
-
-/**
  * Options for {@linkcode applyWal}.
  *
- * @example Retry busy errors and insist on WAL
+ * @example Retry I/O errors and insist on WAL
  * ```ts
  * import { DatabaseSync } from "node:sqlite";
  * import { applyWal, type ApplyWalOptions } from "./sqlite_wal.ts";
@@ -165,28 +131,69 @@ export const DEFAULT_WAL_RETRY_DELAY_MS = 50;
 export interface ApplyWalOptions {
   /**
    * Called with the reason once the connection has fallen back to `journal_mode=DELETE`: the driver's
-   * error carrying a permanent marker, or an `Error` saying which mode the WAL pragma answered instead.
-   * It runs after the switch; an exception it throws propagates to the caller of `applyWal`.
+   * error carrying a permanent marker, or an `Error` saying which mode the WAL pragma answered instead,
+   * or that the database is in memory (no file, so no WAL). It runs after the switch; an exception it
+   * throws propagates to the caller of `applyWal`.
    * @default undefined (the `"delete"` result is the only report)
    */
   onFallback?: (error: unknown) => void;
   /**
    * Throw {@linkcode WalUnsupportedError} instead of falling back when only DELETE is possible. Nothing
    * is sent to the database then.
-   * @default false ({@linkcode DEFAULT_REQUIRE_WAL})
+   * @default false
    */
   requireWal?: boolean;
   /**
-   * How many times to retry the pragmas after a transient error (busy, locked, I/O error) before
-   * re-throwing the last one. Permanent markers and other errors are never retried.
-   * @default 0 ({@linkcode DEFAULT_WAL_RETRIES})
+   * Milliseconds to wait out another connection's lock ("database is locked", `SQLITE_BUSY`,
+   * `SQLITE_LOCKED`) on the journal pragmas, counted on the monotonic clock from the first lock error,
+   * retrying with a growing pause (1 ms doubling up to 50 ms, jittered), before re-throwing the last
+   * error untouched. This is what lets several processes open one fresh database at the same moment:
+   * one converts it to WAL, the others wait for it. A `busy_timeout` set on the connection applies
+   * inside each attempt too. `0` re-throws the first lock error at once.
+   * @default 5000
+   */
+  lockTimeoutMs?: number;
+  /**
+   * How many times to retry the pragmas after a transient error (busy, locked, I/O error) once the lock
+   * wait is over, before re-throwing the last one. Permanent markers and other errors are never retried.
+   * @default 0
    */
   retries?: number;
   /**
-   * Milliseconds to sleep (synchronously, without burning a core) between two attempts.
-   * @default 50 ({@linkcode DEFAULT_WAL_RETRY_DELAY_MS})
+   * Milliseconds to sleep (synchronously, without burning a core) between two of those `retries`.
+   * @default 50
    */
   retryDelayMs?: number;
+  /**
+   * How `path` names the file, when you know better than the connection: `true` reads it with SQLite's
+   * URI rules (`file:x.db?mode=ro` is `x.db`; `file::memory:`, `mode=memory` and `vfs=memdb` are in
+   * memory), `false` as a literal file name (only `:memory:` and `""` are special), as bun:sqlite and
+   * better-sqlite3 open it. Nothing is asked of the connection then.
+   * @default undefined: the connection says which file it opened (`PRAGMA database_list`, which every
+   *   real driver answers: node:sqlite with URI rules, bun:sqlite and better-sqlite3 literally); a
+   *   stand-in that cannot answer it gets `path` read literally, as `sqlite3_open_v2` reads a name
+   *   without `SQLITE_OPEN_URI`.
+   */
+  uri?: boolean;
+}
+
+/**
+ * Options for {@linkcode checkJournalMode}.
+ *
+ * @example Check a connection that opened a `file:` name literally
+ * ```ts
+ * import { checkJournalMode, type CheckJournalModeOptions, type SqliteLike } from "./sqlite_wal.ts";
+ * const options: CheckJournalModeOptions = { uri: false };
+ * const fake: SqliteLike = { prepare: () => ({ get: () => ({ journal_mode: "delete" }) }) };
+ * console.log(checkJournalMode(fake, "file:example-literal.db", options).onDisk); // "absent"
+ * ```
+ */
+export interface CheckJournalModeOptions {
+  /**
+   * How `path` names the file, as for {@linkcode ApplyWalOptions.uri}.
+   * @default undefined (the connection says which file it opened)
+   */
+  uri?: boolean;
 }
 
 /**
@@ -198,11 +205,14 @@ export interface ApplyWalOptions {
  * const evidence: WalEvidence = { file: "/tmp/example.db", onDisk: "wal", walFilePresent: true };
  * const cause = new Error("locking protocol");
  * const error = new WalDowngradeRefusedError("/tmp/example.db", evidence, cause, null);
- * console.log(error.message); // Refusing to downgrade "/tmp/example.db" from WAL to DELETE: …
+ * console.log(error.message); // Cannot switch "/tmp/example.db" from WAL to DELETE: its header says WAL …
  * ```
  */
 export interface WalEvidence {
-  /** The file that was inspected (the path part of a `file:` URI), or `null` for an in-memory or temp database. */
+  /**
+   * The file that was inspected: the one the connection reports (`PRAGMA database_list`), or `path` read
+   * as the `uri` option says; `null` for an in-memory or temporary database.
+   */
   file: string | null;
   /** Its header, from {@linkcode readJournalModeOnDisk}; `"absent"` when `file` is `null`. */
   onDisk: DiskJournalMode;
@@ -242,7 +252,7 @@ export class WalDowngradeRefusedError extends Error {
   readonly onDisk: DiskJournalMode;
   /** `true` when a `-wal` file was beside it. */
   readonly walFilePresent: boolean;
-  /** The mode `PRAGMA journal_mode=WAL` answered without an error, or `null` when it threw. */
+  /** The mode `PRAGMA journal_mode=WAL` answered without an error; `null` when it threw or was not sent. */
   readonly answeredMode: string | null;
 
   /**
@@ -251,12 +261,12 @@ export class WalDowngradeRefusedError extends Error {
    * @param path The path `applyWal` was given.
    * @param evidence What the filesystem said.
    * @param cause Why WAL could not be set.
-   * @param answeredMode The mode the pragma answered, or `null` when it threw.
+   * @param answeredMode The mode the pragma answered; `null` when it threw or was not sent.
    */
   constructor(path: string, evidence: WalEvidence, cause: unknown, answeredMode: string | null) {
     super(
-      `Refusing to downgrade ${JSON.stringify(path)} from WAL to DELETE: ${walEvidenceText(evidence)}, ` +
-        `so other connections may be using WAL (WAL failed: ${reasonText(cause)})`,
+      `Cannot switch ${JSON.stringify(path)} from WAL to DELETE: ${walEvidenceText(evidence)}, so other ` +
+        `connections may be using WAL (WAL failed: ${reasonText(cause)})`,
       { cause },
     );
     this.name = "WalDowngradeRefusedError";
@@ -296,7 +306,7 @@ export class WalUnsupportedError extends Error {
   readonly onDisk: DiskJournalMode;
   /** `true` when a `-wal` file was beside it (always `false`: that would have been a refusal). */
   readonly walFilePresent: boolean;
-  /** The mode `PRAGMA journal_mode=WAL` answered without an error, or `null` when it threw. */
+  /** The mode `PRAGMA journal_mode=WAL` answered without an error; `null` when it threw or was not sent. */
   readonly answeredMode: string | null;
 
   /**
@@ -305,11 +315,11 @@ export class WalUnsupportedError extends Error {
    * @param path The path `applyWal` was given.
    * @param evidence What the filesystem said.
    * @param cause Why WAL could not be set.
-   * @param answeredMode The mode the pragma answered, or `null` when it threw.
+   * @param answeredMode The mode the pragma answered; `null` when it threw or was not sent.
    */
   constructor(path: string, evidence: WalEvidence, cause: unknown, answeredMode: string | null) {
     super(
-      `WAL is required but not supported for ${JSON.stringify(path)}: ${reasonText(cause)}`,
+      `Cannot use WAL on ${JSON.stringify(path)} as 'requireWal' demands: ${reasonText(cause)}`,
       { cause },
     );
     this.name = "WalUnsupportedError";
@@ -377,7 +387,7 @@ export interface JournalModeReport {
  */
 export function readJournalModeOnDisk(path: string): DiskJournalMode {
   if (typeof path !== "string") {
-    throw new TypeError(`Cannot read the journal mode on disk: path must be a string, got ${describe(path)}`);
+    throw new TypeError(mustBe("read the journal mode on disk", "path", "a string", path));
   }
   const stat = statOrNull(path);
   if (stat === null) return "absent";
@@ -437,34 +447,40 @@ export function isWalIncompatibleError(error: unknown): boolean {
  * Puts a connection in WAL mode, falling back to DELETE only when that cannot corrupt a shared file.
  *
  * 1. `PRAGMA journal_mode`: already `wal`, return `"wal"` and send nothing else.
- * 2. `PRAGMA journal_mode=WAL`, trusting its answer: `wal` returns `"wal"`; any other answer without an
- *    error (a VFS or filesystem that silently refuses WAL, a temp database) is treated like a permanent
- *    marker below, never reported as WAL.
- * 3. An error with a permanent marker ({@linkcode isWalIncompatibleError}): read the header of the file
+ * 2. Which file is it? The connection says (`PRAGMA database_list`), unless the `uri` option says how to
+ *    read `path`. An in-memory or temporary database (no file: `:memory:`, `""`, `file::memory:`,
+ *    `mode=memory`, the `memdb` VFS) cannot use WAL and has nothing to share: nothing more is sent,
+ *    `onFallback` gets an `Error` saying so and `"delete"` is returned (not WAL; the connection keeps
+ *    the journal mode it has, `memory` or `delete`), or with `requireWal` {@linkcode WalUnsupportedError}
+ *    is thrown.
+ * 3. `PRAGMA journal_mode=WAL`, trusting its answer: `wal` returns `"wal"`; any other answer without an
+ *    error (a VFS or filesystem that silently refuses WAL) is treated like a permanent marker below,
+ *    never reported as WAL.
+ * 4. An error with a permanent marker ({@linkcode isWalIncompatibleError}): read the header of the file
  *    and look for `<file>-wal`. If the header says WAL (or is not SQLite) or the `-wal` file exists,
  *    throw {@linkcode WalDowngradeRefusedError} and send nothing more. Else, with `requireWal`, throw
  *    {@linkcode WalUnsupportedError}. Else send `PRAGMA journal_mode=DELETE` with `busy_timeout` 0 for
  *    that statement (so it fails, rather than waits, while another connection is open; the previous
  *    `busy_timeout` is restored after), call `onFallback(error)` and return `"delete"`.
- * 4. Any other error ("disk I/O error", "database is locked", read-only, …) is re-thrown untouched, the
- *    same object, with no DELETE sent; transient ones (busy, locked, I/O) are first retried `retries`
- *    times, `retryDelayMs` apart.
+ * 5. Another connection's lock ("database is locked") on steps 1 and 3 is waited out for up to
+ *    `lockTimeoutMs`; transient errors (busy, locked, I/O) are then retried `retries` times,
+ *    `retryDelayMs` apart. Every other error, and the last one once those are spent, is re-thrown
+ *    untouched, the same object, with no DELETE sent.
  *
- * An in-memory database (`:memory:`) answers `memory`: it has no file and no other connection, so WAL
- * is impossible and harmless to go without. It is treated as step 3 on an absent file: `"delete"` is
- * returned (the journal stays in memory) after `onFallback`, or `WalUnsupportedError` with `requireWal`.
- * `path` may be the `file:` URI the database was opened with; its path part is inspected. An error while
- * reading the header (e.g. `EACCES`) is thrown as is, and nothing is changed.
+ * Every statement it prepares is finalised where the driver can (`finalize()`), so `close()` releases
+ * the file at once on every driver. An error while reading the header (e.g. `EACCES`) is thrown as is,
+ * and nothing is changed.
  *
  * @param db An open connection of any driver with `prepare(sql).get()`.
- * @param path The file the connection was opened on (a plain path or a `file:` URI).
- * @param options `onFallback`, `requireWal`, `retries`, `retryDelayMs`.
- * @returns `"wal"`, or `"delete"` after a fallback.
+ * @param path The name the connection was opened with (a path, a `file:` name, `:memory:`).
+ * @param options `onFallback`, `requireWal`, `lockTimeoutMs`, `retries`, `retryDelayMs`, `uri`.
+ * @returns `"wal"`, or `"delete"` after a fallback or for a database without a file.
  * @throws {WalDowngradeRefusedError} WAL failed permanently on a file that WAL is in use on.
  * @throws {WalUnsupportedError} `requireWal` and only DELETE is possible.
  * @throws {TypeError} `db` has no `prepare`, `path` is not a string, an option has the wrong type, or the
  *   driver answers a journal mode that is not a string.
- * @throws {RangeError} `retries` or `retryDelayMs` is negative, fractional or not finite.
+ * @throws {RangeError} `lockTimeoutMs` or `retryDelayMs` is negative or not finite, or `retries` is not a
+ *   non-negative integer.
  *
  * @example Open a shared database in WAL mode
  * ```ts
@@ -472,28 +488,44 @@ export function isWalIncompatibleError(error: unknown): boolean {
  * import { applyWal } from "./sqlite_wal.ts";
  * const path = "/tmp/example-shared.db";
  * const db = new DatabaseSync(path);
- * db.exec("PRAGMA busy_timeout = 5000");
  * const mode = applyWal(db, path, {
- *   retries: 3,
  *   onFallback: (error) => console.warn(`WAL unavailable, using DELETE: ${error}`),
  * });
  * console.log(mode); // "wal"
+ * db.exec("PRAGMA busy_timeout = 5000"); // for the application's own writes
  * db.close();
  * ```
  */
 export function applyWal(db: SqliteLike, path: string, options: ApplyWalOptions = {}): WalResult {
-  checkDb(db, "applyWal");
-  checkPath(path, "applyWal");
+  checkDb(db, APPLY_WAL);
+  checkPath(path, APPLY_WAL);
   const settings = checkOptions(options);
+  let lockDeadline: number | undefined; // set at the first lock error: the common path reads no clock
+  let lockPause = LOCK_PAUSE_FIRST_MS;
   let attempt = 0;
+  let file: string | null | undefined; // asked once, after the first answer that is not "wal"
   let answer: string;
   for (;;) {
     try {
       if (journalMode(db, PRAGMA_READ_MODE) === "wal") return "wal";
+      if (file === undefined) file = databaseFile(db, path, settings.uri);
+      if (file === null) return noFile(path, settings);
       answer = journalMode(db, PRAGMA_SET_WAL);
       break;
     } catch (error) {
-      if (isWalIncompatibleError(error)) return fallBack(db, path, error, null, settings);
+      if (isWalIncompatibleError(error)) {
+        return fallBack(db, path, file ?? databaseFile(db, path, settings.uri), error, null, settings);
+      }
+      if (isLockError(error)) {
+        lockDeadline ??= performance.now() + settings.lockTimeoutMs;
+        const left = lockDeadline - performance.now();
+        if (left > 0) {
+          // Jittered, so that processes started together do not retry in lockstep.
+          sleepSync(Math.min(left, lockPause * (0.5 + Math.random() / 2)));
+          lockPause = Math.min(lockPause * 2, LOCK_PAUSE_MAX_MS);
+          continue;
+        }
+      }
       if (attempt >= settings.retries || !isTransientError(error)) throw error;
       attempt++;
       sleepSync(settings.retryDelayMs);
@@ -501,17 +533,17 @@ export function applyWal(db: SqliteLike, path: string, options: ApplyWalOptions 
   }
   if (answer === "wal") return "wal";
   const refusal = new Error(
-    `PRAGMA journal_mode=WAL answered ${JSON.stringify(answer)} without an error: ` +
-      (databaseFile(path) === null
-        ? "an in-memory or temp database has no WAL"
-        : "the VFS or filesystem refuses WAL"),
+    `'${PRAGMA_SET_WAL}' answered ${JSON.stringify(answer)} without an error: the VFS or filesystem ` +
+      "refuses WAL",
   );
-  return fallBack(db, path, refusal, answer, settings);
+  return fallBack(db, path, file, refusal, answer, settings);
 }
 
 /**
  * Compares a connection's journal mode with what the filesystem says, for a startup health check. It
- * only reads: `PRAGMA journal_mode` (no argument), the file's header and the presence of `<file>-wal`.
+ * only reads: `PRAGMA journal_mode` (no argument), `PRAGMA database_list` (which file the connection
+ * opened, unless the `uri` option says how to read `path`), the file's header and the presence of
+ * `<file>-wal`.
  *
  * They agree when the connection is `wal` and the header says WAL (or the file is still empty), when the
  * connection uses a rollback journal (`delete`, `truncate`, `persist`, `off`) on a rollback or empty file
@@ -520,9 +552,10 @@ export function applyWal(db: SqliteLike, path: string, options: ApplyWalOptions 
  * connection) is worth an alarm: `agree` is `false` and `reason` says why.
  *
  * @param db An open connection of any driver with `prepare(sql).get()`.
- * @param path The file the connection was opened on (a plain path or a `file:` URI).
+ * @param path The name the connection was opened with (a path, a `file:` name, `:memory:`).
+ * @param options `uri`: how `path` names the file, as for {@linkcode applyWal}.
  * @returns The connection's mode, the on-disk mode, whether a `-wal` file exists, and whether they agree.
- * @throws {TypeError} `db` has no `prepare` or `path` is not a string.
+ * @throws {TypeError} `db` has no `prepare`, `path` is not a string or `options.uri` is not a boolean.
  *
  * @example Log a warning when a sibling disagrees
  * ```ts
@@ -537,11 +570,16 @@ export function applyWal(db: SqliteLike, path: string, options: ApplyWalOptions 
  * db.close();
  * ```
  */
-export function checkJournalMode(db: SqliteLike, path: string): JournalModeReport {
-  checkDb(db, "checkJournalMode");
-  checkPath(path, "checkJournalMode");
+export function checkJournalMode(
+  db: SqliteLike,
+  path: string,
+  options: CheckJournalModeOptions = {},
+): JournalModeReport {
+  checkDb(db, CHECK_JOURNAL_MODE);
+  checkPath(path, CHECK_JOURNAL_MODE);
+  const uri = checkUri(options, CHECK_JOURNAL_MODE);
   const connection = journalMode(db, PRAGMA_READ_MODE);
-  const evidence = gatherEvidence(path);
+  const evidence = gatherEvidence(databaseFile(db, path, uri));
   const reason = disagreement(connection, evidence);
   return {
     connection,
@@ -560,6 +598,16 @@ const PRAGMA_READ_MODE = "PRAGMA journal_mode";
 const PRAGMA_SET_WAL = "PRAGMA journal_mode=WAL";
 const PRAGMA_SET_DELETE = "PRAGMA journal_mode=DELETE";
 const PRAGMA_READ_BUSY_TIMEOUT = "PRAGMA busy_timeout";
+const PRAGMA_DATABASE_LIST = "PRAGMA database_list";
+
+/** Defaults of {@linkcode ApplyWalOptions}. */
+const DEFAULT_REQUIRE_WAL = false;
+const DEFAULT_LOCK_TIMEOUT_MS = 5000;
+const DEFAULT_RETRIES = 0;
+const DEFAULT_RETRY_DELAY_MS = 50;
+/** The pause between two attempts while another connection holds the lock: 1 ms, doubling up to 50 ms. */
+const LOCK_PAUSE_FIRST_MS = 1;
+const LOCK_PAUSE_MAX_MS = 50;
 
 const SQLITE_HEADER_BYTES = 100;
 /** "SQLite format 3\0" */
@@ -597,15 +645,17 @@ const PERMANENT_RESULT_CODES: readonly number[] = [SQLITE_PROTOCOL, SQLITE_AUTH]
 const PERMANENT_CODE_NAMES: readonly string[] = ["SQLITE_PROTOCOL", "SQLITE_AUTH"];
 /** `sqlite3_errstr()` of SQLITE_PROTOCOL and SQLITE_AUTH, as node:sqlite puts it in `errstr`. */
 const PERMANENT_ERRSTRS: readonly string[] = ["locking protocol", "authorization denied"];
-const TRANSIENT_RESULT_CODES: readonly number[] = [SQLITE_BUSY, SQLITE_LOCKED, SQLITE_IOERR];
-const TRANSIENT_CODE_NAMES: readonly string[] = ["SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_IOERR"];
-/** `sqlite3_errstr()` of the transient codes and the messages SQLite builds from them. */
-const TRANSIENT_MESSAGES: readonly string[] = [
+const LOCK_RESULT_CODES: readonly number[] = [SQLITE_BUSY, SQLITE_LOCKED];
+const LOCK_CODE_NAMES: readonly string[] = ["SQLITE_BUSY", "SQLITE_LOCKED"];
+/** `sqlite3_errstr()` of the lock codes and the messages SQLite builds from them. */
+const LOCK_MESSAGES: readonly string[] = [
   "database is locked",
   "database table is locked",
   "database schema is locked",
-  "disk i/o error",
 ];
+const TRANSIENT_RESULT_CODES: readonly number[] = [...LOCK_RESULT_CODES, SQLITE_IOERR];
+const TRANSIENT_CODE_NAMES: readonly string[] = [...LOCK_CODE_NAMES, "SQLITE_IOERR"];
+const TRANSIENT_MESSAGES: readonly string[] = [...LOCK_MESSAGES, "disk i/o error"];
 
 /** The connection modes that use a rollback journal (or none) in the database file itself. */
 const ROLLBACK_MODES: readonly string[] = ["delete", "truncate", "persist", "off"];
@@ -613,19 +663,22 @@ const ROLLBACK_MODES: readonly string[] = ["delete", "truncate", "persist", "off
 interface WalSettings {
   onFallback: ((error: unknown) => void) | undefined;
   requireWal: boolean;
+  lockTimeoutMs: number;
   retries: number;
   retryDelayMs: number;
+  uri: boolean | undefined;
 }
 
 /** Step 3 of {@linkcode applyWal}: refuse, throw for `requireWal`, or switch to DELETE. */
 function fallBack(
   db: SqliteLike,
   path: string,
+  file: string | null,
   cause: unknown,
   answeredMode: string | null,
   settings: WalSettings,
 ): WalResult {
-  const evidence = gatherEvidence(path);
+  const evidence = gatherEvidence(file);
   if (evidence.onDisk === "wal" || evidence.onDisk === "not-sqlite" || evidence.walFilePresent) {
     throw new WalDowngradeRefusedError(path, evidence, cause, answeredMode);
   }
@@ -650,8 +703,8 @@ function fallBack(
   // An in-memory database keeps answering "memory": no file, no rollback journal on disk, no risk.
   if (mode !== "delete" && mode !== "memory") {
     throw new Error(
-      `Cannot fall back to DELETE on ${JSON.stringify(path)}: PRAGMA journal_mode=DELETE answered ` +
-        `${JSON.stringify(mode)} (WAL failed: ${reasonText(cause)})`,
+      `Cannot fall back to DELETE on ${JSON.stringify(path)}: '${PRAGMA_SET_DELETE}' must answer "delete", ` +
+        `got ${JSON.stringify(mode)} (WAL failed: ${reasonText(cause)})`,
       { cause },
     );
   }
@@ -659,9 +712,20 @@ function fallBack(
   return "delete";
 }
 
-/** Reads the header of the file behind `path` and looks for its `-wal` file. */
-function gatherEvidence(path: string): WalEvidence {
-  const file = databaseFile(path);
+/** Step 2 of {@linkcode applyWal} for a database without a file: nothing to switch, nothing to share. */
+function noFile(path: string, settings: WalSettings): WalResult {
+  const reason = new Error(
+    `${JSON.stringify(path)} is an in-memory or temporary database; it has no file, so ` +
+      "no WAL and no other connection to share it with",
+  );
+  const evidence: WalEvidence = { file: null, onDisk: "absent", walFilePresent: false };
+  if (settings.requireWal) throw new WalUnsupportedError(path, evidence, reason, null);
+  settings.onFallback?.(reason);
+  return "delete";
+}
+
+/** Reads the header of `file` and looks for its `-wal` file (`null`: no file at all). */
+function gatherEvidence(file: string | null): WalEvidence {
   if (file === null) return { file: null, onDisk: "absent", walFilePresent: false };
   return {
     file,
@@ -671,20 +735,59 @@ function gatherEvidence(path: string): WalEvidence {
 }
 
 /**
- * The filesystem path behind what a database was opened with: `null` for `""` (a temp database) and
- * `:memory:`; the decoded path part of a `file:` URI (`file:/a/b.db?vfs=x`, `file:///a/b.db`,
- * `file://localhost/a/b.db`), `null` for a URI with `mode=memory` or the path `:memory:`.
+ * The file behind a connection, or `null` when it has none (in memory, temporary). With `uri` unset the
+ * connection says which file SQLite opened: that is the only reliable answer, because drivers read a
+ * `file:` name differently (node:sqlite with `SQLITE_OPEN_URI` on Deno, Bun and Node; bun:sqlite and
+ * better-sqlite3 without it, so `file:x.db` is a file of that name).
  */
-function databaseFile(path: string): string | null {
-  if (path === "" || path === ":memory:") return null;
-  if (!path.startsWith("file:")) return path;
+function databaseFile(db: SqliteLike, path: string, uri: boolean | undefined): string | null {
+  if (uri === true) return uriFile(path);
+  if (uri === false) return literalFile(path);
+  const reported = reportedFile(db);
+  if (reported !== undefined) return reported === "" ? null : reported;
+  return literalFile(path);
+}
+
+/**
+ * The main database's file as the connection reports it (`""` for in-memory and temporary databases),
+ * or `undefined` when it cannot answer: a stand-in that only plays journal pragmas. Such a failure is
+ * not reported: the caller then reads `path` literally, the documented default, and a real driver that
+ * failed here fails the journal pragmas too.
+ */
+function reportedFile(db: SqliteLike): string | undefined {
+  let row: unknown;
+  try {
+    row = queryRow(db, PRAGMA_DATABASE_LIST); // seq 0 is "main"
+  } catch {
+    return undefined;
+  }
+  const file = Array.isArray(row)
+    ? row[2]
+    : typeof row === "object" && row !== null
+    ? (row as Record<string, unknown>)["file"]
+    : undefined;
+  return typeof file === "string" ? file : undefined;
+}
+
+/** `path` as `sqlite3_open_v2` reads it without `SQLITE_OPEN_URI`: only `""` and `:memory:` are special. */
+function literalFile(path: string): string | null {
+  return path === "" || path === ":memory:" ? null : path;
+}
+
+/**
+ * `path` as SQLite reads it with URI rules: the decoded path part of a `file:` URI (`file:/a/b.db?vfs=x`,
+ * `file:///a/b.db`, `file://localhost/a/b.db`); `null` for `mode=memory`, the `memdb` VFS and the path
+ * `:memory:`. A name without `file:` is literal.
+ */
+function uriFile(path: string): string | null {
+  if (!path.startsWith("file:")) return literalFile(path);
   let rest = path.slice("file:".length);
   const hash = rest.indexOf("#");
   if (hash >= 0) rest = rest.slice(0, hash);
   const question = rest.indexOf("?");
-  const query = question >= 0 ? rest.slice(question + 1) : "";
+  const query = question >= 0 ? rest.slice(question + 1).split("&") : [];
   if (question >= 0) rest = rest.slice(0, question);
-  if (query.split("&").some((pair) => pair === "mode=memory")) return null;
+  if (query.includes("mode=memory") || query.includes("vfs=memdb")) return null;
   if (rest.startsWith("//")) {
     const slash = rest.indexOf("/", 2);
     rest = slash >= 0 ? rest.slice(slash) : "";
@@ -695,8 +798,7 @@ function databaseFile(path: string): string | null {
   } catch {
     decoded = rest; // not percent-encoded after all: SQLite takes such bytes literally too
   }
-  if (decoded === "" || decoded === ":memory:") return null;
-  return decoded;
+  return literalFile(decoded);
 }
 
 /** Why a connection's mode and the filesystem disagree, or `null` when they agree. */
@@ -723,26 +825,54 @@ function disagreement(connection: string, evidence: WalEvidence): string | null 
   return `the connection reports an unknown journal mode ${JSON.stringify(connection)}`;
 }
 
+/**
+ * Prepares `sql`, returns its first row and finalises the statement where the driver can: bun:sqlite
+ * defers `close()` (and keeps its lock and `-wal` file) while a statement lives.
+ */
+function queryRow(db: SqliteLike, sql: string): unknown {
+  const statement = db.prepare(sql);
+  let row: unknown;
+  try {
+    row = statement.get();
+  } catch (error) {
+    try {
+      statement.finalize?.();
+    } catch {
+      // The statement's own error is the one the caller must see, untouched.
+    }
+    throw error;
+  }
+  statement.finalize?.();
+  return row;
+}
+
 /** Runs a `journal_mode` pragma and returns the mode it answers, lower-cased. */
 function journalMode(db: SqliteLike, sql: string): string {
-  const value = firstColumn(db.prepare(sql).get());
+  const value = firstColumn(queryRow(db, sql));
   if (typeof value !== "string") {
-    throw new TypeError(`Expected ${sql} to answer a journal mode string, got ${describe(value)}`);
+    throw new TypeError(mustBe("read the journal mode", sql, "answered with a string", value));
   }
   return value.toLowerCase();
 }
 
 function busyTimeout(db: SqliteLike): number {
-  const value = firstColumn(db.prepare(PRAGMA_READ_BUSY_TIMEOUT).get());
+  const value = firstColumn(queryRow(db, PRAGMA_READ_BUSY_TIMEOUT));
   const timeout = typeof value === "bigint" ? Number(value) : value;
   if (typeof timeout !== "number" || !Number.isSafeInteger(timeout) || timeout < 0) {
-    throw new TypeError(`Expected ${PRAGMA_READ_BUSY_TIMEOUT} to answer a number, got ${describe(value)}`);
+    throw new TypeError(
+      mustBe(
+        "read the busy timeout",
+        PRAGMA_READ_BUSY_TIMEOUT,
+        "answered with a non-negative integer",
+        value,
+      ),
+    );
   }
   return timeout;
 }
 
 function setBusyTimeout(db: SqliteLike, ms: number): void {
-  db.prepare(`PRAGMA busy_timeout=${ms}`).get();
+  queryRow(db, `PRAGMA busy_timeout=${ms}`);
 }
 
 /** The first column of a row, whether the driver returns rows as objects or as arrays. */
@@ -752,6 +882,20 @@ function firstColumn(row: unknown): unknown {
     for (const key in row) return (row as Record<string, unknown>)[key];
   }
   return undefined;
+}
+
+/** Another connection holds a lock: `SQLITE_BUSY` or `SQLITE_LOCKED`, extended codes included. */
+function isLockError(error: unknown): boolean {
+  const code = sqliteResultCode(error);
+  if (code !== undefined && LOCK_RESULT_CODES.includes(code & PRIMARY_CODE_MASK)) return true;
+  const codeName = sqliteCodeName(error);
+  if (codeName !== undefined && LOCK_CODE_NAMES.some((name) => isCodeName(codeName, name))) return true;
+  for (const text of [errorField(error, "message"), errorField(error, "errstr")]) {
+    if (typeof text !== "string") continue;
+    const lower = text.toLowerCase();
+    if (LOCK_MESSAGES.some((message) => lower.includes(message))) return true;
+  }
+  return false;
 }
 
 function isTransientError(error: unknown): boolean {
@@ -815,8 +959,8 @@ function isKnownVersion(byte: number): boolean {
 }
 
 function isNotThere(error: unknown): boolean {
-  const code = errorField(error, "code");
-  return code === "ENOENT" || code === "ENOTDIR" || errorField(error, "name") === "NotFound";
+  const code = errorCode(error);
+  return code === "ENOENT" || code === "ENOTDIR";
 }
 
 function walEvidenceText(evidence: WalEvidence): string {
@@ -832,46 +976,65 @@ function reasonText(cause: unknown): string {
   return String(cause);
 }
 
-function checkDb(db: unknown, caller: string): void {
+function checkDb(db: unknown, action: string): void {
   if (typeof db !== "object" || db === null || typeof (db as { prepare?: unknown }).prepare !== "function") {
-    throw new TypeError(`${caller}(): db must be a connection with prepare(sql), got ${describe(db)}`);
+    throw new TypeError(mustBe(action, "db", "a connection with prepare(sql)", db));
   }
 }
 
-function checkPath(path: unknown, caller: string): void {
-  if (typeof path !== "string") {
-    throw new TypeError(`${caller}(): path must be a string, got ${describe(path)}`);
-  }
+function checkPath(path: unknown, action: string): void {
+  if (typeof path !== "string") throw new TypeError(mustBe(action, "path", "a string", path));
 }
 
 function checkOptions(options: ApplyWalOptions): WalSettings {
   if (typeof options !== "object" || options === null) {
-    throw new TypeError(`applyWal(): options must be an object, got ${describe(options)}`);
+    throw new TypeError(mustBe(APPLY_WAL, "options", "an object", options));
   }
   const { onFallback, requireWal = DEFAULT_REQUIRE_WAL } = options;
-  const retries = options.retries ?? DEFAULT_WAL_RETRIES;
-  const retryDelayMs = options.retryDelayMs ?? DEFAULT_WAL_RETRY_DELAY_MS;
+  const lockTimeoutMs = options.lockTimeoutMs ?? DEFAULT_LOCK_TIMEOUT_MS;
+  const retries = options.retries ?? DEFAULT_RETRIES;
+  const retryDelayMs = options.retryDelayMs ?? DEFAULT_RETRY_DELAY_MS;
   if (onFallback !== undefined && typeof onFallback !== "function") {
-    throw new TypeError(`applyWal(): onFallback must be a function, got ${describe(onFallback)}`);
+    throw new TypeError(mustBe(APPLY_WAL, "onFallback", "a function", onFallback));
   }
   if (typeof requireWal !== "boolean") {
-    throw new TypeError(`applyWal(): requireWal must be a boolean, got ${describe(requireWal)}`);
+    throw new TypeError(mustBe(APPLY_WAL, "requireWal", "a boolean", requireWal));
   }
-  if (typeof retries !== "number") {
-    throw new TypeError(`applyWal(): retries must be a number, got ${describe(retries)}`);
-  }
+  checkMilliseconds("lockTimeoutMs", lockTimeoutMs);
+  if (typeof retries !== "number") throw new TypeError(mustBe(APPLY_WAL, "retries", "a number", retries));
   if (!Number.isSafeInteger(retries) || retries < 0) {
-    throw new RangeError(`applyWal(): retries must be a non-negative integer, got ${describe(retries)}`);
+    throw new RangeError(mustBe(APPLY_WAL, "retries", "a non-negative integer", retries));
   }
-  if (typeof retryDelayMs !== "number") {
-    throw new TypeError(`applyWal(): retryDelayMs must be a number, got ${describe(retryDelayMs)}`);
+  checkMilliseconds("retryDelayMs", retryDelayMs);
+  const uri = checkUri(options, APPLY_WAL);
+  return { onFallback, requireWal, lockTimeoutMs, retries, retryDelayMs, uri };
+}
+
+function checkMilliseconds(name: string, value: unknown): void {
+  if (typeof value !== "number") throw new TypeError(mustBe(APPLY_WAL, name, "a number", value));
+  if (!Number.isFinite(value) || value < 0) {
+    throw new RangeError(mustBe(APPLY_WAL, name, "a finite number >= 0", value));
   }
-  if (!Number.isFinite(retryDelayMs) || retryDelayMs < 0) {
-    throw new RangeError(
-      `applyWal(): retryDelayMs must be a finite number >= 0, got ${describe(retryDelayMs)}`,
-    );
+}
+
+function checkUri(options: { uri?: boolean }, action: string): boolean | undefined {
+  if (typeof options !== "object" || options === null) {
+    throw new TypeError(mustBe(action, "options", "an object", options));
   }
-  return { onFallback, requireWal, retries, retryDelayMs };
+  const { uri } = options;
+  if (uri !== undefined && typeof uri !== "boolean") {
+    throw new TypeError(mustBe(action, "uri", "a boolean", uri));
+  }
+  return uri;
+}
+
+/** The actions argument errors name. */
+const APPLY_WAL = "apply WAL";
+const CHECK_JOURNAL_MODE = "check the journal mode";
+
+/** The one shape of an argument error: `Cannot <action>: '<name>' must be <expected>, got <value>`. */
+function mustBe(action: string, name: string, expected: string, value: unknown): string {
+  return `Cannot ${action}: '${name}' must be ${expected}, got ${describe(value)}`;
 }
 
 function describe(value: unknown): string {

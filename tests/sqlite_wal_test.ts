@@ -2,6 +2,7 @@ import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import * as fs from "node:fs";
+import { createRequire } from "node:module";
 import * as os from "node:os";
 import * as path from "node:path";
 import { constants as sqliteConstants, DatabaseSync } from "node:sqlite";
@@ -9,8 +10,6 @@ import { runtime, scriptCommand } from "../platform.ts";
 import {
   applyWal,
   checkJournalMode,
-  DEFAULT_WAL_RETRIES,
-  DEFAULT_WAL_RETRY_DELAY_MS,
   isWalIncompatibleError,
   readJournalModeOnDisk,
   type SqliteLike,
@@ -32,6 +31,36 @@ const NO_BUN = "bun:sqlite exists only on Bun";
 const HAS_AUTHORIZER = typeof (DatabaseSync.prototype as { setAuthorizer?: unknown }).setAuthorizer ===
   "function";
 const NO_AUTHORIZER = "this node:sqlite has no setAuthorizer(): a real SQLITE_AUTH cannot be provoked";
+
+/** The drivers a test can open a real database with, beyond node:sqlite. */
+interface RealConnection extends SqliteLike {
+  exec(sql: string): void;
+  close(): void;
+}
+type OpenDatabase = (name: string) => RealConnection;
+
+/** bun:sqlite's Database, or `null` off Bun. */
+async function bunSqlite(): Promise<OpenDatabase | null> {
+  if (runtime !== "bun") return null;
+  const specifier = "bun:sqlite"; // a variable: only Bun resolves it, and only Bun gets here
+  const { Database } = await import(specifier);
+  return (name) => new Database(name) as RealConnection;
+}
+
+/**
+ * better-sqlite3 (a pinned devDependency: an N-API addon whose package carries prebuilt binaries, so it
+ * installs without a compiler and loads on Deno, Bun and Node), or why it cannot be tested here.
+ */
+function betterSqlite3(): { open: OpenDatabase | null; reason: string } {
+  try {
+    const Database = createRequire(import.meta.url)("better-sqlite3");
+    return { open: (name) => new Database(name) as RealConnection, reason: "" };
+  } catch (error) {
+    const why = String((error as Error).message ?? error).split("\n")[0];
+    return { open: null, reason: `better-sqlite3 does not load on ${runtime} here: ${why}` };
+  }
+}
+const BETTER = betterSqlite3();
 
 let root = "";
 let counter = 0;
@@ -95,8 +124,10 @@ function recording(db: SqliteLike): { db: SqliteLike; log: string[] } {
 interface FakeOptions {
   /** The connection's mode before anything. @default "delete" */
   mode?: string;
-  /** Thrown by PRAGMA journal_mode=WAL, one per call in order; the last one repeats. */
+  /** Thrown by PRAGMA journal_mode=WAL, one per call in order. */
   walErrors?: unknown[];
+  /** Thrown by every PRAGMA journal_mode=WAL after those of walErrors (a lock that is never released). */
+  walErrorForever?: unknown;
   /** What PRAGMA journal_mode=WAL answers once it no longer throws. @default "wal" */
   walAnswer?: string;
   /** Thrown by PRAGMA journal_mode=DELETE. */
@@ -148,6 +179,7 @@ class FakeDriver implements SqliteLike {
       const errors = this.#options.walErrors ?? [];
       const index = this.walCalls++;
       if (index < errors.length) throw errors[index];
+      if (this.#options.walErrorForever !== undefined) throw this.#options.walErrorForever;
       this.mode = this.#options.walAnswer ?? "wal";
       return this.#row("journal_mode", this.mode);
     }
@@ -362,7 +394,7 @@ describe("readJournalModeOnDisk", () => {
   it("readJournalModeOnDisk() rejects a non-string path with a TypeError", () => {
     assert.throws(() => readJournalModeOnDisk(42 as unknown as string), {
       name: "TypeError",
-      message: /path must be a string, got 42/,
+      message: /^Cannot read the journal mode on disk: 'path' must be a string, got 42$/,
     });
   });
 });
@@ -472,6 +504,7 @@ describe("applyWal (real SQLite)", () => {
       assert.match(String((reasons[0] as Error).message), /answered "delete".*refuses WAL/);
       assert.deepEqual(log, [
         "PRAGMA journal_mode",
+        "PRAGMA database_list",
         "PRAGMA journal_mode=WAL",
         "PRAGMA busy_timeout",
         "PRAGMA busy_timeout=0",
@@ -511,7 +544,7 @@ describe("applyWal (real SQLite)", () => {
       assert.equal(error.path, file);
       assert.equal(error.answeredMode, "delete");
       assert.ok(error.cause instanceof Error);
-      assert.deepEqual(log, ["PRAGMA journal_mode", "PRAGMA journal_mode=WAL"]);
+      assert.deepEqual(log, ["PRAGMA journal_mode", "PRAGMA database_list", "PRAGMA journal_mode=WAL"]);
     } finally {
       real.close();
     }
@@ -532,9 +565,12 @@ describe("applyWal (real SQLite)", () => {
       assert.equal(error.onDisk, "rollback");
       assert.equal(error.walFilePresent, true);
       assert.equal(error.answeredMode, "delete");
-      assert.match(error.message, /-wal file/);
+      assert.match(
+        error.message,
+        /^Cannot switch ".*" from WAL to DELETE: a -wal file is beside it, so other/,
+      );
       assert.equal(fallbacks, 0);
-      assert.deepEqual(log, ["PRAGMA journal_mode", "PRAGMA journal_mode=WAL"]);
+      assert.deepEqual(log, ["PRAGMA journal_mode", "PRAGMA database_list", "PRAGMA journal_mode=WAL"]);
     } finally {
       real.close();
     }
@@ -587,7 +623,8 @@ describe("applyWal (real SQLite)", () => {
       const { db, log } = recording(real);
       const error = thrown(() => applyWal(db, file, { retries: 2, retryDelayMs: 1 }));
       assert.match(String((error as Error).message), /readonly/);
-      assert.deepEqual(log, ["PRAGMA journal_mode", "PRAGMA journal_mode=WAL"]); // read-only is not retried
+      // read-only is not retried
+      assert.deepEqual(log, ["PRAGMA journal_mode", "PRAGMA database_list", "PRAGMA journal_mode=WAL"]);
     } finally {
       real.close();
     }
@@ -600,7 +637,7 @@ describe("applyWal (real SQLite)", () => {
     try {
       holder.exec("BEGIN IMMEDIATE; INSERT INTO t VALUES (2)"); // a writer holds the RESERVED lock
       const { db, log } = recording(real);
-      const error = thrown(() => applyWal(db, file, { retries: 1, retryDelayMs: 1 }));
+      const error = thrown(() => applyWal(db, file, { lockTimeoutMs: 0, retries: 1, retryDelayMs: 1 }));
       assert.match(String((error as Error).message), /database is locked/);
       assert.equal(log.filter((sql) => sql === "PRAGMA journal_mode=WAL").length, 2);
       assert.equal(log.includes("PRAGMA journal_mode=DELETE"), false);
@@ -618,7 +655,8 @@ describe("applyWal (real SQLite)", () => {
       const reasons: unknown[] = [];
       assert.equal(applyWal(real, ":memory:", { onFallback: (error) => reasons.push(error) }), "delete");
       assert.equal(reasons.length, 1);
-      assert.match((reasons[0] as Error).message, /answered "memory".*in-memory/);
+      assert.match((reasons[0] as Error).message, /in-memory or temporary database; it has no file/);
+      assert.doesNotMatch((reasons[0] as Error).message, /VFS/);
       assert.deepEqual({ ...(real.prepare("PRAGMA journal_mode").get() as object) }, {
         journal_mode: "memory",
       });
@@ -632,8 +670,9 @@ describe("applyWal (real SQLite)", () => {
     try {
       const error = thrown(() => applyWal(real, ":memory:", { requireWal: true }));
       assert.ok(error instanceof WalUnsupportedError);
-      assert.equal(error.answeredMode, "memory");
+      assert.equal(error.answeredMode, null, "no WAL pragma is sent to a database without a file");
       assert.equal(error.onDisk, "absent");
+      assert.match(error.message, /in-memory or temporary database/);
     } finally {
       real.close();
     }
@@ -661,6 +700,266 @@ function denyWal(db: DatabaseSync): void {
 }
 
 // ---------------------------------------------------------------------------------------------------
+// applyWal on every driver: statements finalised, file names as the driver reads them, no file at all
+// ---------------------------------------------------------------------------------------------------
+
+/** Shaped like each driver's error for SQLITE_PROTOCOL, the NFS "locking protocol" no test can provoke. */
+const LOCKING_PROTOCOL: Record<string, () => unknown> = {
+  "bun:sqlite": () =>
+    Object.assign(new Error("locking protocol"), { name: "SQLiteError", code: "SQLITE_PROTOCOL", errno: 15 }),
+  "better-sqlite3": () =>
+    Object.assign(new Error("locking protocol"), { name: "SqliteError", code: "SQLITE_PROTOCOL" }),
+  "node:sqlite": () =>
+    driverError("locking protocol", { code: "ERR_SQLITE_ERROR", errcode: 15, errstr: "locking protocol" }),
+};
+
+/**
+ * A real connection whose journal-mode pragmas (read and WAL) fail with `error`, as on NFS; everything
+ * else (database_list, busy_timeout, DELETE) reaches the real driver. Records every SQL.
+ */
+function failingJournal(real: SqliteLike, error: () => unknown): { db: SqliteLike; log: string[] } {
+  const log: string[] = [];
+  return {
+    log,
+    db: {
+      prepare(sql: string) {
+        log.push(sql);
+        if (sql === "PRAGMA journal_mode" || /^PRAGMA journal_mode\s*=\s*WAL$/i.test(sql)) {
+          return {
+            get: () => {
+              throw error();
+            },
+          };
+        }
+        return real.prepare(sql);
+      },
+    },
+  };
+}
+
+/** Wraps a connection and counts the statements prepared and finalised through it. */
+function counting(real: SqliteLike): { db: SqliteLike; prepared: number; finalized: number } {
+  const counts = { prepared: 0, finalized: 0 };
+  const db: SqliteLike = {
+    prepare(sql: string) {
+      const statement = real.prepare(sql);
+      counts.prepared++;
+      return {
+        get: (...params: unknown[]) => statement.get(...params),
+        finalize: () => {
+          counts.finalized++;
+          statement.finalize?.();
+        },
+      };
+    },
+  };
+  return Object.assign(counts, { db });
+}
+
+/** A directory of its own for a test that changes into it. */
+function freshDir(name: string): string {
+  const dir = freshPath(name);
+  fs.mkdirSync(dir);
+  return dir;
+}
+
+/** Runs `fn` with `dir` as the working directory (for relative, literal `file:` names). */
+function inDir<T>(dir: string, fn: () => T): T {
+  const cwd = process.cwd();
+  process.chdir(dir);
+  try {
+    return fn();
+  } finally {
+    process.chdir(cwd);
+  }
+}
+
+describe("applyWal (every driver)", () => {
+  it("applyWal() finalises every statement it prepares: WAL, fallback, refusal, error and no file", () => {
+    const cases: Array<[string, () => SqliteLike, string]> = [
+      ["wal", () => new DatabaseSync(freshPath("fin-wal")), "fresh"],
+      ["fallback", () => new FakeDriver({ walErrors: [new Error("locking protocol")] }), "fresh"],
+      ["refusal", () => new FakeDriver({ walErrors: [new Error("locking protocol")] }), "wal"],
+      ["error", () => new FakeDriver({ walErrors: [new Error("disk I/O error")] }), "fresh"],
+      ["no file", () => new DatabaseSync(":memory:"), ":memory:"],
+    ];
+    for (const [label, open, kind] of cases) {
+      const real = open();
+      const file = kind === "wal" ? walFile() : kind === ":memory:" ? ":memory:" : freshPath("fin");
+      const counts = counting(real);
+      try {
+        applyWal(counts.db, file, { lockTimeoutMs: 0 });
+      } catch {
+        // refusal and error: what matters here is what was finalised
+      }
+      assert.ok(counts.prepared > 0, label);
+      assert.equal(counts.finalized, counts.prepared, `${label}: every statement finalised`);
+      if (real instanceof DatabaseSync) real.close();
+    }
+  });
+
+  it("applyWal() on bun:sqlite: after close() another connection switches to DELETE at once", {
+    skip: runtime !== "bun" && NO_BUN,
+  }, async () => {
+    const open = await bunSqlite();
+    assert.ok(open);
+    // The WAL path, and the DELETE fallback path (its busy_timeout and DELETE statements too).
+    for (const fallback of [false, true]) {
+      const file = freshPath(fallback ? "bun-close-fallback" : "bun-close");
+      const real: RealConnection = open(file);
+      const db: SqliteLike = fallback ? failingJournal(real, LOCKING_PROTOCOL["bun:sqlite"]!).db : real;
+      assert.equal(applyWal(db, file), fallback ? "delete" : "wal");
+      real.exec("CREATE TABLE t (x); INSERT INTO t VALUES (1)");
+      real.close();
+      assert.equal(fs.existsSync(`${file}-wal`), false, "close() released the file: no -wal left");
+      const other = new DatabaseSync(file);
+      try {
+        other.exec("PRAGMA busy_timeout = 0"); // no waiting: a lingering lock would fail at once
+        const target = fallback ? "WAL" : "DELETE";
+        assert.deepEqual({ ...(other.prepare(`PRAGMA journal_mode=${target}`).get() as object) }, {
+          journal_mode: target.toLowerCase(),
+        });
+      } finally {
+        other.close();
+      }
+    }
+  });
+
+  const literalDrivers: Array<[string, () => Promise<OpenDatabase | null>, string | false]> = [
+    ["bun:sqlite", bunSqlite, runtime !== "bun" && NO_BUN],
+    ["better-sqlite3", () => Promise.resolve(BETTER.open), BETTER.open === null && BETTER.reason],
+  ];
+  for (const [driver, load, skip] of literalDrivers) {
+    it(
+      `applyWal() on ${driver}: a literal file:-named WAL file failing 'locking protocol' is refused, still WAL`,
+      {
+        skip,
+      },
+      async () => {
+        const open = await load();
+        assert.ok(open);
+        const dir = freshDir(`literal-${driver.replace(/\W/g, "")}`);
+        const literal = path.join(dir, "file:shared.db");
+        inDir(dir, () => {
+          const setup = open("file:shared.db"); // the driver creates a file of that very name
+          setup.exec("PRAGMA journal_mode=WAL; CREATE TABLE t (x); INSERT INTO t VALUES (1)");
+          setup.close();
+          assert.equal(readJournalModeOnDisk(literal), "wal");
+          assert.equal(fs.existsSync(path.join(dir, "shared.db")), false, "what a URI reading would inspect");
+
+          const real = open("file:shared.db");
+          try {
+            const { db, log } = failingJournal(real, LOCKING_PROTOCOL[driver]!);
+            let fallbacks = 0;
+            const refused = thrown(() => applyWal(db, "file:shared.db", { onFallback: () => fallbacks++ }));
+            assert.ok(refused instanceof WalDowngradeRefusedError, String(refused));
+            assert.equal(refused.onDisk, "wal");
+            assert.equal(refused.path, "file:shared.db");
+            assert.equal(fallbacks, 0);
+            assert.equal(log.some((sql) => /journal_mode\s*=\s*delete/i.test(sql)), false, "no DELETE sent");
+          } finally {
+            real.close();
+          }
+        });
+        assert.equal(readJournalModeOnDisk(literal), "wal", "the real file's header still says WAL");
+        const check = new DatabaseSync(literal);
+        try {
+          assert.deepEqual({ ...(check.prepare("PRAGMA journal_mode").get() as object) }, {
+            journal_mode: "wal",
+          });
+          assert.deepEqual({ ...(check.prepare("SELECT count(*) AS n FROM t").get() as object) }, { n: 1 });
+        } finally {
+          check.close();
+        }
+      },
+    );
+  }
+
+  it("applyWal() on node:sqlite reads a file: name with URI rules, as the driver opened it", () => {
+    const dir = freshDir("uri-node");
+    const file = path.join(dir, "shared.db");
+    const setup = new DatabaseSync(file);
+    setup.exec("PRAGMA journal_mode=WAL; CREATE TABLE t (x)");
+    setup.close();
+    const real = new DatabaseSync(`file:${file}?cache=private`);
+    try {
+      const { db, log } = failingJournal(real, LOCKING_PROTOCOL["node:sqlite"]!);
+      const refused = thrown(() => applyWal(db, `file:${file}?cache=private`));
+      assert.ok(refused instanceof WalDowngradeRefusedError, String(refused));
+      assert.equal(refused.onDisk, "wal");
+      assert.ok(log.includes("PRAGMA database_list"), "the connection said which file it opened");
+    } finally {
+      real.close();
+    }
+    assert.equal(readJournalModeOnDisk(file), "wal");
+  });
+
+  const noFileNames = [
+    "",
+    ":memory:",
+    "file::memory:",
+    "file:/keelson-mem.db?vfs=memdb",
+    "file:mem?mode=memory",
+  ];
+  for (const name of noFileNames) {
+    it(`applyWal() on node:sqlite ${JSON.stringify(name)}: delete, said plainly, no WAL pragma sent`, () => {
+      const real = new DatabaseSync(name);
+      try {
+        const { db, log } = recording(real);
+        const reasons: unknown[] = [];
+        assert.equal(applyWal(db, name, { onFallback: (error) => reasons.push(error) }), "delete");
+        assert.deepEqual(log, ["PRAGMA journal_mode", "PRAGMA database_list"]);
+        assert.equal(reasons.length, 1);
+        const message = String((reasons[0] as Error).message);
+        assert.match(message, /in-memory or temporary database; it has no file/);
+        assert.doesNotMatch(message, /VFS|refuses/);
+        const unsupported = thrown(() => applyWal(real, name, { requireWal: true }));
+        assert.ok(unsupported instanceof WalUnsupportedError);
+        assert.doesNotMatch(unsupported.message, /VFS|refuses/);
+        assert.equal(checkJournalMode(real, name).agree, true);
+      } finally {
+        real.close();
+      }
+    });
+  }
+
+  const otherDrivers: Array<[string, () => Promise<OpenDatabase | null>, string | false]> = [
+    ["bun:sqlite", bunSqlite, runtime !== "bun" && NO_BUN],
+    ["better-sqlite3", () => Promise.resolve(BETTER.open), BETTER.open === null && BETTER.reason],
+  ];
+  for (const [driver, load, skip] of otherDrivers) {
+    it(
+      `applyWal() on ${driver} ":memory:" and "": delete, said plainly; a fresh file: wal`,
+      { skip },
+      async () => {
+        const open = await load();
+        assert.ok(open);
+        for (const name of [":memory:", ""]) {
+          const real = open(name);
+          try {
+            const reasons: unknown[] = [];
+            assert.equal(applyWal(real, name, { onFallback: (error) => reasons.push(error) }), "delete");
+            assert.match(String((reasons[0] as Error).message), /in-memory or temporary database/);
+          } finally {
+            real.close();
+          }
+        }
+        const file = freshPath("other-fresh");
+        const real = open(file);
+        try {
+          assert.equal(applyWal(real, file), "wal");
+          real.exec("CREATE TABLE t (x); INSERT INTO t VALUES (1)");
+          assert.equal(checkJournalMode(real, file).agree, true);
+        } finally {
+          real.close();
+        }
+        assert.equal(readJournalModeOnDisk(file), "wal");
+      },
+    );
+  }
+});
+
+// ---------------------------------------------------------------------------------------------------
 // applyWal with a fake driver (errors that cannot be provoked for real)
 // ---------------------------------------------------------------------------------------------------
 
@@ -676,6 +975,7 @@ describe("applyWal (fake driver)", () => {
       assert.equal(reasons[0], error, "onFallback gets the driver's own error object");
       assert.deepEqual(db.log, [
         "PRAGMA journal_mode",
+        "PRAGMA database_list", // a stand-in cannot answer it: the path is read literally
         "PRAGMA journal_mode=WAL",
         "PRAGMA busy_timeout",
         "PRAGMA busy_timeout=0",
@@ -699,7 +999,7 @@ describe("applyWal (fake driver)", () => {
       assert.equal(refused.onDisk, "wal");
       assert.equal(refused.walFilePresent, false);
       assert.equal(refused.answeredMode, null);
-      assert.deepEqual(db.log, ["PRAGMA journal_mode", "PRAGMA journal_mode=WAL"]);
+      assert.deepEqual(db.log, ["PRAGMA journal_mode", "PRAGMA database_list", "PRAGMA journal_mode=WAL"]);
       assert.equal(fallbacks, 0);
     });
   }
@@ -746,25 +1046,50 @@ describe("applyWal (fake driver)", () => {
     assert.deepEqual(db.deletes(), []);
   });
 
-  it("applyWal() inspects the path part of a file: URI", () => {
+  it("applyWal() with uri: true inspects the path part of a file: URI", () => {
     const file = walFile();
     for (const uri of [`file:${file}?vfs=unix-dotfile`, `file://${file}`, `file://localhost${file}#x`]) {
       const db = new FakeDriver({ walErrors: [new Error("locking protocol")] });
-      const refused = thrown(() => applyWal(db, uri));
+      const refused = thrown(() => applyWal(db, uri, { uri: true }));
       assert.ok(refused instanceof WalDowngradeRefusedError, uri);
       assert.equal(refused.path, uri);
       assert.equal(refused.onDisk, "wal");
+      assert.equal(db.log.includes("PRAGMA database_list"), false, "an explicit uri asks nothing");
     }
     const spaced = path.join(root, "with space.sqlite");
     fs.copyFileSync(file, spaced);
     const db = new FakeDriver({ walErrors: [new Error("locking protocol")] });
-    assert.throws(() => applyWal(db, `file:${spaced.replaceAll(" ", "%20")}`), WalDowngradeRefusedError);
+    assert.throws(
+      () => applyWal(db, `file:${spaced.replaceAll(" ", "%20")}`, { uri: true }),
+      WalDowngradeRefusedError,
+    );
   });
 
-  it("applyWal() treats a mode=memory URI as a database without a file", () => {
-    const db = new FakeDriver({ walErrors: [new Error("locking protocol")], deleteAnswer: "memory" });
-    assert.equal(applyWal(db, "file:shared?mode=memory&cache=shared"), "delete");
+  it("applyWal() reads a file: name literally for a stand-in that cannot say which file it opened", () => {
+    const dir = freshDir("literal-stand-in");
+    fs.copyFileSync(walFile(), path.join(dir, "file:lit.sqlite"));
+    // Read literally, "file:lit.sqlite" is that WAL file; read as a URI it would be lit.sqlite (absent),
+    // which would let a DELETE through.
+    inDir(dir, () => {
+      const db = new FakeDriver({ walErrors: [new Error("locking protocol")] });
+      const refused = thrown(() => applyWal(db, "file:lit.sqlite"));
+      assert.ok(refused instanceof WalDowngradeRefusedError, String(refused));
+      assert.equal(refused.onDisk, "wal");
+      assert.deepEqual(db.deletes(), []);
+      const asUri = new FakeDriver({ walErrors: [new Error("locking protocol")] });
+      assert.equal(applyWal(asUri, "file:lit.sqlite", { uri: true }), "delete", "lit.sqlite is absent");
+    });
   });
+
+  for (const name of ["file:shared?mode=memory&cache=shared", "file:/x.db?vfs=memdb", "file::memory:"]) {
+    it(`applyWal() with uri: true treats ${name} as a database without a file and sends no WAL pragma`, () => {
+      const db = new FakeDriver({ mode: "memory" });
+      const reasons: unknown[] = [];
+      assert.equal(applyWal(db, name, { uri: true, onFallback: (e) => reasons.push(e) }), "delete");
+      assert.deepEqual(db.log, ["PRAGMA journal_mode"]);
+      assert.match(String((reasons[0] as Error).message), /in-memory or temporary database/);
+    });
+  }
 
   it("applyWal() with requireWal throws WalUnsupportedError on a fresh file and sends no DELETE", () => {
     const error = new Error("locking protocol");
@@ -776,8 +1101,8 @@ describe("applyWal (fake driver)", () => {
     assert.ok(unsupported instanceof WalUnsupportedError);
     assert.equal(unsupported.cause, error);
     assert.equal(unsupported.onDisk, "absent");
-    assert.match(unsupported.message, /locking protocol/);
-    assert.deepEqual(db.log, ["PRAGMA journal_mode", "PRAGMA journal_mode=WAL"]);
+    assert.match(unsupported.message, /^Cannot use WAL on ".*" as 'requireWal' demands: locking protocol$/);
+    assert.deepEqual(db.log, ["PRAGMA journal_mode", "PRAGMA database_list", "PRAGMA journal_mode=WAL"]);
     assert.equal(fallbacks, 0);
   });
 
@@ -792,8 +1117,8 @@ describe("applyWal (fake driver)", () => {
       let fallbacks = 0;
       for (const file of [freshPath("other"), walFile()]) {
         const error = make();
-        const db = new FakeDriver({ walErrors: [error] });
-        const caught = thrown(() => applyWal(db, file, { onFallback: () => fallbacks++ }));
+        const db = new FakeDriver({ walErrorForever: error });
+        const caught = thrown(() => applyWal(db, file, { lockTimeoutMs: 20, onFallback: () => fallbacks++ }));
         assert.equal(caught, error);
         assert.deepEqual(db.deletes(), []);
         assert.equal(db.log.some((sql) => sql.startsWith("PRAGMA busy_timeout")), false);
@@ -831,18 +1156,38 @@ describe("applyWal (fake driver)", () => {
     const second = new Error("database is locked");
     const third = new Error("database is locked");
     const db = new FakeDriver({ walErrors: [first, second, third] });
-    assert.equal(thrown(() => applyWal(db, freshPath("spent"), { retries: 1, retryDelayMs: 0 })), second);
+    assert.equal(
+      thrown(() => applyWal(db, freshPath("spent"), { lockTimeoutMs: 0, retries: 1, retryDelayMs: 0 })),
+      second,
+    );
     assert.equal(db.walCalls, 2);
     assert.deepEqual(db.deletes(), []);
   });
 
-  it("applyWal() does not retry by default", () => {
-    assert.equal(DEFAULT_WAL_RETRIES, 0);
-    assert.equal(DEFAULT_WAL_RETRY_DELAY_MS, 50);
-    const error = new Error("database is locked");
+  it("applyWal() does not retry an I/O error by default", () => {
+    const error = driverError("disk I/O error", { errcode: 10 });
     const db = new FakeDriver({ walErrors: [error, error] });
     assert.equal(thrown(() => applyWal(db, freshPath("no-retry"))), error);
     assert.equal(db.walCalls, 1);
+  });
+
+  it("applyWal() waits out 'database is locked' by default, then succeeds without using retries", () => {
+    const locked = () => driverError("database is locked", { code: "SQLITE_BUSY", errno: 5 });
+    const db = new FakeDriver({ walErrors: [locked(), locked(), locked(), locked(), locked()] });
+    assert.equal(applyWal(db, freshPath("lock-wait")), "wal");
+    assert.equal(db.walCalls, 6);
+    assert.deepEqual(db.deletes(), []);
+  });
+
+  it("applyWal() waits out a lock for at most lockTimeoutMs, then re-throws the same error", () => {
+    const error = driverError("database is locked", { errcode: 5 });
+    const db = new FakeDriver({ walErrorForever: error });
+    const started = performance.now();
+    assert.equal(thrown(() => applyWal(db, freshPath("lock-bound"), { lockTimeoutMs: 100 })), error);
+    const elapsed = performance.now() - started;
+    assert.ok(db.walCalls > 1, `retried while locked (${db.walCalls} calls)`);
+    assert.ok(elapsed >= 100 && elapsed < 10_000, `gave up after ${elapsed.toFixed(0)} ms`);
+    assert.deepEqual(db.deletes(), []);
   });
 
   it("applyWal() does not retry an error that is not transient", () => {
@@ -936,7 +1281,7 @@ describe("applyWal (fake driver)", () => {
     let fallbacks = 0;
     const error = thrown(() => applyWal(db, freshPath("delete-wal"), { onFallback: () => fallbacks++ }));
     assert.ok(error instanceof Error);
-    assert.match(error.message, /PRAGMA journal_mode=DELETE answered "wal"/);
+    assert.match(error.message, /'PRAGMA journal_mode=DELETE' must answer "delete", got "wal"/);
     assert.equal(error.cause, marker);
     assert.equal(fallbacks, 0);
   });
@@ -959,7 +1304,8 @@ describe("applyWal (fake driver)", () => {
     const db: SqliteLike = { prepare: () => ({ get: () => undefined }) };
     assert.throws(() => applyWal(db, freshPath("no-row")), {
       name: "TypeError",
-      message: /PRAGMA journal_mode to answer a journal mode string, got undefined/,
+      message:
+        /^Cannot read the journal mode: 'PRAGMA journal_mode' must be answered with a string, got undefined$/,
     });
   });
 
@@ -968,38 +1314,58 @@ describe("applyWal (fake driver)", () => {
     const file = freshPath("args");
     assert.throws(() => applyWal(null as unknown as SqliteLike, file), {
       name: "TypeError",
-      message: /db must be/,
+      message: /^Cannot apply WAL: 'db' must be a connection with prepare\(sql\), got null$/,
     });
     assert.throws(() => applyWal({} as SqliteLike, file), { name: "TypeError", message: /got an object/ });
     assert.throws(() => applyWal(db, 7 as unknown as string), {
       name: "TypeError",
-      message: /path must be a string, got 7/,
+      message: /^Cannot apply WAL: 'path' must be a string, got 7$/,
     });
-    assert.throws(() => applyWal(db, file, null as never), { name: "TypeError", message: /options/ });
+    assert.throws(() => applyWal(db, file, null as never), {
+      name: "TypeError",
+      message: /^Cannot apply WAL: 'options' must be an object, got null$/,
+    });
     assert.throws(() => applyWal(db, file, { onFallback: "x" as unknown as () => void }), {
       name: "TypeError",
-      message: /onFallback must be a function, got "x"/,
+      message: /^Cannot apply WAL: 'onFallback' must be a function, got "x"$/,
     });
     assert.throws(() => applyWal(db, file, { requireWal: "yes" as unknown as boolean }), {
       name: "TypeError",
-      message: /requireWal must be a boolean, got "yes"/,
+      message: /^Cannot apply WAL: 'requireWal' must be a boolean, got "yes"$/,
     });
     assert.throws(() => applyWal(db, file, { retries: "2" as unknown as number }), {
       name: "TypeError",
-      message: /retries must be a number, got "2"/,
+      message: /^Cannot apply WAL: 'retries' must be a number, got "2"$/,
     });
     for (const retries of [-1, 1.5, Number.NaN, Infinity]) {
-      assert.throws(() => applyWal(db, file, { retries }), { name: "RangeError", message: /retries/ });
+      assert.throws(() => applyWal(db, file, { retries }), {
+        name: "RangeError",
+        message: /^Cannot apply WAL: 'retries' must be a non-negative integer, got /,
+      });
     }
     for (const retryDelayMs of [-1, Infinity, Number.NaN]) {
       assert.throws(() => applyWal(db, file, { retryDelayMs }), {
         name: "RangeError",
-        message: /retryDelayMs/,
+        message: /^Cannot apply WAL: 'retryDelayMs' must be a finite number >= 0, got /,
       });
     }
     assert.throws(() => applyWal(db, file, { retryDelayMs: "1" as unknown as number }), {
       name: "TypeError",
-      message: /retryDelayMs must be a number/,
+      message: /^Cannot apply WAL: 'retryDelayMs' must be a number, got "1"$/,
+    });
+    for (const lockTimeoutMs of [-1, Infinity, Number.NaN]) {
+      assert.throws(() => applyWal(db, file, { lockTimeoutMs }), {
+        name: "RangeError",
+        message: /^Cannot apply WAL: 'lockTimeoutMs' must be a finite number >= 0, got /,
+      });
+    }
+    assert.throws(() => applyWal(db, file, { lockTimeoutMs: "5" as unknown as number }), {
+      name: "TypeError",
+      message: /^Cannot apply WAL: 'lockTimeoutMs' must be a number, got "5"$/,
+    });
+    assert.throws(() => applyWal(db, file, { uri: "yes" as unknown as boolean }), {
+      name: "TypeError",
+      message: /^Cannot apply WAL: 'uri' must be a boolean, got "yes"$/,
     });
     assert.deepEqual(db.log, [], "nothing is sent before the arguments are checked");
   });
@@ -1094,15 +1460,29 @@ describe("checkJournalMode", () => {
     assert.equal(checkJournalMode(new FakeDriver({ mode: "memory" }), rollbackFile()).agree, false);
   });
 
-  it("checkJournalMode() only reads: it sends the mode query and nothing else", () => {
+  it("checkJournalMode() only reads: the mode query and which file the connection opened", () => {
     const db = new FakeDriver();
     checkJournalMode(db, rollbackFile());
-    assert.deepEqual(db.log, ["PRAGMA journal_mode"]);
+    assert.deepEqual(db.log, ["PRAGMA journal_mode", "PRAGMA database_list"]);
+    const told = new FakeDriver();
+    checkJournalMode(told, rollbackFile(), { uri: false });
+    assert.deepEqual(told.log, ["PRAGMA journal_mode"]);
   });
 
   it("checkJournalMode() rejects bad arguments with a TypeError", () => {
-    assert.throws(() => checkJournalMode(undefined as unknown as SqliteLike, "x"), TypeError);
-    assert.throws(() => checkJournalMode(new FakeDriver(), null as unknown as string), TypeError);
+    assert.throws(() => checkJournalMode(undefined as unknown as SqliteLike, "x"), {
+      name: "TypeError",
+      message:
+        /^Cannot check the journal mode: 'db' must be a connection with prepare\(sql\), got undefined$/,
+    });
+    assert.throws(() => checkJournalMode(new FakeDriver(), null as unknown as string), {
+      name: "TypeError",
+      message: /^Cannot check the journal mode: 'path' must be a string, got null$/,
+    });
+    assert.throws(() => checkJournalMode(new FakeDriver(), "x", { uri: 1 as unknown as boolean }), {
+      name: "TypeError",
+      message: /^Cannot check the journal mode: 'uri' must be a boolean, got 1$/,
+    });
   });
 });
 
@@ -1117,10 +1497,15 @@ interface WriterResult {
 }
 
 /** Starts the writers, releases them together once all are open, and collects what they printed. */
-async function runWriters(file: string, drivers: string[], rows: number): Promise<WriterResult[]> {
+async function runWriters(
+  file: string,
+  drivers: string[],
+  rows: number,
+  start: "busy" | "defaults" = "busy",
+): Promise<WriterResult[]> {
   const goFile = `${file}.go`;
   const children = drivers.map((driver, index) => {
-    const { command, args } = scriptCommand(WRITER, [file, goFile, `w${index}`, String(rows), driver]);
+    const { command, args } = scriptCommand(WRITER, [file, goFile, `w${index}`, String(rows), driver, start]);
     const child = spawn(command, args, { stdio: ["ignore", "pipe", "pipe"] });
     let stdout = "";
     let stderr = "";
@@ -1186,4 +1571,25 @@ describe("applyWal (several processes)", () => {
     const drivers = ["node", "bun", "node", "bun"];
     assertSharedDatabase(file, drivers, await runWriters(file, drivers, 1000), 1000);
   });
+
+  // Every driver this runtime has, interleaved: node:sqlite, better-sqlite3 where it loads, bun:sqlite on Bun.
+  const mixed = ["node", ...(BETTER.open ? ["better"] : []), ...(runtime === "bun" ? ["bun"] : [])];
+  const starts: Array<[string, string[], string | false]> = [
+    ["8 node:sqlite processes", Array(8).fill("node"), false],
+    [
+      `8 processes of ${mixed.length} drivers (${mixed.join(", ")})`,
+      Array.from({ length: 8 }, (_, i) => mixed[i % mixed.length]!),
+      mixed.length < 2 && `only node:sqlite here (${BETTER.reason})`,
+    ],
+  ];
+  for (const [label, drivers, skip] of starts) {
+    it(`applyWal() with default options in ${label} starting on one fresh file at once: all wal, all rows`, {
+      timeout: 180_000,
+      skip,
+    }, async () => {
+      const file = freshPath("fresh-start");
+      assert.equal(fs.existsSync(file), false);
+      assertSharedDatabase(file, drivers, await runWriters(file, drivers, 200, "defaults"), 200);
+    });
+  }
 });
