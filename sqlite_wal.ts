@@ -954,7 +954,7 @@ function errorField(error: unknown, field: string): unknown {
   }
 }
 
-function isKnownVersion(byte: number): boolean {
+function isKnownVersion(byte: number | undefined): boolean {
   return byte === FORMAT_ROLLBACK || byte === FORMAT_WAL;
 }
 
