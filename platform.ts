@@ -448,6 +448,11 @@ export interface DescriptorWriter {
    * descriptor would block. Any other failure throws the runtime's error (`EPIPE`, `ENOSPC`, …).
    */
   writeSome(bytes: Uint8Array): number;
+  /**
+   * Waits until the descriptor may take bytes again, at most `timeoutMs` (sooner is fine): `poll(2)`
+   * where FFI is available, else a short sleep.
+   */
+  waitWritable(timeoutMs: number): void;
   /** Releases what the writer opened itself; the caller's descriptor stays open. */
   close(): void;
 }
@@ -590,6 +595,15 @@ export function openDescriptorWriter(fd: number): DescriptorWriter {
         }
       }
     },
+    waitWritable(timeoutMs: number): void {
+      if (lib !== null) {
+        pollFd.setInt32(0, target, true);
+        pollFd.setInt16(4, POLLOUT, true);
+        pollFd.setInt16(6, 0, true);
+        if (lib.poll(pollBytes, Math.max(1, Math.ceil(timeoutMs))) >= 0) return;
+      }
+      sleepSync(timeoutMs);
+    },
     close(): void {
       if (owned === null) return;
       const closing = owned;
@@ -620,7 +634,7 @@ export function openDescriptorWriter(fd: number): DescriptorWriter {
  */
 export function writeAllWithin(writer: DescriptorWriter, bytes: Uint8Array, timeoutMs: number): number {
   let offset = 0;
-  let sleepMs = EAGAIN_SLEEP_MIN_MS;
+  let sleepMs = WAIT_WRITABLE_MIN_MS;
   let stalledSince = 0;
   while (offset < bytes.length) {
     let n: number;
@@ -635,14 +649,16 @@ export function writeAllWithin(writer: DescriptorWriter, bytes: Uint8Array, time
     }
     if (n > 0) {
       offset += n;
-      sleepMs = EAGAIN_SLEEP_MIN_MS;
+      sleepMs = WAIT_WRITABLE_MIN_MS;
       stalledSince = 0;
       continue;
     }
     const now = Date.now();
     if (stalledSince === 0) stalledSince = now;
     else if (now - stalledSince >= timeoutMs) return offset;
-    sleepSync(Math.min(sleepMs, Math.max(1, stalledSince + timeoutMs - now)));
+    // poll(2) wakes as soon as the reader drains; the sleep it falls back to starts short (a reader
+    // such as `cat` drains a full pipe in microseconds) and backs off.
+    writer.waitWritable(Math.min(sleepMs, stalledSince + timeoutMs - now));
     sleepMs = Math.min(sleepMs * 2, EAGAIN_SLEEP_MAX_MS);
   }
   return offset;
@@ -650,6 +666,11 @@ export function writeAllWithin(writer: DescriptorWriter, bytes: Uint8Array, time
 
 /** The largest single write: keeps FFI counts within 32 bits and the kernel's own cap. */
 const MAX_WRITE_BYTES = 1 << 30;
+/** The first wait of {@linkcode writeAllWithin} after `EAGAIN`; doubles up to `EAGAIN_SLEEP_MAX_MS`. */
+const WAIT_WRITABLE_MIN_MS = 0.05;
+const POLLOUT = 4;
+const pollBytes = new Uint8Array(8);
+const pollFd = new DataView(pollBytes.buffer);
 const { O_NONBLOCK = 0o4000, O_NOCTTY = 0o400 } = fs.constants as { O_NONBLOCK?: number; O_NOCTTY?: number };
 const O_ACCMODE = 3;
 const EBADF = 9;
@@ -684,10 +705,12 @@ function descriptorNonBlocking(fd: number): boolean | null {
   return flags === null ? null : (flags & O_NONBLOCK) !== 0;
 }
 
-/** libc `write(2)` and `send(2)` through FFI, with `errno`. */
+/** libc `write(2)`, `send(2)` and `poll(2)` through FFI, with `errno`. */
 interface Libc {
   write(fd: number, bytes: Uint8Array, length: number): number;
   send(fd: number, bytes: Uint8Array, length: number, flags: number): number;
+  /** `poll(2)` of one `struct pollfd` (8 bytes: fd, events, revents). */
+  poll(fds: Uint8Array, timeoutMs: number): number;
   errno(): number;
 }
 
@@ -721,17 +744,20 @@ function loadLibc(): Libc | null {
     const View = ffi.UnsafePointerView;
     if (typeof ffi.dlopen !== "function" || View === undefined) return null;
     const spec = {
-      write: { parameters: ["i32", "buffer", "usize"], result: "isize" },
-      send: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" },
+      // 32-bit counts and results keep these on Deno's fast call path (a write is capped at 1 GiB).
+      write: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+      send: { parameters: ["i32", "buffer", "u32", "i32"], result: "i32" },
+      poll: { parameters: ["buffer", "u32", "i32"], result: "i32" },
       __errno_location: { parameters: [], result: "pointer" },
     };
     for (const name of names) {
       try {
         const s = ffi.dlopen(name, spec).symbols;
-        const write = s.write!, send = s.send!, errnoLocation = s.__errno_location!;
+        const write = s.write!, send = s.send!, poll = s.poll!, errnoLocation = s.__errno_location!;
         libcCache = {
-          write: (fd, bytes, length) => Number(write(fd, bytes, length)),
-          send: (fd, bytes, length, flags) => Number(send(fd, bytes, length, flags)),
+          write: (fd, bytes, length) => write(fd, bytes, length) as number,
+          send: (fd, bytes, length, flags) => send(fd, bytes, length, flags) as number,
+          poll: (fds, timeoutMs) => poll(fds, 1, timeoutMs) as number,
           errno: () => new View(errnoLocation()).getInt32(0),
         };
         break;
@@ -748,17 +774,19 @@ function loadLibc(): Libc | null {
         read: { i32(pointer: unknown, offset: number): number };
       };
       const spec = {
-        write: { args: ["i32", "ptr", "usize"], returns: "i64" },
-        send: { args: ["i32", "ptr", "usize", "i32"], returns: "i64" },
+        write: { args: ["i32", "ptr", "u32"], returns: "i32" },
+        send: { args: ["i32", "ptr", "u32", "i32"], returns: "i32" },
+        poll: { args: ["ptr", "u32", "i32"], returns: "i32" },
         __errno_location: { args: [], returns: "ptr" },
       };
       for (const name of names) {
         try {
           const s = ffi.dlopen(name, spec).symbols;
-          const write = s.write!, send = s.send!, errnoLocation = s.__errno_location!;
+          const write = s.write!, send = s.send!, poll = s.poll!, errnoLocation = s.__errno_location!;
           libcCache = {
-            write: (fd, bytes, length) => Number(write(fd, bytes, length)),
-            send: (fd, bytes, length, flags) => Number(send(fd, bytes, length, flags)),
+            write: (fd, bytes, length) => write(fd, bytes, length) as number,
+            send: (fd, bytes, length, flags) => send(fd, bytes, length, flags) as number,
+            poll: (fds, timeoutMs) => poll(fds, 1, timeoutMs) as number,
             errno: () => ffi.read.i32(errnoLocation(), 0),
           };
           break;
