@@ -570,9 +570,11 @@ export function openDescriptorWriter(fd: number): DescriptorWriter {
     }
   }
   if (!bounded && limitation === null) {
-    limitation = `fd ${fd} is a blocking ${kind} that ${runtime} cannot write without blocking: ` +
-      `a reader that stops reading blocks the write`;
-    bounded = false;
+    limitation = nonBlocking === null
+      ? `fd ${fd} is a ${kind} whose flags ${runtime} cannot read here (on Deno: without --allow-all or ` +
+        `--allow-ffi): if it is blocking, a reader that stops reading blocks the write`
+      : `fd ${fd} is a blocking ${kind} that ${runtime} cannot write without blocking: ` +
+        `a reader that stops reading blocks the write`;
   }
   return {
     fd,

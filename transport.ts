@@ -149,8 +149,9 @@ export interface StdioTransportOptions {
    * The longest a write may make no progress (the reader stopped reading but did not close) before
    * the peer counts as wedged: `write` then returns `false`, as for a gone peer, and so does every
    * later write. `Infinity` waits for ever, like a blocking write. Where the runtime has no
-   * non-blocking route to the descriptor (a blocking socket on Node other than stdout), the wait
-   * cannot be bounded and a one-line warning on stderr says so.
+   * non-blocking route to the descriptor (a blocking socket on Node other than stdout; on Deno without
+   * `--allow-ffi` or `-A`, a descriptor whose flags it may not read), the wait cannot be bounded and a
+   * one-line warning on stderr says so (`Infinity` asks for no bound, and no warning).
    * @default 10000
    */
   writeTimeoutMs?: number;

@@ -1302,6 +1302,62 @@ describe("exactly once, any descriptor, wedged peers (second edition)", () => {
     },
   );
 
+  // Deno without --allow-ffi has no libc write: each descriptor kind gets the route that is exact for it
+  // (all-or-nothing PIPE_BUF pieces for pipes, a private /proc/self/fd/N description for inherited ones),
+  // or a one-line warning where none exists (a non-blocking socket).
+  const denoWithoutFfi = (script: string, args: string[]): string[] => [
+    process.execPath,
+    "run",
+    "-A",
+    "--deny-ffi",
+    "--quiet",
+    script,
+    ...args,
+  ];
+
+  it(
+    "Deno without FFI: a 10 MiB frame through a non-blocking pipe to a slow reader arrives exactly once",
+    SLOW,
+    async (t) => {
+      if (runtime !== "deno") return t.skip("the no-FFI route exists only on Deno");
+      const size = 10 * 1024 * 1024;
+      const result = await python(PY_SLOW_NONBLOCKING_READER, denoWithoutFfi(WRITER, ["big", String(size)]));
+      assert.equal(result.rc, 0, result.stderr as string);
+      // Deno without -A cannot read the pipe's flags: the write is exact, the wait maybe not bounded.
+      const lines = (result.stderr as string).trim().split("\n");
+      assert.match(lines[0], /^keelson transport: fd 1 is a pipe whose flags deno cannot read here/);
+      assert.deepEqual(JSON.parse(lines[1]).delivered, [true, true]);
+      assert.deepEqual(result.frames, [{ big: { len: size, uniform: true }, size }, { after: true }]);
+      assert.equal(result.invalid, 0);
+    },
+  );
+
+  it("Deno without FFI: frames for an inherited fd 3 pipe are delivered", SLOW, async (t) => {
+    if (runtime !== "deno") return t.skip("the no-FFI route exists only on Deno");
+    const result = await python(PY_FD3, ["read", ...denoWithoutFfi(WRITER, ["fd3", "3"])]);
+    assert.equal(result.rc, 0, result.stderr as string);
+    assert.deepEqual(JSON.parse(result.stderr as string), { results: [true, true, true] });
+    assert.deepEqual((result.fd3 as string).trim().split("\n").map((line) => JSON.parse(line).seq), [
+      0,
+      1,
+      2,
+    ]);
+  });
+
+  it(
+    "Deno without FFI: a non-blocking socket as stdout gets a one-line warning on stderr",
+    SLOW,
+    async (t) => {
+      if (runtime !== "deno") return t.skip("the no-FFI route exists only on Deno");
+      const result = await python(PY_SLOW_SOCKET_READER, ["unix", ...denoWithoutFfi(WRITER, ["seq", "12"])]);
+      assert.equal(result.rc, 0, result.stderr as string);
+      const lines = (result.stderr as string).trim().split("\n");
+      assert.equal(lines.length, 2, result.stderr as string);
+      assert.match(lines[0], /^keelson transport: fd 1 is a non-blocking socket .*--allow-ffi/);
+      assert.deepEqual(JSON.parse(lines[1]), { written: 12, results: [true] });
+    },
+  );
+
   it(
     "createStdioTransport() never lets a frame reported failed (ENOSPC on fd 1) be completed by the next write",
     SLOW,
