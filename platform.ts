@@ -2046,13 +2046,14 @@ class SharedStdin implements StdinChunks {
 function openStdinReader(): () => Promise<IteratorResult<Uint8Array>> {
   const denoStdin = (globalThis as { Deno?: { stdin: { readable: ReadableStream<Uint8Array> } } })
     .Deno?.stdin;
-  if (denoStdin || bun) {
-    const reader = (denoStdin ? denoStdin.readable : bun!.stdin.stream()).getReader();
+  if (denoStdin) {
+    const reader = denoStdin.readable.getReader();
     return () => reader.read() as Promise<IteratorResult<Uint8Array>>;
   }
-  // Node: flowing mode, paused after each chunk. A paused stdin stops reading, so the process can exit
-  // once nobody waits for input, and nothing is read that nobody asked for.
-  const stdin = process.stdin;
+  // Node and Bun: flowing mode, paused after each chunk, and the stream's handle referenced only while
+  // a read waits: a loop that stopped reading never keeps the process alive (Node's pause() alone
+  // does not stop a pipe's reads).
+  const stdin = process.stdin as typeof process.stdin & { ref?(): void; unref?(): void };
   const chunks: Uint8Array[] = [];
   let ended = false;
   let failure: { error: unknown } | undefined;
@@ -2065,6 +2066,7 @@ function openStdinReader(): () => Promise<IteratorResult<Uint8Array>> {
   stdin.on("data", (chunk: Uint8Array) => {
     chunks.push(chunk);
     stdin.pause();
+    if (wake === undefined) stdin.unref?.();
     notify();
   });
   stdin.on("end", () => {
@@ -2084,8 +2086,10 @@ function openStdinReader(): () => Promise<IteratorResult<Uint8Array>> {
       if (ended) return { value: undefined, done: true };
       await new Promise<void>((resolve) => {
         wake = resolve;
+        stdin.ref?.();
         stdin.resume();
       });
+      stdin.unref?.();
     }
   };
 }

@@ -387,6 +387,20 @@ err = p.stderr.read().decode()
 print(json.dumps({"rc": p.wait(), "stderr": err}))
 `;
 
+/** Sends one frame to argv[1:] and keeps its stdin open: does the child exit by itself? */
+const PY_STDIN_KEPT_OPEN = String.raw`
+import json, subprocess, sys
+p = subprocess.Popen(sys.argv[1:], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+p.stdin.write(b'{"n":1}\n{"n":2}\n')
+p.stdin.flush()
+try:
+    rc = p.wait(timeout=30)
+except subprocess.TimeoutExpired:
+    p.kill()
+    rc = "hung"
+print(json.dumps({"rc": rc, "stdout": p.stdout.read().decode(), "stderr": p.stderr.read().decode()}))
+`;
+
 // ---------------------------------------------------------------------------------------------------
 // createStdioTransport()
 // ---------------------------------------------------------------------------------------------------
@@ -1245,6 +1259,16 @@ describe("exactly once, any descriptor, wedged peers (second edition)", () => {
         ...frames.slice(1).map((frame) => ({ loop: 2, frame })),
         { done: true },
       ]);
+    },
+  );
+
+  it(
+    "readFrames() over stdin: leaving the loop early lets the process exit while stdin stays open",
+    SLOW,
+    async () => {
+      const result = await python(PY_STDIN_KEPT_OPEN, fixtureArgv(PEER, ["first-only"]));
+      assert.equal(result.rc, 0, result.stderr as string);
+      assert.equal(result.stdout, '{"first":{"n":1}}\n');
     },
   );
 
