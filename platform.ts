@@ -721,8 +721,16 @@ interface DenoFfi {
   dlopen?(
     name: string,
     symbols: Record<string, unknown>,
-  ): { symbols: Record<string, (...args: unknown[]) => unknown> };
+  ): { symbols: LibcSymbols };
   UnsafePointerView?: new (pointer: unknown) => { getInt32(offset?: number): number };
+}
+
+/** The libc functions both FFIs hand back for the spec in {@linkcode loadLibc}. */
+interface LibcSymbols {
+  write(...args: unknown[]): unknown;
+  send(...args: unknown[]): unknown;
+  poll(...args: unknown[]): unknown;
+  __errno_location(): unknown;
 }
 
 let libcCache: Libc | null | undefined;
@@ -755,7 +763,7 @@ function loadLibc(): Libc | null {
     for (const name of names) {
       try {
         const s = ffi.dlopen(name, spec).symbols;
-        const write = s.write!, send = s.send!, poll = s.poll!, errnoLocation = s.__errno_location!;
+        const { write, send, poll, __errno_location: errnoLocation } = s;
         libcCache = {
           write: (fd, bytes, length) => write(fd, bytes, length) as number,
           send: (fd, bytes, length, flags) => send(fd, bytes, length, flags) as number,
@@ -770,9 +778,7 @@ function loadLibc(): Libc | null {
   } else if (bun) {
     try {
       const ffi = createRequire(import.meta.url)("bun:ffi") as {
-        dlopen(name: string, spec: Record<string, unknown>): {
-          symbols: Record<string, (...args: unknown[]) => unknown>;
-        };
+        dlopen(name: string, spec: Record<string, unknown>): { symbols: LibcSymbols };
         read: { i32(pointer: unknown, offset: number): number };
       };
       const spec = {
@@ -784,7 +790,7 @@ function loadLibc(): Libc | null {
       for (const name of names) {
         try {
           const s = ffi.dlopen(name, spec).symbols;
-          const write = s.write!, send = s.send!, poll = s.poll!, errnoLocation = s.__errno_location!;
+          const { write, send, poll, __errno_location: errnoLocation } = s;
           libcCache = {
             write: (fd, bytes, length) => write(fd, bytes, length) as number,
             send: (fd, bytes, length, flags) => send(fd, bytes, length, flags) as number,
