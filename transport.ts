@@ -458,8 +458,10 @@ export function createStdioTransport(options: StdioTransportOptions = {}): Stdio
  * without waiting: what its reader does not take at once is queued (in order, up to 1 MiB), the queue
  * is retried on the next frames, and a secondary whose queue would grow past that is dropped and
  * reported (a {@linkcode TransportWriteError} with code `ETIMEDOUT`); at `close()` whatever its reader
- * does not take at once is discarded. Any other {@linkcode Transport} is called as is, so its `write`
- * must not block.
+ * does not take at once is discarded. This holds wherever the secondary's descriptor can be written
+ * without blocking (every pipe, tty, file and socket, except a blocking socket on Node other than
+ * stdout: `createStdioTransport` warns about those). Any other {@linkcode Transport} is called as is,
+ * so its `write` must not block.
  *
  * @example Mirror the protocol into a file for debugging
  * ```ts
