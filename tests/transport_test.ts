@@ -401,6 +401,43 @@ except subprocess.TimeoutExpired:
 print(json.dumps({"rc": rc, "stdout": p.stdout.read().decode(), "stderr": p.stderr.read().decode()}))
 `;
 
+/** Runs argv[1:] with stdout on a raw pty and reads the master slowly; summarises like the socket reader. */
+const PY_SLOW_PTY_READER = String.raw`
+import json, os, pty, subprocess, sys, time, tty
+m, s = pty.openpty()
+tty.setraw(s)
+p = subprocess.Popen(sys.argv[1:], stdout=s, stderr=subprocess.PIPE)
+os.close(s)
+chunks, reads = [], 0
+while True:
+    if reads < 300:
+        time.sleep(0.001)
+    try:
+        b = os.read(m, 1000 if reads < 300 else 65536)
+    except OSError:
+        break
+    if not b:
+        break
+    reads += 1
+    chunks.append(b)
+err = p.stderr.read().decode()
+rc = p.wait()
+data = b"".join(chunks)
+lines = data.split(b"\n")
+trailing = lines.pop()
+seqs, invalid, bad = [], 0, 0
+for line in lines:
+    try:
+        frame = json.loads(line)
+    except Exception:
+        invalid += 1
+        continue
+    seqs.append(frame["seq"])
+    if frame["body"] != "s" * len(frame["body"]):
+        bad += 1
+print(json.dumps({"rc": rc, "stderr": err, "seqs": seqs, "invalid": invalid, "bad": bad, "trailing": len(trailing)}))
+`;
+
 // ---------------------------------------------------------------------------------------------------
 // createStdioTransport()
 // ---------------------------------------------------------------------------------------------------
@@ -1222,6 +1259,20 @@ describe("exactly once, any descriptor, wedged peers (second edition)", () => {
       },
     );
   }
+
+  it(
+    "createStdioTransport() delivers every frame exactly once to a tty whose reader is slow",
+    SLOW,
+    async () => {
+      const count = 60;
+      const result = await python(PY_SLOW_PTY_READER, fixtureArgv(WRITER, ["seq", String(count)]));
+      assert.equal(result.rc, 0, result.stderr as string);
+      assert.deepEqual(JSON.parse(result.stderr as string), { written: count, results: [true] });
+      assert.equal(result.invalid, 0, "no torn or duplicated bytes");
+      assert.equal(result.bad, 0);
+      assert.deepEqual(result.seqs, Array.from({ length: count }, (_, i) => i), "each frame once, in order");
+    },
+  );
 
   it("createStdioTransport({ fd: 3 }) delivers frames to an inherited pipe", SLOW, async () => {
     const result = await python(PY_FD3, ["read", ...fixtureArgv(WRITER, ["fd3", "4"])]);
