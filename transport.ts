@@ -634,11 +634,18 @@ export function currentTransport(): Transport | undefined {
  * Reads JSON-lines frames from byte chunks (stdin by default) until end-of-file.
  *
  * Chunks may be split anywhere, even inside a UTF-8 character: lines are cut on the `0x0A` byte first,
- * then each line is decoded strictly. A trailing `\r` is dropped, blank lines are skipped, and a last
- * line without a newline is still a frame. A line that is not valid UTF-8 or JSON (`invalid-json`), or
- * longer than `maxFrameBytes` (`too-large`, discarded as it streams past, never held whole) goes to
- * `onInvalid` as a {@linkcode FrameError} with its line number, and reading goes on. Leaving the loop
- * early cancels the source.
+ * then the complete lines of a chunk are decoded together and each line is checked strictly. A trailing
+ * `\r` is dropped, blank lines are skipped, and a last line without a newline is still a frame. A line
+ * that is not valid UTF-8 or JSON (`invalid-json`), or longer than `maxFrameBytes` (`too-large`,
+ * discarded as it streams past, never held whole) goes to `onInvalid` as a {@linkcode FrameError} with
+ * its line number (without `onInvalid`: one line on stderr), and reading goes on.
+ *
+ * A source that fails because its peer reset or closed it (`ECONNRESET`, `EPIPE`, …: see
+ * {@linkcode isPeerGone}) ends the iteration like end-of-file; other source errors are thrown. Leaving
+ * the loop early cancels a source that was passed in. Stdin is different: the process has one stdin
+ * reader, never cancelled, so a second `readFrames()` continues exactly where the first loop stopped
+ * (the bytes it had read past its last frame included), and a loop that stopped reading does not keep
+ * the process alive.
  *
  * @param source A byte stream or async iterable of `Uint8Array` chunks.
  * @param options `maxFrameBytes`, `onInvalid`.

@@ -907,6 +907,32 @@ describe("TeeTransport", () => {
     tee.close();
   });
 
+  it("TeeTransport queues what a slow secondary's reader has not taken yet and delivers it in order, once", () => {
+    const primary = tempFile("tee-slow-primary");
+    const fifo = openFifo();
+    const secondary = createStdioTransport({ fd: fifo.writer });
+    const tee = new TeeTransport(createStdioTransport({ fd: primary.fd }), secondary);
+    const errors: unknown[] = [];
+    tee.onError = (error) => errors.push(error);
+    const body = "q".repeat(2000);
+    for (let seq = 0; seq < 100; seq++) assert.equal(tee.write({ seq, body }), true); // 200 KB > the pipe
+    let received = "";
+    for (let seq = 100; seq < 400 && received.split("\n").length <= 400; seq++) {
+      received += readAvailable(fifo.reader); // the reader catches up a little, then more frames come
+      assert.equal(tee.write({ seq, body: "" }), true);
+    }
+    while (received.split("\n").length <= 400) {
+      received += readAvailable(fifo.reader);
+      tee.write({ seq: -1, body: "" });
+      if (tee.secondaries.length === 0) break;
+    }
+    assert.deepEqual(errors, []);
+    const seqs = received.split("\n").filter((line) => line !== "").map((line) => JSON.parse(line).seq);
+    assert.deepEqual(seqs.filter((seq) => seq >= 0), Array.from({ length: 400 }, (_, i) => i));
+    tee.close();
+    fs.closeSync(fifo.reader);
+  });
+
   it("TeeTransport write() propagates the primary's exceptions and then skips the secondaries", () => {
     const secondary = new Recorder();
     const tee = new TeeTransport(createStdioTransport({ fd: fs.openSync("/dev/full", "w") }), secondary);
