@@ -18,6 +18,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import process from "node:process";
 import { AsyncLocalStorage } from "node:async_hooks";
+import { createRequire } from "node:module";
 import { spawn } from "node:child_process";
 import { Worker } from "node:worker_threads";
 
@@ -302,8 +303,9 @@ export function closeFd(fd: number): void {
 
 /**
  * One `write(2)` of `bytes` to `fd`; returns how many bytes the kernel took (possibly fewer).
- * On Deno a partial write to a pipe is continued inside the call (see {@linkcode writeAll}); for
- * regular files, which the kernel writes whole, it is one `write(2)` on every runtime.
+ * On Deno it goes through libc `write(2)` when FFI is permitted (an exact count); without FFI, Deno's
+ * `node:fs` continues a partial write inside the call. For regular files, which the kernel writes
+ * whole, it is one `write(2)` on every runtime.
  *
  * @param fd The descriptor.
  * @param bytes What to write.
@@ -317,7 +319,14 @@ export function closeFd(fd: number): void {
  * ```
  */
 export function writeOnce(fd: number, bytes: Uint8Array): number {
-  return fs.writeSync(fd, bytes, 0, bytes.length);
+  const lib = WRITE_LOOPS_INTERNALLY ? loadLibc() : null;
+  if (lib === null) return fs.writeSync(fd, bytes, 0, bytes.length);
+  while (true) {
+    const n = lib.write(fd, bytes, bytes.length);
+    if (n >= 0) return n;
+    const errno = lib.errno();
+    if (errno !== EINTR) throw errnoError(errno, "write", fd);
+  }
 }
 
 /** How long {@linkcode writeAll} sleeps on `EAGAIN`: doubles from the first to the last value. */
@@ -332,19 +341,22 @@ const PIPE_BUF = 4096;
 
 /**
  * Trap: Deno's `node:fs` `writeSync` loops over partial writes itself and, when a non-blocking pipe
- * then answers `EAGAIN`, throws without saying how much it already wrote, so a retry would send those
- * bytes twice. On Deno, writes of more than `PIPE_BUF` to anything but a regular file therefore go out
- * in `PIPE_BUF` pieces, each of which the kernel takes whole or not at all.
+ * or socket then answers `EAGAIN`, throws without saying how much it already wrote, so a retry would
+ * send those bytes twice. `Deno.stdout.writeSync` hides partial writes too. On Deno every write
+ * therefore goes through libc `write(2)` / `send(2)` (FFI) when permitted, and otherwise only in pieces
+ * the kernel provably takes whole or not at all (see {@linkcode openDescriptorWriter}).
  */
 const WRITE_LOOPS_INTERNALLY = runtime === "deno";
 
 /**
  * Writes all of `bytes` to `fd` synchronously: loops over partial writes and, on a non-blocking
  * descriptor (`EAGAIN`), sleeps with backoff until the reader drains it. Other errors are thrown as
- * they are, with the bytes already written in `error.bytesWritten`.
+ * they are, with the bytes already written in `error.bytesWritten`, and `error.bytesWrittenExact`
+ * saying whether that count is exact (`false` only on Deno without FFI, where a failed write can hide
+ * how much it wrote: the count is then a lower bound).
  *
- * A regular file gets one `write(2)` for the whole buffer. On Deno, a buffer of more than 4096 bytes
- * to a pipe or socket goes out in 4096-byte writes (see the trap above).
+ * A regular file gets one `write(2)` for the whole buffer. On Deno without FFI, a buffer of more than
+ * 4096 bytes to a pipe or socket goes out in 4096-byte writes (see the trap above).
  *
  * @param fd The descriptor.
  * @param bytes What to write.
@@ -356,14 +368,23 @@ const WRITE_LOOPS_INTERNALLY = runtime === "deno";
  * ```
  */
 export function writeAll(fd: number, bytes: Uint8Array): void {
-  const piece = WRITE_LOOPS_INTERNALLY && bytes.length > PIPE_BUF && !fs.fstatSync(fd).isFile()
-    ? PIPE_BUF
-    : bytes.length;
+  const lib = WRITE_LOOPS_INTERNALLY ? loadLibc() : null;
+  const exact = !WRITE_LOOPS_INTERNALLY || lib !== null;
+  const piece = !exact && bytes.length > PIPE_BUF && !fs.fstatSync(fd).isFile() ? PIPE_BUF : bytes.length;
   let offset = 0;
   let sleepMs = EAGAIN_SLEEP_MIN_MS;
   while (offset < bytes.length) {
     try {
-      offset += fs.writeSync(fd, bytes, offset, Math.min(piece, bytes.length - offset));
+      const length = Math.min(piece, bytes.length - offset);
+      const n = lib === null
+        ? fs.writeSync(fd, bytes, offset, length)
+        : libcWrite(lib, fd, bytes.subarray(offset, offset + length), false);
+      if (n === 0) { // libc's EAGAIN
+        sleepSync(sleepMs);
+        sleepMs = Math.min(sleepMs * 2, EAGAIN_SLEEP_MAX_MS);
+        continue;
+      }
+      offset += n;
       sleepMs = EAGAIN_SLEEP_MIN_MS;
     } catch (error) {
       const code = errorCode(error);
@@ -375,10 +396,439 @@ export function writeAll(fd: number, bytes: Uint8Array): void {
       if (code === "EINTR") continue;
       if (typeof error === "object" && error !== null) {
         (error as { bytesWritten?: number }).bytesWritten = offset;
+        (error as { bytesWrittenExact?: boolean }).bytesWrittenExact = exact;
       }
       throw error;
     }
   }
+}
+
+// --- Descriptors: exact, bounded writes to any descriptor number
+
+/**
+ * What a descriptor is, as far as writing to it goes: `"tty"` is any character device.
+ *
+ * @example
+ * ```ts
+ * import { type DescriptorKind, openDescriptorWriter } from "./platform.ts";
+ * const writer = openDescriptorWriter(2);
+ * const kind: DescriptorKind = writer.kind;
+ * console.error(kind); // "pipe", "tty", "file", …
+ * writer.close();
+ * ```
+ */
+export type DescriptorKind = "file" | "pipe" | "socket" | "tty" | "other";
+
+/**
+ * A way to write to one descriptor that never resends bytes: made by {@linkcode openDescriptorWriter}.
+ *
+ * @example Write what the kernel takes now, without blocking
+ * ```ts
+ * import { openDescriptorWriter } from "./platform.ts";
+ * const writer = openDescriptorWriter(2);
+ * const bytes = new TextEncoder().encode("hello\n");
+ * const taken = writer.writeSome(bytes); // 0 when the reader is behind
+ * console.error(taken, writer.exact, writer.bounded);
+ * writer.close();
+ * ```
+ */
+export interface DescriptorWriter {
+  /** The descriptor number the caller named. */
+  readonly fd: number;
+  /** What the descriptor is. */
+  readonly kind: DescriptorKind;
+  /** `true` when every write reports exactly what it wrote, failed writes included. */
+  readonly exact: boolean;
+  /** `true` when {@linkcode DescriptorWriter.writeSome} never blocks, so a wait can be bounded. */
+  readonly bounded: boolean;
+  /** One line saying what is not guaranteed here (not exact, not bounded), or `null`. */
+  readonly limitation: string | null;
+  /**
+   * One write attempt: the number of bytes the kernel took (a prefix of `bytes`), or 0 when the
+   * descriptor would block. Any other failure throws the runtime's error (`EPIPE`, `ENOSPC`, …).
+   */
+  writeSome(bytes: Uint8Array): number;
+  /**
+   * Waits until the descriptor may take bytes again, at most `timeoutMs` (sooner is fine): `poll(2)`
+   * where FFI is available, else a short sleep.
+   */
+  waitWritable(timeoutMs: number): void;
+  /** Releases what the writer opened itself; the caller's descriptor stays open. */
+  close(): void;
+}
+
+/**
+ * Opens an exact writer for any descriptor number, on every runtime: an inherited descriptor Deno's
+ * `node:fs` does not know is reached through libc (FFI) or by opening `/proc/self/fd/N`.
+ *
+ * Routes, per descriptor kind: a blocking pipe or tty is reopened through `/proc/self/fd/N` with
+ * `O_NONBLOCK` (a new open file description: the flags the process shares with others stay as they
+ * are), so a write can be bounded; a socket gets `send(2)` with `MSG_DONTWAIT` through FFI (Deno, Bun)
+ * or plain writes when it is already non-blocking (Node); a regular file is written whole. On Deno
+ * without FFI, pipes get writes of at most `PIPE_BUF` bytes (all-or-nothing) and a non-blocking socket
+ * cannot be written exactly: {@linkcode DescriptorWriter.limitation} says so.
+ *
+ * @param fd The descriptor number.
+ * @returns The writer; `close()` it when done.
+ * @throws {Error} with code `EBADF` when `fd` is not an open descriptor, or is open only for reading.
+ *
+ * @example
+ * ```ts
+ * import { openDescriptorWriter } from "./platform.ts";
+ * const writer = openDescriptorWriter(1);
+ * if (writer.limitation !== null) console.error(writer.limitation);
+ * writer.writeSome(new TextEncoder().encode('{"ok":true}\n'));
+ * writer.close();
+ * ```
+ */
+export function openDescriptorWriter(fd: number): DescriptorWriter {
+  if (!Number.isSafeInteger(fd) || fd < 0) {
+    throw new TypeError(`Cannot open a descriptor writer: fd must be a non-negative integer, got ${fd}`);
+  }
+  const lib = runtime === "node" ? null : loadLibc();
+  let known = true; // node:fs can write to this number (on Deno: one it opened itself, or 0-2)
+  let stats: fs.Stats;
+  try {
+    stats = fs.fstatSync(fd);
+  } catch (error) {
+    if (errorCode(error) !== "EBADF" || !isLinux) throw error;
+    try {
+      stats = fs.statSync(`/proc/self/fd/${fd}`); // Deno: a real descriptor node:fs does not know
+    } catch {
+      throw errnoError(EBADF, "fstat", fd, `fd ${fd} is not an open descriptor`);
+    }
+    known = false;
+  }
+  const kind: DescriptorKind = stats.isFile()
+    ? "file"
+    : stats.isFIFO()
+    ? "pipe"
+    : stats.isSocket()
+    ? "socket"
+    : stats.isCharacterDevice()
+    ? "tty"
+    : "other";
+  const flags = descriptorFlags(fd);
+  if (flags !== null && (flags & O_ACCMODE) === O_RDONLY) {
+    throw errnoError(EBADF, "open", fd, `fd ${fd} is open for reading only`);
+  }
+  if (runtime === "node" && kind === "socket" && (fd === 1 || fd === 2)) {
+    // Node makes its stdout/stderr socket non-blocking when the stream is first touched: do it now, so
+    // the writer below knows it is bounded.
+    void (fd === 1 ? process.stdout : process.stderr).writable;
+  }
+  let nonBlocking = flags === null ? null : (flags & O_NONBLOCK) !== 0;
+  if (runtime === "node" && kind === "socket" && (fd === 1 || fd === 2)) {
+    nonBlocking = descriptorNonBlocking(fd);
+  }
+
+  // Pipes and ttys: a private non-blocking description of the same pipe, so a wait can be bounded
+  // without changing flags the process shares (and, on Deno, a number node:fs knows).
+  let target = fd;
+  let owned: number | null = null;
+  const terminal = kind === "tty" && isLinux && isTerminalPath(fd);
+  if ((kind === "pipe" || terminal) && (nonBlocking !== true || !known) && isLinux) {
+    try {
+      owned = fs.openSync(`/proc/self/fd/${fd}`, O_WRONLY | O_NONBLOCK | O_NOCTTY);
+      target = owned;
+      nonBlocking = true;
+      known = true;
+    } catch (error) {
+      // ENXIO: the reader is already gone (the write will say EPIPE); EIO: a hung-up tty (the write will
+      // say EIO). Either way nothing will block. Anything else: keep the original descriptor.
+      const code = errorCode(error);
+      if (code === "ENXIO" || code === "EIO") nonBlocking = true;
+    }
+  } else if (kind === "file" && !known && lib === null && isLinux) {
+    owned = fs.openSync(`/proc/self/fd/${fd}`, O_WRONLY | O_APPEND);
+    target = owned;
+    known = true;
+  }
+  if (!known && lib === null) {
+    throw errnoError(
+      EBADF,
+      "open",
+      fd,
+      `fd ${fd} (a ${kind}) is not reachable on ${runtime} without FFI: run with --allow-ffi`,
+    );
+  }
+
+  const useSend = lib !== null && kind === "socket";
+  let exact = true;
+  let piece = MAX_WRITE_BYTES;
+  // A character device that is not a terminal (/dev/null, /dev/full) never waits for a reader.
+  let bounded = kind === "file" || (kind === "tty" && !terminal) || useSend || nonBlocking === true;
+  let limitation: string | null = null;
+  if (lib === null && WRITE_LOOPS_INTERNALLY && kind !== "file") {
+    if (kind === "pipe") {
+      piece = PIPE_BUF; // all-or-nothing, blocking or not
+    } else if (nonBlocking !== false) {
+      piece = PIPE_BUF;
+      exact = false;
+      limitation = `fd ${fd} is a non-blocking ${kind} and Deno writes to it without reporting partial ` +
+        `writes; run with --allow-ffi for exact writes (a stalled write may resend bytes)`;
+    }
+  }
+  if (!bounded && limitation === null) {
+    limitation = nonBlocking === null
+      ? `fd ${fd} is a ${kind} whose flags ${runtime} cannot read here (on Deno: without --allow-all or ` +
+        `--allow-ffi): if it is blocking, a reader that stops reading blocks the write`
+      : `fd ${fd} is a blocking ${kind} that ${runtime} cannot write without blocking: ` +
+        `a reader that stops reading blocks the write`;
+  }
+  return {
+    fd,
+    kind,
+    exact,
+    bounded,
+    limitation,
+    writeSome(bytes: Uint8Array): number {
+      const length = Math.min(bytes.length, piece);
+      if (lib !== null) {
+        return libcWrite(lib, target, length === bytes.length ? bytes : bytes.subarray(0, length), useSend);
+      }
+      while (true) {
+        try {
+          return fs.writeSync(target, bytes, 0, length);
+        } catch (error) {
+          const code = errorCode(error);
+          if (code === "EAGAIN" || code === "EWOULDBLOCK") return 0;
+          if (code !== "EINTR") throw error;
+        }
+      }
+    },
+    waitWritable(timeoutMs: number): void {
+      if (lib !== null) {
+        pollFd.setInt32(0, target, true);
+        pollFd.setInt16(4, POLLOUT, true);
+        pollFd.setInt16(6, 0, true);
+        if (lib.poll(pollBytes, Math.max(1, Math.ceil(timeoutMs))) >= 0) return;
+      }
+      sleepSync(timeoutMs);
+    },
+    close(): void {
+      if (owned === null) return;
+      const closing = owned;
+      owned = null;
+      fs.closeSync(closing);
+    },
+  };
+}
+
+/**
+ * Writes all of `bytes` through `writer`, sleeping out `EAGAIN` with backoff, and gives up once no
+ * byte went out for `timeoutMs` (a wedged reader). Errors are thrown as the runtime made them, with
+ * `bytesWritten` (exact when `writer.exact`, else a lower bound) and `bytesWrittenExact` set.
+ *
+ * @param writer The descriptor writer.
+ * @param bytes What to write.
+ * @param timeoutMs The longest wait without progress; `Infinity` waits for ever.
+ * @returns The number of bytes written: `bytes.length`, or fewer when the wait timed out.
+ *
+ * @example
+ * ```ts
+ * import { openDescriptorWriter, writeAllWithin } from "./platform.ts";
+ * const writer = openDescriptorWriter(1);
+ * const bytes = new TextEncoder().encode("line\n");
+ * if (writeAllWithin(writer, bytes, 10_000) < bytes.length) console.error("the reader is wedged");
+ * writer.close();
+ * ```
+ */
+export function writeAllWithin(writer: DescriptorWriter, bytes: Uint8Array, timeoutMs: number): number {
+  let offset = 0;
+  let sleepMs = WAIT_WRITABLE_MIN_MS;
+  let stalledSince = 0;
+  while (offset < bytes.length) {
+    let n: number;
+    try {
+      n = writer.writeSome(offset === 0 ? bytes : bytes.subarray(offset));
+    } catch (error) {
+      if (typeof error === "object" && error !== null) {
+        (error as { bytesWritten?: number }).bytesWritten = offset;
+        (error as { bytesWrittenExact?: boolean }).bytesWrittenExact = writer.exact;
+      }
+      throw error;
+    }
+    if (n > 0) {
+      offset += n;
+      sleepMs = WAIT_WRITABLE_MIN_MS;
+      stalledSince = 0;
+      continue;
+    }
+    const now = Date.now();
+    if (stalledSince === 0) stalledSince = now;
+    else if (now - stalledSince >= timeoutMs) return offset;
+    // poll(2) wakes as soon as the reader drains; the sleep it falls back to starts short (a reader
+    // such as `cat` drains a full pipe in microseconds) and backs off.
+    writer.waitWritable(Math.min(sleepMs, stalledSince + timeoutMs - now));
+    sleepMs = Math.min(sleepMs * 2, EAGAIN_SLEEP_MAX_MS);
+  }
+  return offset;
+}
+
+/** The largest single write: keeps FFI counts within 32 bits and the kernel's own cap. */
+const MAX_WRITE_BYTES = 1 << 30;
+/** The first wait of {@linkcode writeAllWithin} after `EAGAIN`; doubles up to `EAGAIN_SLEEP_MAX_MS`. */
+const WAIT_WRITABLE_MIN_MS = 0.05;
+const POLLOUT = 4;
+const pollBytes = new Uint8Array(8);
+const pollFd = new DataView(pollBytes.buffer);
+const { O_NONBLOCK = 0o4000, O_NOCTTY = 0o400 } = fs.constants as { O_NONBLOCK?: number; O_NOCTTY?: number };
+const O_ACCMODE = 3;
+const EBADF = 9;
+const EINTR = 4;
+const EAGAIN = 11;
+/** Linux `send(2)` flags: never block, never raise SIGPIPE. */
+const MSG_DONTWAIT = 0x40;
+const MSG_NOSIGNAL = 0x4000;
+
+/** The `flags:` of `/proc/self/fdinfo/N` (octal), or `null` where it cannot be read. */
+function descriptorFlags(fd: number): number | null {
+  if (!isLinux) return null;
+  try {
+    const match = /flags:\s*([0-7]+)/.exec(fs.readFileSync(`/proc/self/fdinfo/${fd}`, "utf8"));
+    return match === null ? null : parseInt(match[1] ?? "", 8);
+  } catch {
+    return null;
+  }
+}
+
+/** Whether `/proc/self/fd/N` names a terminal (a pty, a virtual console, the console). */
+function isTerminalPath(fd: number): boolean {
+  try {
+    return /^\/dev\/(pts\/|tty|console)/.test(fs.readlinkSync(`/proc/self/fd/${fd}`));
+  } catch {
+    return false;
+  }
+}
+
+function descriptorNonBlocking(fd: number): boolean | null {
+  const flags = descriptorFlags(fd);
+  return flags === null ? null : (flags & O_NONBLOCK) !== 0;
+}
+
+/** libc `write(2)`, `send(2)` and `poll(2)` through FFI, with `errno`. */
+interface Libc {
+  write(fd: number, bytes: Uint8Array, length: number): number;
+  send(fd: number, bytes: Uint8Array, length: number, flags: number): number;
+  /** `poll(2)` of one `struct pollfd` (8 bytes: fd, events, revents). */
+  poll(fds: Uint8Array, timeoutMs: number): number;
+  errno(): number;
+}
+
+interface DenoFfi {
+  permissions?: { querySync?(descriptor: { name: string }): { state: string } };
+  dlopen?(
+    name: string,
+    symbols: Record<string, unknown>,
+  ): { symbols: LibcSymbols };
+  UnsafePointerView?: new (pointer: unknown) => { getInt32(offset?: number): number };
+}
+
+/** The libc functions both FFIs hand back for the spec in {@linkcode loadLibc}. */
+interface LibcSymbols {
+  write(...args: unknown[]): unknown;
+  send(...args: unknown[]): unknown;
+  poll(...args: unknown[]): unknown;
+  __errno_location(): unknown;
+}
+
+let libcCache: Libc | null | undefined;
+
+/**
+ * libc through FFI on Deno (when `--allow-ffi` is granted: never prompts) and Bun, on Linux; `null`
+ * elsewhere and on Node, which has no FFI.
+ */
+function loadLibc(): Libc | null {
+  if (libcCache !== undefined) return libcCache;
+  libcCache = null;
+  if (process.platform !== "linux" || (process.arch !== "x64" && process.arch !== "arm64")) return null;
+  const names = ["libc.so.6", `libc.musl-${process.arch === "x64" ? "x86_64" : "aarch64"}.so.1`];
+  if (deno) {
+    const ffi = deno as unknown as DenoFfi;
+    try {
+      if (ffi.permissions?.querySync?.({ name: "ffi" }).state !== "granted") return null;
+    } catch {
+      return null;
+    }
+    const View = ffi.UnsafePointerView;
+    if (typeof ffi.dlopen !== "function" || View === undefined) return null;
+    const spec = {
+      // 32-bit counts and results keep these on Deno's fast call path (a write is capped at 1 GiB).
+      write: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+      send: { parameters: ["i32", "buffer", "u32", "i32"], result: "i32" },
+      poll: { parameters: ["buffer", "u32", "i32"], result: "i32" },
+      __errno_location: { parameters: [], result: "pointer" },
+    };
+    for (const name of names) {
+      try {
+        const s = ffi.dlopen(name, spec).symbols;
+        const { write, send, poll, __errno_location: errnoLocation } = s;
+        libcCache = {
+          write: (fd, bytes, length) => write(fd, bytes, length) as number,
+          send: (fd, bytes, length, flags) => send(fd, bytes, length, flags) as number,
+          poll: (fds, timeoutMs) => poll(fds, 1, timeoutMs) as number,
+          errno: () => new View(errnoLocation()).getInt32(0),
+        };
+        break;
+      } catch {
+        // try the next libc
+      }
+    }
+  } else if (bun) {
+    try {
+      const ffi = createRequire(import.meta.url)("bun:ffi") as {
+        dlopen(name: string, spec: Record<string, unknown>): { symbols: LibcSymbols };
+        read: { i32(pointer: unknown, offset: number): number };
+      };
+      const spec = {
+        write: { args: ["i32", "ptr", "u32"], returns: "i32" },
+        send: { args: ["i32", "ptr", "u32", "i32"], returns: "i32" },
+        poll: { args: ["ptr", "u32", "i32"], returns: "i32" },
+        __errno_location: { args: [], returns: "ptr" },
+      };
+      for (const name of names) {
+        try {
+          const s = ffi.dlopen(name, spec).symbols;
+          const { write, send, poll, __errno_location: errnoLocation } = s;
+          libcCache = {
+            write: (fd, bytes, length) => write(fd, bytes, length) as number,
+            send: (fd, bytes, length, flags) => send(fd, bytes, length, flags) as number,
+            poll: (fds, timeoutMs) => poll(fds, 1, timeoutMs) as number,
+            errno: () => ffi.read.i32(errnoLocation(), 0),
+          };
+          break;
+        } catch {
+          // try the next libc
+        }
+      }
+    } catch {
+      return null;
+    }
+  }
+  return libcCache;
+}
+
+/** One libc write (or `send` with `MSG_DONTWAIT`): bytes taken, 0 for `EAGAIN`; retries `EINTR`. */
+function libcWrite(lib: Libc, fd: number, bytes: Uint8Array, send: boolean): number {
+  while (true) {
+    const n = send
+      ? lib.send(fd, bytes, bytes.length, MSG_DONTWAIT | MSG_NOSIGNAL)
+      : lib.write(fd, bytes, bytes.length);
+    if (n >= 0) return n;
+    const errno = lib.errno();
+    if (errno === EINTR) continue;
+    if (errno === EAGAIN) return 0;
+    throw errnoError(errno, send ? "send" : "write", fd);
+  }
+}
+
+/** An error shaped like Node's errno errors (`code`, `errno`, `syscall`, `fd`). */
+function errnoError(errno: number, syscall: string, fd: number, message?: string): Error {
+  const code = ERRNO_NAMES.get(errno) ?? `E${errno}`;
+  const error = new Error(`${code}: ${message ?? `${syscall} failed on fd ${fd}`} (os error ${errno})`);
+  Object.assign(error, { code, errno: -errno, syscall, fd });
+  return error;
 }
 
 /**
@@ -1525,8 +1975,15 @@ function concatBytes(chunks: Uint8Array[]): Uint8Array {
 // ---------------------------------------------------------------------------------------------------
 
 /**
- * This process's stdin as a stream of byte chunks, from the runtime's fastest source
- * (`Deno.stdin.readable`, `Bun.stdin.stream()`, `process.stdin`).
+ * This process's stdin as byte chunks, read by the runtime's fastest source (`Deno.stdin.readable`,
+ * `Bun.stdin.stream()`, `process.stdin`), as {@linkcode StdinChunks}.
+ *
+ * There is ONE reader per process: every call returns the same source, a loop that stops early does
+ * not cancel stdin, and bytes handed back with {@linkcode StdinChunks.unread} come first for the next
+ * loop. So a handshake loop can stop after one message and a second loop continue exactly where the
+ * first stopped. On Node, stdin is paused between reads, so it never keeps the process alive by itself.
+ *
+ * @returns The process-wide stdin source.
  *
  * @example Count the bytes on stdin
  * ```ts
@@ -1536,12 +1993,111 @@ function concatBytes(chunks: Uint8Array[]): Uint8Array {
  * console.log(total);
  * ```
  */
-export function stdinChunks(): AsyncIterable<Uint8Array> {
+export function stdinChunks(): StdinChunks {
+  stdinSource ??= new SharedStdin();
+  return stdinSource;
+}
+
+/**
+ * The process-wide stdin source of {@linkcode stdinChunks}: an async iterable of byte chunks whose
+ * iterators share one reader, plus a way to hand bytes back.
+ *
+ * @example Peek at the first chunk, then read everything from the start
+ * ```ts
+ * import { stdinChunks } from "./platform.ts";
+ * const stdin = stdinChunks();
+ * for await (const chunk of stdin) {
+ *   stdin.unread(chunk); // leaving the loop does not cancel stdin
+ *   break;
+ * }
+ * for await (const chunk of stdin) console.log(chunk.length);
+ * ```
+ */
+export interface StdinChunks extends AsyncIterable<Uint8Array> {
+  /** Puts `bytes` (copied) in front of what the next read returns. */
+  unread(bytes: Uint8Array): void;
+}
+
+let stdinSource: SharedStdin | undefined;
+
+/** One reader of stdin for the whole process; iterators returned early leave it running. */
+class SharedStdin implements StdinChunks {
+  #pushedBack: Uint8Array[] = [];
+  #read: (() => Promise<IteratorResult<Uint8Array>>) | undefined = undefined;
+  #ended = false;
+
+  [Symbol.asyncIterator](): AsyncIterator<Uint8Array> {
+    return {
+      next: () => this.#next(),
+      return: () => Promise.resolve({ value: undefined, done: true }),
+    };
+  }
+
+  unread(bytes: Uint8Array): void {
+    if (bytes.length > 0) this.#pushedBack.unshift(bytes.slice());
+  }
+
+  async #next(): Promise<IteratorResult<Uint8Array>> {
+    const pushed = this.#pushedBack.shift();
+    if (pushed !== undefined) return { value: pushed, done: false };
+    if (this.#ended) return { value: undefined, done: true };
+    this.#read ??= openStdinReader();
+    const result = await this.#read();
+    if (result.done) this.#ended = true;
+    return result;
+  }
+}
+
+/** A `read()` of stdin for this runtime. Errors (a reset socket) are thrown from `read()`. */
+function openStdinReader(): () => Promise<IteratorResult<Uint8Array>> {
   const denoStdin = (globalThis as { Deno?: { stdin: { readable: ReadableStream<Uint8Array> } } })
     .Deno?.stdin;
-  if (denoStdin) return denoStdin.readable;
-  if (bun) return bun.stdin.stream();
-  return process.stdin as AsyncIterable<Uint8Array>;
+  if (denoStdin) {
+    const reader = denoStdin.readable.getReader();
+    return () => reader.read() as Promise<IteratorResult<Uint8Array>>;
+  }
+  // Node and Bun: flowing mode, paused after each chunk, and the stream's handle referenced only while
+  // a read waits: a loop that stopped reading never keeps the process alive (Node's pause() alone
+  // does not stop a pipe's reads).
+  const stdin = process.stdin as typeof process.stdin & { ref?(): void; unref?(): void };
+  const chunks: Uint8Array[] = [];
+  let ended = false;
+  let failure: { error: unknown } | undefined;
+  let wake: (() => void) | undefined;
+  const notify = () => {
+    const resume = wake;
+    wake = undefined;
+    resume?.();
+  };
+  stdin.on("data", (chunk: Uint8Array) => {
+    chunks.push(chunk);
+    stdin.pause();
+    if (wake === undefined) stdin.unref?.();
+    notify();
+  });
+  stdin.on("end", () => {
+    ended = true;
+    notify();
+  });
+  stdin.on("error", (error: unknown) => {
+    failure = { error };
+    notify();
+  });
+  stdin.pause();
+  return async () => {
+    while (true) {
+      const chunk = chunks.shift();
+      if (chunk !== undefined) return { value: chunk, done: false };
+      if (failure !== undefined) throw failure.error;
+      if (ended) return { value: undefined, done: true };
+      await new Promise<void>((resolve) => {
+        wake = resolve;
+        stdin.ref?.();
+        stdin.resume();
+      });
+      stdin.unref?.();
+    }
+  };
 }
 
 // ---------------------------------------------------------------------------------------------------

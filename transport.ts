@@ -14,12 +14,15 @@
 import {
   closeFd,
   createContextStore,
+  type DescriptorWriter,
   errorCode,
   fstat,
   fsync,
-  runtime,
+  openDescriptorWriter,
+  type StdinChunks,
   stdinChunks,
   writeAll,
+  writeAllWithin,
 } from "./platform.ts";
 
 // ---------------------------------------------------------------------------------------------------
@@ -142,6 +145,23 @@ export interface StdioTransportOptions {
    * @default false for descriptors 0, 1 and 2, true for any other descriptor
    */
   closeFd?: boolean;
+  /**
+   * The longest a write may make no progress (the reader stopped reading but did not close) before
+   * the peer counts as wedged: `write` then returns `false`, as for a gone peer, and so does every
+   * later write. `Infinity` waits for ever, like a blocking write. Where the runtime has no
+   * non-blocking route to the descriptor (a blocking socket on Node other than stdout; on Deno without
+   * `--allow-ffi` or `-A`, a descriptor whose flags it may not read), the wait cannot be bounded and a
+   * one-line warning on stderr says so (`Infinity` asks for no bound, and no warning).
+   * @default 10000
+   */
+  writeTimeoutMs?: number;
+  /**
+   * While the transport is open, send `console.log`, `console.info`, `console.debug` and
+   * `console.warn` to stderr, so a stray print cannot corrupt the protocol stream. `close()` puts them
+   * back. Writes that bypass `console` (`process.stdout.write`) are not redirected.
+   * @default true for fd 1, false for any other descriptor
+   */
+  redirectConsole?: boolean;
 }
 
 /**
@@ -161,8 +181,13 @@ export interface StdioTransportOptions {
 export interface StdioTransport extends Transport, Disposable {
   /** The descriptor frames are written to. */
   readonly fd: number;
-  /** `true` once a write found the peer gone; later writes return `false` without a syscall. */
+  /**
+   * `true` once a write found the peer gone (or wedged past `writeTimeoutMs`); later writes return
+   * `false` without a syscall.
+   */
   readonly peerGone: boolean;
+  /** `true` when the peer counts as gone because a write made no progress for `writeTimeoutMs`. */
+  readonly wedged: boolean;
   /** `true` once {@linkcode Transport.close} was called. */
   readonly closed: boolean;
 }
@@ -191,8 +216,8 @@ export class TransportWriteError extends Error {
   /** The descriptor that was written to. */
   readonly fd: number;
   /**
-   * Bytes of the frame's line (newline included) the kernel took before the failure. A lower bound on
-   * Deno, whose `writeSync` hides a partial write that a failure ends.
+   * Bytes of the frame's line (newline included) the kernel took before the failure: exact, except on
+   * Deno without FFI for a non-blocking socket, where it is a lower bound.
    */
   readonly bytesWritten: number;
   /** Size of the frame's line in bytes, newline included. */
@@ -309,9 +334,8 @@ export interface ReadFramesOptions {
   maxFrameBytes?: number;
   /**
    * Receives each line that is not a frame (invalid UTF-8, invalid JSON, too large); the iteration goes
-   * on with the next line. Without it the first such line throws its {@linkcode FrameError} out of the
-   * iteration, so a broken peer is never mistaken for a quiet one.
-   * @default undefined (throw)
+   * on with the next line. Without it, each such line is reported as one line on stderr and skipped.
+   * @default undefined (report on stderr)
    */
   onInvalid?: (error: FrameError) => void;
 }
@@ -328,18 +352,27 @@ export interface ReadFramesOptions {
  * written synchronously, looping over partial writes and sleeping out `EAGAIN` when the descriptor is
  * non-blocking (as Node makes a piped stdout), so a 10 MiB frame arrives whole and no other frame can
  * start in between: frames never interleave, whatever mix of sync and async code calls `write`. While
- * the reader does not read, `write` waits, as a blocking write would.
+ * the reader does not read, `write` waits, up to `writeTimeoutMs` without progress (then the peer counts
+ * as wedged and `write` returns `false`).
+ *
+ * Bytes are never sent twice: every write learns exactly how much the kernel took, on pipes, sockets,
+ * ttys and files, blocking or not (on Deno through libc when FFI is permitted; without it, a
+ * descriptor that has no exact route gets a one-line warning on stderr). Any descriptor number works,
+ * an inherited fd 3 included; one that is not open for writing throws `TypeError` at once.
  *
  * `write` returns `false` only when the peer is gone ({@linkcode isPeerGone}: `EPIPE`, `ECONNRESET`,
- * `EBADF` or a closed resource, `ESHUTDOWN`), and from then on returns `false` without touching the
- * descriptor. Every other failure throws a {@linkcode TransportWriteError} carrying the errno and the
- * original error as `cause`. When such a failure tore a frame (some bytes written), the next frame
- * starts with a newline so the fragment stays a line of its own and the next frame arrives intact.
+ * `EBADF` or a closed resource, `ESHUTDOWN`) or wedged, and from then on returns `false` without
+ * touching the descriptor. Every other failure throws a {@linkcode TransportWriteError} carrying the
+ * errno and the original error as `cause`. When such a failure tore a frame (some bytes written, or an
+ * unknown count), the next frame starts with a CAN byte (`0x18`) and a newline: the fragment becomes a
+ * line of its own that is never valid JSON (a frame reported failed is never completed later), and the
+ * next frame arrives intact.
  *
- * Frames from other threads or from `console.log` on the same descriptor are not coordinated with
- * these writes: give each descriptor one transport, and log to stderr.
+ * With `redirectConsole` (the default for fd 1), `console.log/info/debug/warn` go to stderr while the
+ * transport is open. Frames from other threads on the same descriptor are not coordinated with these
+ * writes: give each descriptor one transport.
  *
- * @param options The descriptor, `flush`, `closeFd`.
+ * @param options The descriptor, `flush`, `closeFd`, `writeTimeoutMs`, `redirectConsole`.
  * @returns A transport; `close()` (or `using`) stops it.
  *
  * @example Answer a parent over stdout until it goes away
@@ -383,7 +416,33 @@ export function createStdioTransport(options: StdioTransportOptions = {}): Stdio
       `Cannot create a stdio transport: closeFd must be a boolean, got ${describe(options.closeFd)}`,
     );
   }
-  return new FdTransport(fd, flush, shouldCloseFd);
+  const writeTimeoutMs = options.writeTimeoutMs ?? DEFAULT_WRITE_TIMEOUT_MS;
+  if (typeof writeTimeoutMs !== "number" || Number.isNaN(writeTimeoutMs) || writeTimeoutMs < 0) {
+    throw new TypeError(
+      `Cannot create a stdio transport: writeTimeoutMs must be a non-negative number, got ${
+        describe(options.writeTimeoutMs)
+      }`,
+    );
+  }
+  const redirect = options.redirectConsole ?? fd === DEFAULT_TRANSPORT_FD;
+  if (typeof redirect !== "boolean") {
+    throw new TypeError(
+      `Cannot create a stdio transport: redirectConsole must be a boolean, got ${
+        describe(options.redirectConsole)
+      }`,
+    );
+  }
+  let writer: DescriptorWriter;
+  try {
+    writer = openDescriptorWriter(fd);
+  } catch (error) {
+    const reason = error instanceof Error ? error.message : String(error);
+    throw new TypeError(`Cannot create a stdio transport: ${reason}`, { cause: error });
+  }
+  if (writer.limitation !== null && (!writer.exact || Number.isFinite(writeTimeoutMs))) {
+    reportOnStderr(`keelson transport: ${writer.limitation}`);
+  }
+  return new FdTransport(writer, flush, shouldCloseFd, writeTimeoutMs, redirect);
 }
 
 /**
@@ -394,6 +453,15 @@ export function createStdioTransport(options: StdioTransportOptions = {}): Stdio
  * propagate, and then the secondaries do not see the frame. A secondary that returns `false` (its peer
  * is gone) or throws never changes the result: it is dropped and closed, and a throwing one (or a
  * failing close) is reported to {@linkcode TeeTransport.onError}.
+ *
+ * A secondary never stalls the primary. A secondary made by {@linkcode createStdioTransport} is written
+ * without waiting: what its reader does not take at once is queued (in order, up to 1 MiB), the queue
+ * is retried on the next frames, and a secondary whose queue would grow past that is dropped and
+ * reported (a {@linkcode TransportWriteError} with code `ETIMEDOUT`); at `close()` whatever its reader
+ * does not take at once is discarded. This holds wherever the secondary's descriptor can be written
+ * without blocking (every pipe, tty, file and socket, except a blocking socket on Node other than
+ * stdout: `createStdioTransport` warns about those). Any other {@linkcode Transport} is called as is,
+ * so its `write` must not block.
  *
  * @example Mirror the protocol into a file for debugging
  * ```ts
@@ -455,7 +523,8 @@ export class TeeTransport implements Transport, Disposable {
     const failed: Transport[] = [];
     for (const secondary of this.#secondaries) {
       try {
-        if (!secondary.write(frame)) failed.push(secondary);
+        const delivered = secondary instanceof FdTransport ? secondary[OFFER](frame) : secondary.write(frame);
+        if (!delivered) failed.push(secondary);
       } catch (error) {
         failed.push(secondary);
         this.#report(error, secondary);
@@ -565,11 +634,18 @@ export function currentTransport(): Transport | undefined {
  * Reads JSON-lines frames from byte chunks (stdin by default) until end-of-file.
  *
  * Chunks may be split anywhere, even inside a UTF-8 character: lines are cut on the `0x0A` byte first,
- * then each line is decoded strictly. A trailing `\r` is dropped, blank lines are skipped, and a last
- * line without a newline is still a frame. A line that is not valid UTF-8 or JSON (`invalid-json`), or
- * longer than `maxFrameBytes` (`too-large`, discarded as it streams past, never held whole) goes to
- * `onInvalid` as a {@linkcode FrameError} with its line number, and reading goes on. Leaving the loop
- * early cancels the source.
+ * then the complete lines of a chunk are decoded together and each line is checked strictly. A trailing
+ * `\r` is dropped, blank lines are skipped, and a last line without a newline is still a frame. A line
+ * that is not valid UTF-8 or JSON (`invalid-json`), or longer than `maxFrameBytes` (`too-large`,
+ * discarded as it streams past, never held whole) goes to `onInvalid` as a {@linkcode FrameError} with
+ * its line number (without `onInvalid`: one line on stderr), and reading goes on.
+ *
+ * A source that fails because its peer reset or closed it (`ECONNRESET`, `EPIPE`, …: see
+ * {@linkcode isPeerGone}) ends the iteration like end-of-file; other source errors are thrown. Leaving
+ * the loop early cancels a source that was passed in. Stdin is different: the process has one stdin
+ * reader, never cancelled, so a second `readFrames()` continues exactly where the first loop stopped
+ * (the bytes it had read past its last frame included), and a loop that stopped reading does not keep
+ * the process alive.
  *
  * @param source A byte stream or async iterable of `Uint8Array` chunks.
  * @param options `maxFrameBytes`, `onInvalid`.
@@ -618,7 +694,7 @@ export function readFrames(
     throw new TypeError(`readFrames(): onInvalid must be a function, got ${describe(onInvalid)}`);
   }
   const chunks = toChunkIterable(source ?? stdinChunks());
-  return new FrameIterator(chunks, maxFrameBytes, onInvalid);
+  return new FrameIterator(chunks, maxFrameBytes, onInvalid ?? reportInvalidLine);
 }
 
 /**
@@ -663,26 +739,50 @@ const fatalDecoder = new TextDecoder("utf-8", { fatal: true });
 
 const transportStore = createContextStore<Transport>();
 
+/** The tee's way into an {@linkcode FdTransport}: a write that never waits. */
+const OFFER: unique symbol = Symbol("offer");
+
 /** The {@linkcode StdioTransport} behind {@linkcode createStdioTransport}. */
 class FdTransport implements StdioTransport {
   readonly fd: number;
+  #writer: DescriptorWriter;
   #flush: boolean;
   #closeFd: boolean;
+  #timeoutMs: number;
+  #redirect: boolean;
   #peerGone = false;
+  #wedged = false;
   #closed = false;
-  /** A host error tore the previous frame: start the next one on a fresh line. */
+  /** A host error tore the previous frame (or may have): end the fragment before the next frame. */
   #torn = false;
   /** Whether `fsync` applies (a regular file); decided on the first flushed frame. */
   #syncable: boolean | undefined = undefined;
+  /** Tee secondary only: lines (or their unwritten rest) waiting for the reader, oldest first. */
+  #queue: Uint8Array[] = [];
+  #queuedBytes = 0;
 
-  constructor(fd: number, flush: boolean, closeFd: boolean) {
-    this.fd = fd;
+  constructor(
+    writer: DescriptorWriter,
+    flush: boolean,
+    closeFd: boolean,
+    timeoutMs: number,
+    redirect: boolean,
+  ) {
+    this.fd = writer.fd;
+    this.#writer = writer;
     this.#flush = flush;
     this.#closeFd = closeFd;
+    this.#timeoutMs = timeoutMs;
+    this.#redirect = redirect;
+    if (redirect) redirectConsole();
   }
 
   get peerGone(): boolean {
     return this.#peerGone;
+  }
+
+  get wedged(): boolean {
+    return this.#wedged;
   }
 
   get closed(): boolean {
@@ -693,22 +793,27 @@ class FdTransport implements StdioTransport {
     const text = serialise(frame);
     if (this.#peerGone || this.#closed) return false;
     const bytes = encodeLine(text + "\n");
+    let written = 0;
     try {
+      if (this.#queue.length > 0 && !this.#drainQueue(this.#timeoutMs)) return this.#wedge();
       if (this.#torn) {
-        writeAll(this.fd, NEWLINE_BYTES); // end the torn fragment on a line of its own first
+        // End the torn fragment with a byte no JSON text may hold, so it can never become a frame.
+        if (writeAllWithin(this.#writer, TORN_END, this.#timeoutMs) < TORN_END.length) return this.#wedge();
         this.#torn = false;
       }
-      // One write(2) for a line the descriptor takes whole; partial writes and EAGAIN are looped over and
-      // waited out before anything else can write, so frames never interleave.
-      writeAll(this.fd, bytes);
+      // One write(2) for a line the descriptor takes whole; partial writes and EAGAIN are looped over
+      // (each count exact) and waited out before anything else can write, so frames never interleave.
+      written = writeAllWithin(this.#writer, bytes, this.#timeoutMs);
+      if (written < bytes.length) return this.#wedge();
     } catch (error) {
       if (isPeerGone(error)) {
         this.#peerGone = true;
         return false;
       }
-      // Still torn: the newline itself failed and no byte of this frame went out.
-      const written = this.#torn ? 0 : (error as { bytesWritten?: number }).bytesWritten ?? 0;
-      this.#torn ||= written > 0 || !EXACT_WRITE_COUNTS;
+      // Still torn: the fragment's end itself failed and no byte of this frame went out.
+      written = this.#torn ? 0 : (error as { bytesWritten?: number }).bytesWritten ?? 0;
+      const exact = (error as { bytesWrittenExact?: boolean }).bytesWrittenExact !== false;
+      this.#torn ||= written > 0 || !exact;
       throw new TransportWriteError(this.fd, error, written, bytes.length);
     }
     if (this.#flush) return this.#sync(bytes.length);
@@ -718,6 +823,17 @@ class FdTransport implements StdioTransport {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
+    if (this.#redirect) restoreConsole();
+    if (this.#queue.length > 0 && !this.#peerGone) {
+      try {
+        this.#drainQueue(0); // what the reader takes now; a tee never waits for a stalled secondary
+      } catch {
+        // the copy is best effort: its reader is gone or failing, and the transport is closing anyway
+      }
+      this.#queue = [];
+      this.#queuedBytes = 0;
+    }
+    this.#writer.close();
     if (!this.#closeFd) return;
     try {
       closeFd(this.fd);
@@ -728,6 +844,73 @@ class FdTransport implements StdioTransport {
 
   [Symbol.dispose](): void {
     this.close();
+  }
+
+  /**
+   * Tee secondary: hands the frame to the kernel as far as it takes it now, queues the rest (at most
+   * `TEE_QUEUE_BYTES`) and never waits. Returns `false` when the peer is gone; throws
+   * {@linkcode TransportWriteError} for host errors and when the queue would overflow.
+   */
+  [OFFER](frame: unknown): boolean {
+    const text = serialise(frame);
+    if (this.#peerGone || this.#closed) return false;
+    const line = encoder.encode(text + "\n"); // a copy of its own: it may wait in the queue
+    try {
+      if (this.#queue.length > 0) this.#drainQueue(0);
+      if (this.#queue.length === 0) {
+        let offset = 0;
+        while (offset < line.length) {
+          const n = this.#writer.writeSome(offset === 0 ? line : line.subarray(offset));
+          if (n === 0) break;
+          offset += n;
+        }
+        if (offset === line.length) return true;
+        this.#enqueue(offset === 0 ? line : line.subarray(offset), line.length);
+        return true;
+      }
+      this.#enqueue(line, line.length);
+      return true;
+    } catch (error) {
+      if (error instanceof TransportWriteError) throw error;
+      if (isPeerGone(error)) {
+        this.#peerGone = true;
+        return false;
+      }
+      throw new TransportWriteError(this.fd, error, 0, line.length);
+    }
+  }
+
+  #enqueue(bytes: Uint8Array, frameBytes: number): void {
+    if (this.#queuedBytes + bytes.length > TEE_QUEUE_BYTES) {
+      const cause = new Error(
+        `the reader of fd ${this.fd} is stalled: over ${TEE_QUEUE_BYTES} bytes queued for it`,
+      );
+      Object.assign(cause, { code: "ETIMEDOUT" });
+      throw new TransportWriteError(this.fd, cause, 0, frameBytes);
+    }
+    this.#queue.push(bytes);
+    this.#queuedBytes += bytes.length;
+  }
+
+  /** Writes queued bytes, waiting at most `timeoutMs` without progress; `true` once the queue is empty. */
+  #drainQueue(timeoutMs: number): boolean {
+    while (this.#queue.length > 0) {
+      const head = this.#queue[0]!;
+      const n = writeAllWithin(this.#writer, head, timeoutMs);
+      this.#queuedBytes -= n;
+      if (n < head.length) {
+        this.#queue[0] = head.subarray(n);
+        return false;
+      }
+      this.#queue.shift();
+    }
+    return true;
+  }
+
+  #wedge(): false {
+    this.#peerGone = true;
+    this.#wedged = true;
+    return false;
   }
 
   /** `fsync(2)` after a frame, on regular files only (pipes, sockets and ttys answer `EINVAL`). */
@@ -746,6 +929,18 @@ class FdTransport implements StdioTransport {
   }
 }
 
+/** @default 10000 for {@linkcode StdioTransportOptions.writeTimeoutMs} */
+const DEFAULT_WRITE_TIMEOUT_MS = 10_000;
+
+/** The most a tee queues for a secondary whose reader is behind before dropping it: 1 MiB. */
+const TEE_QUEUE_BYTES = 1024 * 1024;
+
+/**
+ * Ends a torn fragment: CAN ("cancel", `0x18`) is a control character, which no JSON text may hold
+ * raw, inside a string or out, so the fragment plus this is never valid JSON whatever was cut.
+ */
+const TORN_END = Uint8Array.of(0x18, NEWLINE);
+
 /**
  * UTF-8 bytes of a line. Short lines (the common case) are encoded into one reused buffer instead of a
  * fresh allocation: safe because a write is synchronous and finishes before the next one starts.
@@ -758,14 +953,43 @@ function encodeLine(line: string): Uint8Array {
   return encoder.encode(line);
 }
 
-/**
- * Whether a failed write reports exactly what it wrote. Not on Deno, whose `node:fs` `writeSync` keeps
- * writing inside one call and can throw without saying how much went out (see `writeAll` in
- * platform.ts): there every host error counts as a torn frame, which at worst costs one blank line
- * (readers skip blank lines).
- */
-const EXACT_WRITE_COUNTS = runtime !== "deno";
-const NEWLINE_BYTES = Uint8Array.of(NEWLINE);
+// --- Console redirection: one count for every transport that asked for it
+
+type ConsoleMethod = "log" | "info" | "debug" | "warn";
+const REDIRECTED_METHODS: readonly ConsoleMethod[] = ["log", "info", "debug", "warn"];
+let consoleRedirects = 0;
+let savedConsole: Map<ConsoleMethod, unknown> | undefined;
+let redirectedTo: ((...args: unknown[]) => void) | undefined;
+
+function redirectConsole(): void {
+  if (consoleRedirects++ > 0) return;
+  const target = console as unknown as Record<ConsoleMethod, unknown>;
+  savedConsole = new Map(REDIRECTED_METHODS.map((name) => [name, target[name]]));
+  const error = console.error;
+  const toStderr = (...args: unknown[]): void => error.apply(console, args);
+  redirectedTo = toStderr;
+  for (const name of REDIRECTED_METHODS) target[name] = toStderr;
+}
+
+function restoreConsole(): void {
+  if (consoleRedirects === 0 || --consoleRedirects > 0) return;
+  const target = console as unknown as Record<ConsoleMethod, unknown>;
+  for (const name of REDIRECTED_METHODS) {
+    // Someone who replaced it after us keeps theirs.
+    if (target[name] === redirectedTo) target[name] = savedConsole?.get(name);
+  }
+  savedConsole = undefined;
+  redirectedTo = undefined;
+}
+
+/** One line on stderr, for reports nobody asked a callback for; lost only if stderr is gone too. */
+function reportOnStderr(line: string): void {
+  try {
+    writeAll(2, encoder.encode(line.endsWith("\n") ? line : `${line}\n`));
+  } catch {
+    // stderr is the last resort: when it is gone too there is nowhere left to report to.
+  }
+}
 
 /** `JSON.stringify` that throws `TypeError` for anything it cannot turn into a JSON text. */
 function serialise(frame: unknown): string {
@@ -841,29 +1065,43 @@ async function* readerChunks(stream: ReadableStream<Uint8Array>): AsyncGenerator
 const NO_FRAME: unique symbol = Symbol("no frame");
 
 /**
- * Cuts byte chunks into lines and lines into frames. Holds at most one partial line of up to
- * `maxFrameBytes` (+1 for a `\r`), copied out of the chunks so a source may reuse its buffers; a longer
- * line is only counted while it streams past.
+ * Turns lines into frames and holds the one line that spans chunks: at most `maxFrameBytes` (+1 for a
+ * `\r`) bytes, copied out of the chunks so a source may reuse its buffers; a longer line is only
+ * counted while it streams past.
  */
 class LineParser {
   line = 0;
   #max: number;
-  #onInvalid: ((error: FrameError) => void) | undefined;
+  #onInvalid: (error: FrameError) => void;
   #pending = new Uint8Array(0);
   #pendingLength = 0;
   #discarding = false;
   #discarded = 0;
   #lastDiscarded = 0;
 
-  constructor(max: number, onInvalid: ((error: FrameError) => void) | undefined) {
+  constructor(max: number, onInvalid: (error: FrameError) => void) {
     this.#max = max;
     this.#onInvalid = onInvalid;
   }
 
+  /** Whether a line is in progress (held or being discarded). */
+  get open(): boolean {
+    return this.#discarding || this.#pendingLength > 0;
+  }
+
+  /** The bytes of the line in progress (empty while discarding), and forgets them. */
+  takePending(): Uint8Array {
+    const pending = this.#discarding ? EMPTY : this.#pending.slice(0, this.#pendingLength);
+    this.#pendingLength = 0;
+    this.#discarding = false;
+    this.#discarded = 0;
+    return pending;
+  }
+
   /** Ends the line in progress at `chunk[end]` (a newline) and returns its frame, or `NO_FRAME`. */
   endLine(chunk: Uint8Array, start: number, end: number): unknown {
-    this.line++;
     if (this.#discarding) {
+      this.line++;
       this.#discarding = false;
       const last = end > start ? chunk[end - 1] : this.#lastDiscarded;
       const bytes = this.#discarded + (end - start) - (last === CARRIAGE_RETURN ? 1 : 0);
@@ -871,18 +1109,19 @@ class LineParser {
       this.#tooLarge(bytes);
       return NO_FRAME;
     }
-    if (this.#pendingLength === 0) return this.parse(chunk.subarray(start, end));
+    if (this.#pendingLength === 0) return this.parseBytes(chunk.subarray(start, end));
     const total = this.#pendingLength + (end - start);
     if (total > this.#max + 1) {
-      this.#pendingLength = 0;
+      this.line++;
       const last = end > start ? chunk[end - 1] : this.#pending[this.#pendingLength - 1];
+      this.#pendingLength = 0;
       this.#tooLarge(total - (last === CARRIAGE_RETURN ? 1 : 0));
       return NO_FRAME;
     }
     this.#append(chunk, start, end);
     const line = this.#pending.subarray(0, this.#pendingLength);
     this.#pendingLength = 0;
-    return this.parse(line);
+    return this.parseBytes(line);
   }
 
   /** Keeps the unterminated tail `chunk[start..]` of the line in progress. */
@@ -891,13 +1130,13 @@ class LineParser {
     if (length === 0) return;
     if (this.#discarding) {
       this.#discarded += length;
-      this.#lastDiscarded = chunk[chunk.length - 1];
+      this.#lastDiscarded = chunk[chunk.length - 1]!;
       return;
     }
     if (this.#pendingLength + length > this.#max + 1) {
       this.#discarding = true;
       this.#discarded = this.#pendingLength + length;
-      this.#lastDiscarded = chunk[chunk.length - 1];
+      this.#lastDiscarded = chunk[chunk.length - 1]!;
       this.#pendingLength = 0;
       this.#pending = new Uint8Array(0); // let a large buffer go
       return;
@@ -907,12 +1146,13 @@ class LineParser {
 
   /** At end-of-file: the frame of a last line without newline, or `NO_FRAME`. */
   finish(): unknown {
-    if (!this.#discarding && this.#pendingLength === 0) return NO_FRAME;
-    return this.endLine(new Uint8Array(0), 0, 0);
+    if (!this.open) return NO_FRAME;
+    return this.endLine(EMPTY, 0, 0);
   }
 
-  /** Turns one line (without `\n`) into a frame, reporting it when it is not one. */
-  parse(bytes: Uint8Array): unknown {
+  /** Turns one line's bytes (without `\n`) into a frame, reporting it when it is not one. */
+  parseBytes(bytes: Uint8Array): unknown {
+    this.line++;
     let length = bytes.length;
     if (length > 0 && bytes[length - 1] === CARRIAGE_RETURN) length--;
     if (length > this.#max) {
@@ -924,20 +1164,73 @@ class LineParser {
     try {
       text = decodeStrict(length === bytes.length ? bytes : bytes.subarray(0, length));
     } catch (error) {
-      this.#invalid(
-        new FrameError(this.line, "invalid-json", length, `Line ${this.line} is not valid UTF-8`, error),
-      );
+      this.#notUtf8(length, error);
       return NO_FRAME;
     }
+    return this.#json(text, length);
+  }
+
+  /**
+   * Turns one line decoded with the rest of its chunk into a frame. `bytesOf` gives the line's bytes
+   * (without `\n`), for the rare checks that need them: a line that might be over the limit, and a line
+   * holding U+FFFD (invalid UTF-8, or a real U+FFFD) when its chunk had invalid bytes.
+   */
+  parseText(text: string, suspect: boolean, bytesOf: () => Uint8Array): unknown {
+    this.line++;
+    const units = text.length;
+    if (units === 0) return NO_FRAME;
+    const first = text.charCodeAt(0);
+    if ((first === SPACE || first === TAB || first === CARRIAGE_RETURN) && text.trim() === "") {
+      return NO_FRAME;
+    }
+    // UTF-8 takes at most 3 bytes per UTF-16 unit: only a long line can be over the limit.
+    if (units * 3 > this.#max || (suspect && text.indexOf("\uFFFD") !== -1)) {
+      const bytes = bytesOf();
+      let length = bytes.length;
+      if (bytes[length - 1] === CARRIAGE_RETURN) length--;
+      if (length > this.#max) {
+        this.#tooLarge(length);
+        return NO_FRAME;
+      }
+      if (suspect) {
+        try {
+          fatalDecoder.decode(bytes.subarray(0, length));
+        } catch (error) {
+          this.#notUtf8(length, error);
+          return NO_FRAME;
+        }
+      }
+    }
+    // JSON.parse takes a trailing `\r` as whitespace: no copy to cut it off.
     try {
       return JSON.parse(text);
     } catch (error) {
-      const reason = error instanceof Error ? error.message : String(error);
-      this.#invalid(
-        new FrameError(this.line, "invalid-json", length, `Line ${this.line} is not JSON: ${reason}`, error),
-      );
+      const length = encoder.encode(text).length - (text.charCodeAt(units - 1) === CARRIAGE_RETURN ? 1 : 0);
+      this.#notJson(length, error);
       return NO_FRAME;
     }
+  }
+
+  #json(text: string, length: number): unknown {
+    try {
+      return JSON.parse(text);
+    } catch (error) {
+      this.#notJson(length, error);
+      return NO_FRAME;
+    }
+  }
+
+  #notUtf8(length: number, error: unknown): void {
+    this.#onInvalid(
+      new FrameError(this.line, "invalid-json", length, `Line ${this.line} is not valid UTF-8`, error),
+    );
+  }
+
+  #notJson(length: number, error: unknown): void {
+    const reason = error instanceof Error ? error.message : String(error);
+    this.#onInvalid(
+      new FrameError(this.line, "invalid-json", length, `Line ${this.line} is not JSON: ${reason}`, error),
+    );
   }
 
   #append(chunk: Uint8Array, start: number, end: number): void {
@@ -952,7 +1245,7 @@ class LineParser {
   }
 
   #tooLarge(bytes: number): void {
-    this.#invalid(
+    this.#onInvalid(
       new FrameError(
         this.line,
         "too-large",
@@ -961,37 +1254,46 @@ class LineParser {
       ),
     );
   }
-
-  #invalid(error: FrameError): void {
-    if (this.#onInvalid === undefined) throw error;
-    this.#onInvalid(error);
-  }
 }
 
 const DONE: IteratorReturnResult<undefined> = Object.freeze({ value: undefined, done: true });
 const EMPTY = new Uint8Array(0);
 
+/** Where {@linkcode FrameIterator} is in its chunk. */
+const AT_HEAD = 0; // the chunk's first line may end a line held from earlier chunks
+const AT_BLOCK = 1; // the complete lines after it are next: decode them in one go
+const AT_LINES = 2; // handing out the decoded lines one by one
+const AT_TAIL = 3; // the unterminated tail is next: hold it for the next chunk
+const USED_UP = 4;
+
 /**
  * The frames of a chunk stream (see {@linkcode readFrames}). A hand-written async iterator rather than
  * an async generator: the frames of a chunk already in memory are handed out with one resolved promise
- * each, and only an exhausted chunk waits for the source. Lines are parsed one `next()` at a time, so
- * `onInvalid` calls stay in stream order with the frames.
+ * each, and only an exhausted chunk waits for the source.
+ *
+ * Each chunk is cut on its first and last `0x0A`: the complete lines between are decoded with one
+ * `TextDecoder` call and split as a string (no copy per line, one decoder call per chunk); only a line
+ * spanning chunks is gathered as bytes. Lines are parsed one `next()` at a time, so `onInvalid` calls
+ * stay in stream order with the frames.
  */
 class FrameIterator implements AsyncIterableIterator<unknown> {
   #iterable: AsyncIterable<Uint8Array>;
   #source: AsyncIterator<Uint8Array> | undefined = undefined;
   #parser: LineParser;
   #chunk: Uint8Array = EMPTY;
-  #position = 0;
+  #state = USED_UP;
+  #blockStart = 0;
+  #tailStart = 0;
+  #lines: string[] = [];
+  #lineIndex = 0;
+  #suspect = false;
+  /** Byte offsets of the block's newlines, found only when a line's bytes are needed. */
+  #newlines: number[] | undefined = undefined;
   #sourceDone = false;
   #finished = false;
   #pulling: Promise<IteratorResult<unknown>> | undefined = undefined;
 
-  constructor(
-    iterable: AsyncIterable<Uint8Array>,
-    max: number,
-    onInvalid: ((error: FrameError) => void) | undefined,
-  ) {
+  constructor(iterable: AsyncIterable<Uint8Array>, max: number, onInvalid: (error: FrameError) => void) {
     this.#iterable = iterable;
     this.#parser = new LineParser(max, onInvalid);
   }
@@ -1023,6 +1325,12 @@ class FrameIterator implements AsyncIterableIterator<unknown> {
   async return(): Promise<IteratorResult<unknown>> {
     if (this.#finished) return DONE;
     this.#finished = true;
+    const unread = (this.#iterable as Partial<StdinChunks>).unread;
+    if (typeof unread === "function") {
+      // The shared stdin: hand back what this loop did not use, so the next loop starts right there.
+      const rest = this.#unusedBytes();
+      if (rest.length > 0) unread.call(this.#iterable, rest);
+    }
     await this.#closeSource();
     return DONE;
   }
@@ -1030,22 +1338,98 @@ class FrameIterator implements AsyncIterableIterator<unknown> {
   /** The next frame of the chunk in hand, or `NO_FRAME` once it is used up. */
   #nextInChunk(): unknown {
     const chunk = this.#chunk;
-    while (this.#position < chunk.length) {
-      const start = this.#position;
-      const end = chunk.indexOf(NEWLINE, start);
-      if (end === -1) {
-        this.#position = chunk.length;
-        this.#parser.keep(chunk, start);
-        return NO_FRAME;
+    while (true) {
+      switch (this.#state) {
+        case AT_HEAD: {
+          const end = chunk.indexOf(NEWLINE);
+          if (end === -1) {
+            this.#tailStart = 0;
+            this.#state = AT_TAIL;
+            break;
+          }
+          this.#state = AT_BLOCK;
+          if (!this.#parser.open) {
+            this.#blockStart = 0;
+            break;
+          }
+          this.#blockStart = end + 1;
+          const frame = this.#parser.endLine(chunk, 0, end);
+          if (frame !== NO_FRAME) return frame;
+          break;
+        }
+        case AT_BLOCK: {
+          const last = chunk.lastIndexOf(NEWLINE);
+          this.#state = AT_TAIL;
+          if (last < this.#blockStart) {
+            this.#tailStart = this.#blockStart;
+            break;
+          }
+          this.#tailStart = last + 1;
+          const text = lenientDecoder.decode(chunk.subarray(this.#blockStart, last));
+          this.#suspect = text.indexOf("\uFFFD") !== -1;
+          this.#lines = text.split("\n");
+          this.#lineIndex = 0;
+          this.#newlines = undefined;
+          this.#state = AT_LINES;
+          break;
+        }
+        case AT_LINES: {
+          const lines = this.#lines;
+          while (this.#lineIndex < lines.length) {
+            const index = this.#lineIndex++;
+            const frame = this.#parser.parseText(lines[index]!, this.#suspect, () => this.#lineBytes(index));
+            if (frame !== NO_FRAME) return frame;
+          }
+          this.#lines = [];
+          this.#state = AT_TAIL;
+          break;
+        }
+        case AT_TAIL:
+          this.#state = USED_UP;
+          this.#parser.keep(chunk, this.#tailStart);
+          return NO_FRAME;
+        default:
+          return NO_FRAME;
       }
-      this.#position = end + 1;
-      const frame = this.#parser.endLine(chunk, start, end);
-      if (frame !== NO_FRAME) return frame;
     }
-    return NO_FRAME;
   }
 
-  /** Reads chunks until one yields a frame, or the source ends. */
+  /** The bytes of decoded line `index` of the block, without its `\n`. */
+  #lineBytes(index: number): Uint8Array {
+    return this.#chunk.subarray(this.#lineStart(index), this.#lineStart(index + 1) - 1);
+  }
+
+  /** Byte offset in the chunk where decoded line `index` of the block starts. */
+  #lineStart(index: number): number {
+    if (index === 0) return this.#blockStart;
+    if (this.#newlines === undefined) {
+      const newlines: number[] = [];
+      for (let at = this.#blockStart; at < this.#tailStart; at = this.#chunk.indexOf(NEWLINE, at) + 1) {
+        newlines.push(this.#chunk.indexOf(NEWLINE, at));
+      }
+      this.#newlines = newlines;
+    }
+    return this.#newlines[index - 1]! + 1;
+  }
+
+  /** What the iteration has not used yet: the line in progress and the rest of the chunk in hand. */
+  #unusedBytes(): Uint8Array {
+    const chunk = this.#chunk;
+    let from = chunk.length;
+    if (this.#state === AT_HEAD) from = 0;
+    else if (this.#state === AT_BLOCK) from = this.#blockStart;
+    else if (this.#state === AT_LINES) from = this.#lineStart(this.#lineIndex);
+    else if (this.#state === AT_TAIL) from = this.#tailStart;
+    const pending = this.#parser.takePending();
+    const rest = chunk.subarray(from);
+    if (pending.length === 0) return rest;
+    const joined = new Uint8Array(pending.length + rest.length);
+    joined.set(pending);
+    joined.set(rest, pending.length);
+    return joined;
+  }
+
+  /** Reads chunks until one yields a frame, or the source ends (a reset stream ends like EOF). */
   async #pull(): Promise<IteratorResult<unknown>> {
     this.#source ??= this.#iterable[Symbol.asyncIterator]();
     let result: IteratorResult<Uint8Array>;
@@ -1054,8 +1438,11 @@ class FrameIterator implements AsyncIterableIterator<unknown> {
         result = await this.#source.next();
       } catch (error) {
         this.#sourceDone = true; // a source that threw is over; it is not asked to return
-        this.#finished = true;
-        throw error;
+        if (!isPeerGone(error)) {
+          this.#finished = true;
+          throw error;
+        }
+        result = DONE; // the peer reset or closed the stream: that is its end of file
       }
       try {
         if (result.done) {
@@ -1069,7 +1456,7 @@ class FrameIterator implements AsyncIterableIterator<unknown> {
           throw new TypeError(`readFrames(): chunks must be Uint8Array, got ${describe(chunk)}`);
         }
         this.#chunk = chunk;
-        this.#position = 0;
+        this.#state = AT_HEAD;
         const frame = this.#nextInChunk();
         if (frame !== NO_FRAME) return { value: frame, done: false };
       } catch (error) {
@@ -1091,6 +1478,11 @@ class FrameIterator implements AsyncIterableIterator<unknown> {
     this.#sourceDone = true;
     await source.return?.();
   }
+}
+
+/** Without `onInvalid`: one line on stderr per line that is not a frame, and reading goes on. */
+function reportInvalidLine(error: FrameError): void {
+  reportOnStderr(`keelson transport: readFrames() skipped line ${error.line}: ${error.message}`);
 }
 
 /**

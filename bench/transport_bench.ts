@@ -1,15 +1,20 @@
 /**
- * Bench of transport.ts against its physical baselines.
+ * Bench of transport.ts against its physical baselines and the MCP SDK.
  *
  * 1. Writes: frames/s of 200-byte frames into a pipe drained by `cat > /dev/null`, through
  *    `createStdioTransport().write` versus `JSON.stringify` + one raw `write(2)` per frame on the same
- *    kind of pipe. Each measurement runs in a child whose stdout is that pipe
+ *    kind of pipe, and versus the MCP SDK's `StdioServerTransport.send` (awaited per frame, as its
+ *    servers do). Each measurement runs in a child whose stdout is that pipe
  *    (`sh -c 'exec <runtime> bench --child MODE | cat > /dev/null'`); the child reports on stderr.
- * 2. Reads: MB/s of `readFrames` over 200-byte frames in 64 KiB chunks versus a raw line split of the
- *    same chunks (cut on `0x0A`, decode, `JSON.parse`, no async iteration).
+ * 2. Reads: MB/s of `readFrames` over 200-byte and small (about 40-byte) frames in 64 KiB chunks versus
+ *    a reader that decodes each chunk whole (streaming `TextDecoder`), splits the text on `\n` and
+ *    yields `JSON.parse` of each line (`chunk-split`: an async iterable of frames like `readFrames`),
+ *    and versus the same decode and split as one loop with no async step per frame
+ *    (`chunk-split-loop`: the floor no async iterable reaches on small lines).
  *
- * Prints `ratio transport/raw-write X` and `ratio readFrames/raw-split X` (medians of per-round ratios)
- * plus the median absolute rates.
+ * Prints `ratio transport/raw-write X`, `ratio transport/mcp-sdk-send X` (or `skip mcp-sdk-send: why`),
+ * `ratio readFrames/chunk-split X`, `ratio readFrames/chunk-split-loop X` and their `-small` variants
+ * (medians of per-round ratios) plus the median absolute rates.
  */
 
 import * as fs from "node:fs";
@@ -19,9 +24,9 @@ import { fileURLToPath } from "node:url";
 import { scriptCommand } from "../platform.ts";
 import { createStdioTransport, readFrames } from "../transport.ts";
 
-const WRITE_FRAMES = 200_000;
-const ROUNDS = 7;
-const READ_BYTES = 32 * 1024 * 1024;
+const WRITE_FRAMES = 100_000;
+const ROUNDS = 5;
+const READ_BYTES = 16 * 1024 * 1024;
 const CHUNK_BYTES = 64 * 1024;
 
 /** A frame whose JSON line is 200 bytes, newline included. */
@@ -37,10 +42,26 @@ function frameWithId(template: Record<string, unknown>, i: number): Record<strin
   return { ...template, params: { ...params, i } };
 }
 
-function child(mode: string): void {
+async function child(mode: string): Promise<void> {
   const template = makeFrame(100_000);
   const frames: Record<string, unknown>[] = [];
   for (let i = 0; i < 1000; i++) frames.push(frameWithId(template, 100_000 + i));
+  if (mode === "sdk") {
+    let send: (message: unknown) => Promise<void>;
+    try {
+      const sdk = await import("@modelcontextprotocol/sdk/server/stdio.js");
+      const server = new sdk.StdioServerTransport();
+      send = (message) => server.send(message as Parameters<typeof server.send>[0]);
+    } catch (error) {
+      fs.writeSync(2, `skip ${error instanceof Error ? error.message.split("\n")[0] : String(error)}\n`);
+      return;
+    }
+    const started = performance.now();
+    for (let i = 0; i < WRITE_FRAMES; i++) await send(frames[i % 1000]);
+    const seconds = (performance.now() - started) / 1000;
+    fs.writeSync(2, `rate ${WRITE_FRAMES / seconds}\n`);
+    return;
+  }
   const transport = createStdioTransport();
   const started = performance.now();
   if (mode === "raw") {
@@ -70,6 +91,8 @@ function child(mode: string): void {
   fs.writeSync(2, `rate ${WRITE_FRAMES / seconds}\n`);
 }
 
+class Skip extends Error {}
+
 function runChild(mode: string): Promise<number> {
   const script = fileURLToPath(import.meta.url);
   const { command, args } = scriptCommand(script, ["--child", mode]);
@@ -82,18 +105,23 @@ function runChild(mode: string): Promise<number> {
     sh.on("error", reject);
     sh.on("close", (code) => {
       const match = /rate ([\d.]+)/.exec(stderr);
-      if (code !== 0 || !match) reject(new Error(`bench child ${mode} failed (${code}): ${stderr}`));
+      const skip = /^skip (.*)$/m.exec(stderr);
+      if (skip) reject(new Skip(skip[1]));
+      else if (code !== 0 || !match) reject(new Error(`bench child ${mode} failed (${code}): ${stderr}`));
       else resolve(Number(match[1]));
     });
     sh.stderr!.on("data", (chunk: Uint8Array) => (stderr += new TextDecoder().decode(chunk)));
   });
 }
 
-function makeChunks(): Uint8Array[] {
+function makeChunks(small: boolean): Uint8Array[] {
   const lines: string[] = [];
   let size = 0;
   for (let i = 0; size < READ_BYTES; i++) {
-    const line = JSON.stringify(makeFrame(100_000 + (i % 100_000))) + "\n";
+    const frame = small
+      ? { jsonrpc: "2.0", id: i % 100_000, result: {} }
+      : makeFrame(100_000 + (i % 100_000));
+    const line = JSON.stringify(frame) + "\n";
     lines.push(line);
     size += line.length;
   }
@@ -115,28 +143,41 @@ async function readWithReadFrames(chunks: Uint8Array[]): Promise<number> {
   return count;
 }
 
-async function readWithRawSplit(chunks: Uint8Array[]): Promise<number> {
+/**
+ * The baseline reader: decodes each chunk whole (streaming), splits the text on `\n` and yields each
+ * parsed line; the same shape as `readFrames` (an async iterable of frames), with none of its checks.
+ */
+async function* chunkSplitReader(source: AsyncIterable<Uint8Array>): AsyncGenerator<unknown> {
+  const decoder = new TextDecoder();
+  let carry = "";
+  for await (const chunk of source) {
+    const lines = (carry + decoder.decode(chunk, { stream: true })).split("\n");
+    carry = lines.pop() ?? "";
+    for (const line of lines) {
+      if (line.length !== 0) yield JSON.parse(line);
+    }
+  }
+}
+
+async function readWithChunkSplitReader(chunks: Uint8Array[]): Promise<number> {
+  let count = 0;
+  for await (const _frame of chunkSplitReader(chunkSource(chunks))) count++;
+  return count;
+}
+
+/** The floor: the same decode and split as one loop, with no async step per frame. */
+async function readWithChunkSplitLoop(chunks: Uint8Array[]): Promise<number> {
   const decoder = new TextDecoder();
   let count = 0;
-  let carry = new Uint8Array(0);
+  let carry = "";
   for await (const chunk of chunkSource(chunks)) {
-    let start = 0;
-    while (true) {
-      const end = chunk.indexOf(0x0a, start);
-      if (end === -1) break;
-      let line = chunk.subarray(start, end);
-      if (carry.length > 0) {
-        const joined = new Uint8Array(carry.length + line.length);
-        joined.set(carry);
-        joined.set(line, carry.length);
-        line = joined;
-        carry = new Uint8Array(0);
-      }
-      JSON.parse(decoder.decode(line));
+    const lines = (carry + decoder.decode(chunk, { stream: true })).split("\n");
+    carry = lines.pop() ?? "";
+    for (const line of lines) {
+      if (line.length === 0) continue;
+      JSON.parse(line);
       count++;
-      start = end + 1;
     }
-    if (start < chunk.length) carry = chunk.slice(start);
   }
   return count;
 }
@@ -193,19 +234,37 @@ async function main(): Promise<void> {
   console.log(`rate transport/transport ${Math.round(writes.measured)} frames/s`);
   console.log(`ratio transport/raw-write ${writes.ratio.toFixed(2)}`);
 
-  const chunks = makeChunks();
-  await timeRead(readWithReadFrames, chunks); // warm-up
-  await timeRead(readWithRawSplit, chunks);
-  const reads = await compare(
-    ROUNDS,
-    () => timeRead(readWithRawSplit, chunks),
-    () => timeRead(readWithReadFrames, chunks),
-  );
-  console.log(`rate readFrames/raw-split ${reads.baseline.toFixed(1)} MB/s`);
-  console.log(`rate readFrames/readFrames ${reads.measured.toFixed(1)} MB/s`);
-  console.log(`ratio readFrames/raw-split ${reads.ratio.toFixed(2)}`);
+  try {
+    const sdk = await compare(ROUNDS, () => runChild("sdk"), () => runChild("transport"));
+    console.log(`rate transport/mcp-sdk-send ${Math.round(sdk.baseline)} frames/s`);
+    console.log(`ratio transport/mcp-sdk-send ${sdk.ratio.toFixed(2)}`);
+  } catch (error) {
+    if (!(error instanceof Skip)) throw error;
+    console.log(`skip mcp-sdk-send: ${error.message}`);
+  }
+
+  const baselines = [["chunk-split", readWithChunkSplitReader], [
+    "chunk-split-loop",
+    readWithChunkSplitLoop,
+  ]] as const;
+  for (const small of [false, true]) {
+    const chunks = makeChunks(small);
+    await timeRead(readWithReadFrames, chunks); // warm-up
+    for (const [label, baseline] of baselines) {
+      await timeRead(baseline, chunks);
+      const name = small ? `${label}-small` : label;
+      const reads = await compare(
+        ROUNDS,
+        () => timeRead(baseline, chunks),
+        () => timeRead(readWithReadFrames, chunks),
+      );
+      console.log(`rate readFrames/${name} baseline ${reads.baseline.toFixed(1)} MB/s`);
+      console.log(`rate readFrames/${name} readFrames ${reads.measured.toFixed(1)} MB/s`);
+      console.log(`ratio readFrames/${name} ${reads.ratio.toFixed(2)}`);
+    }
+  }
 }
 
 const childAt = process.argv.indexOf("--child");
-if (childAt !== -1) child(process.argv[childAt + 1]);
+if (childAt !== -1) await child(process.argv[childAt + 1] ?? "");
 else await main();

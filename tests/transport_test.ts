@@ -46,7 +46,7 @@ interface Outcome {
 }
 
 /** Runs a command to completion, feeding `input` to its stdin. */
-function run(command: string, args: string[], input?: string): Promise<Outcome> {
+function run(command: string, args: string[], input?: string | Uint8Array): Promise<Outcome> {
   return new Promise((resolve, reject) => {
     const child = spawn(command, args, { stdio: [input === undefined ? "ignore" : "pipe", "pipe", "pipe"] });
     const stdout: Uint8Array[] = [];
@@ -67,7 +67,7 @@ function run(command: string, args: string[], input?: string): Promise<Outcome> 
 }
 
 /** Runs a fixture with this runtime. */
-function runFixture(script: string, args: string[], input?: string): Promise<Outcome> {
+function runFixture(script: string, args: string[], input?: string | Uint8Array): Promise<Outcome> {
   const { command, args: full } = scriptCommand(script, args);
   return run(command, full, input);
 }
@@ -273,6 +273,171 @@ rest = p.stdout.read().decode()
 print(json.dumps({"replies": replies, "rest": rest, "rc": p.wait(), "stderr": p.stderr.read().decode()}))
 `;
 
+/** Makes a connected pair: `unix` (socketpair) or `tcp` (127.0.0.1). Returns (ours, theirs). */
+const PY_PAIR = String.raw`
+import socket
+def pair(kind):
+    if kind == "unix":
+        return socket.socketpair()
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    theirs = socket.create_connection(server.getsockname())
+    ours, _ = server.accept()
+    server.close()
+    return ours, theirs
+`;
+
+/**
+ * Runs argv[2:] with stdout on a NON-BLOCKING socket (argv[1]: unix or tcp) with a 4 KiB SO_SNDBUF,
+ * reads slowly in small pieces, and summarises the frames.
+ */
+const PY_SLOW_SOCKET_READER = PY_PAIR + String.raw`
+import json, subprocess, sys, time
+ours, theirs = pair(sys.argv[1])
+theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+theirs.setblocking(False)
+p = subprocess.Popen(sys.argv[2:], stdout=theirs.fileno(), stderr=subprocess.PIPE)
+theirs.close()
+chunks, reads = [], 0
+while True:
+    if reads < 400:
+        time.sleep(0.001)
+    b = ours.recv(1500 if reads < 400 else 65536)
+    if not b:
+        break
+    reads += 1
+    chunks.append(b)
+err = p.stderr.read().decode()
+rc = p.wait()
+data = b"".join(chunks)
+lines = data.split(b"\n")
+trailing = lines.pop()
+seqs, invalid, bad = [], 0, 0
+for line in lines:
+    try:
+        frame = json.loads(line)
+    except Exception:
+        invalid += 1
+        continue
+    seqs.append(frame["seq"])
+    if frame["body"] != "s" * len(frame["body"]):
+        bad += 1
+print(json.dumps({"rc": rc, "stderr": err, "seqs": seqs, "invalid": invalid, "bad": bad, "trailing": len(trailing), "bytes": len(data)}))
+`;
+
+/**
+ * One socket (argv[1]: unix or tcp) is the child's stdin and stdout. One request, its reply, a second
+ * request whose reply is left unread, half a third request, then a reset: SO_LINGER 0 (tcp) or a close
+ * with unread data (unix), both of which the child reads as ECONNRESET.
+ */
+const PY_RESET_PEER = PY_PAIR + String.raw`
+import json, struct, subprocess, sys, time
+ours, theirs = pair(sys.argv[1])
+p = subprocess.Popen(sys.argv[2:], stdin=theirs.fileno(), stdout=theirs.fileno(), stderr=subprocess.PIPE)
+theirs.close()
+ours.sendall(b'{"id":1}\n')
+first = b""
+while not first.endswith(b"\n"):
+    first += ours.recv(1)
+ours.sendall(b'{"id":2}\n')
+time.sleep(0.3)
+ours.sendall(b'{"id":3')
+time.sleep(0.3)
+ours.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+ours.close()
+err = p.stderr.read().decode()
+print(json.dumps({"first": first.decode(), "rc": p.wait(), "stderr": err}))
+`;
+
+/**
+ * Runs argv[2:] with an extra pipe as fd 3. argv[1] "read": fd 3 is read to its end; "stall": fd 3 is
+ * never read. stdout is read to its end either way.
+ */
+const PY_FD3 = String.raw`
+import json, os, subprocess, sys
+r, w = os.pipe()
+os.set_inheritable(w, True)
+def to_fd3():
+    if w != 3:
+        os.dup2(w, 3)
+p = subprocess.Popen(sys.argv[2:], stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=to_fd3, close_fds=False)
+os.close(w)
+data = b""
+if sys.argv[1] == "read":
+    while True:
+        b = os.read(r, 65536)
+        if not b:
+            break
+        data += b
+out = p.stdout.read()
+err = p.stderr.read().decode()
+print(json.dumps({"rc": p.wait(), "stderr": err, "fd3": data.decode(), "stdout": out.decode()}))
+`;
+
+/** Runs argv[2:] with stdout on a pipe or socket (argv[1]) whose reader never reads, nor closes. */
+const PY_NEVER_READS = PY_PAIR + String.raw`
+import json, os, subprocess, sys
+if sys.argv[1] == "pipe":
+    r, w = os.pipe()
+else:
+    r, w = pair("unix")
+p = subprocess.Popen(sys.argv[2:], stdout=w if sys.argv[1] == "pipe" else w.fileno(), stderr=subprocess.PIPE)
+err = p.stderr.read().decode()
+print(json.dumps({"rc": p.wait(), "stderr": err}))
+`;
+
+/** Sends one frame to argv[1:] and keeps its stdin open: does the child exit by itself? */
+const PY_STDIN_KEPT_OPEN = String.raw`
+import json, subprocess, sys
+p = subprocess.Popen(sys.argv[1:], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+p.stdin.write(b'{"n":1}\n{"n":2}\n')
+p.stdin.flush()
+try:
+    rc = p.wait(timeout=30)
+except subprocess.TimeoutExpired:
+    p.kill()
+    rc = "hung"
+print(json.dumps({"rc": rc, "stdout": p.stdout.read().decode(), "stderr": p.stderr.read().decode()}))
+`;
+
+/** Runs argv[1:] with stdout on a raw pty and reads the master slowly; summarises like the socket reader. */
+const PY_SLOW_PTY_READER = String.raw`
+import json, os, pty, subprocess, sys, time, tty
+m, s = pty.openpty()
+tty.setraw(s)
+p = subprocess.Popen(sys.argv[1:], stdout=s, stderr=subprocess.PIPE)
+os.close(s)
+chunks, reads = [], 0
+while True:
+    if reads < 300:
+        time.sleep(0.001)
+    try:
+        b = os.read(m, 1000 if reads < 300 else 65536)
+    except OSError:
+        break
+    if not b:
+        break
+    reads += 1
+    chunks.append(b)
+err = p.stderr.read().decode()
+rc = p.wait()
+data = b"".join(chunks)
+lines = data.split(b"\n")
+trailing = lines.pop()
+seqs, invalid, bad = [], 0, 0
+for line in lines:
+    try:
+        frame = json.loads(line)
+    except Exception:
+        invalid += 1
+        continue
+    seqs.append(frame["seq"])
+    if frame["body"] != "s" * len(frame["body"]):
+        bad += 1
+print(json.dumps({"rc": rc, "stderr": err, "seqs": seqs, "invalid": invalid, "bad": bad, "trailing": len(trailing)}))
+`;
+
 // ---------------------------------------------------------------------------------------------------
 // createStdioTransport()
 // ---------------------------------------------------------------------------------------------------
@@ -357,10 +522,25 @@ describe("createStdioTransport()", () => {
     transport.close();
   });
 
-  it("createStdioTransport() write() returns false for a closed descriptor", () => {
+  it("createStdioTransport() throws TypeError for a descriptor that is not open, it is not a gone peer", () => {
     const fd = fs.openSync("/dev/null", "w");
     fs.closeSync(fd);
+    assert.throws(
+      () => createStdioTransport({ fd, closeFd: false }),
+      (error: unknown) => error instanceof TypeError && /not an open descriptor/.test(error.message),
+    );
+    const reader = fs.openSync("/dev/null", "r");
+    try {
+      assert.throws(() => createStdioTransport({ fd: reader, closeFd: false }), TypeError);
+    } finally {
+      fs.closeSync(reader);
+    }
+  });
+
+  it("createStdioTransport() write() returns false once its descriptor was closed behind its back", () => {
+    const fd = fs.openSync("/dev/null", "w");
     const transport = createStdioTransport({ fd, closeFd: false });
+    fs.closeSync(fd);
     assert.equal(transport.write({ to: "nobody" }), false);
     assert.equal(transport.peerGone, true);
   });
@@ -578,8 +758,8 @@ describe("createStdioTransport()", () => {
       assert.equal(report.first.isError, true);
       assert.ok(report.first.bytesWritten <= limit);
       assert.equal(report.second, true);
-      // The fragment (truncated away here) ends on its own line; the next frame arrives intact.
-      assert.equal(fs.readFileSync(file, "utf8"), '\n{"next":"intact"}\n');
+      // The fragment (truncated away here) is ended by CAN and a newline; the next frame arrives intact.
+      assert.equal(fs.readFileSync(file, "utf8"), '\x18\n{"next":"intact"}\n');
     },
   );
 
@@ -701,9 +881,9 @@ describe("TeeTransport", () => {
     const primary = tempFile("tee-primary");
     const copy = tempFile("tee-copy");
     const full = createStdioTransport({ fd: fs.openSync("/dev/full", "w") });
-    const closedFd = fs.openSync("/dev/null", "w");
-    fs.closeSync(closedFd);
-    const gone = createStdioTransport({ fd: closedFd, closeFd: false });
+    const fifo = openFifo();
+    const gone = createStdioTransport({ fd: fifo.writer });
+    fs.closeSync(fifo.reader);
     const thrower = new Recorder();
     thrower.fail = "throw";
     const liar = new Recorder();
@@ -725,6 +905,32 @@ describe("TeeTransport", () => {
     assert.equal(fs.readFileSync(primary.file, "utf8"), '{"n":1}\n{"n":2}\n');
     assert.equal(fs.readFileSync(copy.file, "utf8"), '{"n":1}\n{"n":2}\n');
     tee.close();
+  });
+
+  it("TeeTransport queues what a slow secondary's reader has not taken yet and delivers it in order, once", () => {
+    const primary = tempFile("tee-slow-primary");
+    const fifo = openFifo();
+    const secondary = createStdioTransport({ fd: fifo.writer });
+    const tee = new TeeTransport(createStdioTransport({ fd: primary.fd }), secondary);
+    const errors: unknown[] = [];
+    tee.onError = (error) => errors.push(error);
+    const body = "q".repeat(2000);
+    for (let seq = 0; seq < 100; seq++) assert.equal(tee.write({ seq, body }), true); // 200 KB > the pipe
+    let received = "";
+    for (let seq = 100; seq < 400 && received.split("\n").length <= 400; seq++) {
+      received += readAvailable(fifo.reader); // the reader catches up a little, then more frames come
+      assert.equal(tee.write({ seq, body: "" }), true);
+    }
+    while (received.split("\n").length <= 400) {
+      received += readAvailable(fifo.reader);
+      tee.write({ seq: -1, body: "" });
+      if (tee.secondaries.length === 0) break;
+    }
+    assert.deepEqual(errors, []);
+    const seqs = received.split("\n").filter((line) => line !== "").map((line) => JSON.parse(line).seq);
+    assert.deepEqual(seqs.filter((seq) => seq >= 0), Array.from({ length: 400 }, (_, i) => i));
+    tee.close();
+    fs.closeSync(fifo.reader);
   });
 
   it("TeeTransport write() propagates the primary's exceptions and then skips the secondaries", () => {
@@ -901,25 +1107,33 @@ describe("readFrames()", () => {
     assert.match(result.errors[1].message, /UTF-8/);
   });
 
-  it("readFrames() without onInvalid throws the FrameError and closes the source", async () => {
-    let closed = false;
-    async function* source(): AsyncGenerator<Uint8Array> {
-      try {
-        yield encoder.encode('{"ok":1}\n{broken\n');
-        yield encoder.encode('{"never":1}\n');
-      } finally {
-        closed = true;
-      }
+  it(
+    "readFrames() without onInvalid reports each invalid line on stderr and goes on (the README server)",
+    SLOW,
+    async () => {
+      const input = Buffer.from('garbage\n{"id":1}\n{"id":\n\xff\n{"id":2}\n', "latin1");
+      const outcome = await runFixture(PEER, ["plain"], input);
+      assert.equal(outcome.code, 0, outcome.stderr);
+      assert.equal(outcome.stdout, '{"id":1,"result":"ok"}\n{"id":2,"result":"ok"}\n');
+      const reports = outcome.stderr.trim().split("\n");
+      assert.equal(reports.length, 3, outcome.stderr);
+      assert.match(reports[0], /line 1: Line 1 is not JSON/);
+      assert.match(reports[1], /line 3: Line 3 is not JSON/);
+      assert.match(reports[2], /line 4: Line 4 is not valid UTF-8/);
+    },
+  );
+
+  it("readFrames() ends like EOF when its source fails with a reset, and rethrows other errors", async () => {
+    async function* reset(code: string): AsyncGenerator<Uint8Array> {
+      yield encoder.encode('{"ok":1}\n{"cut');
+      throw Object.assign(new Error("read failed"), { code });
     }
     const seen: unknown[] = [];
-    await assert.rejects(
-      async () => {
-        for await (const frame of readFrames(source())) seen.push(frame);
-      },
-      (error: unknown) => error instanceof FrameError && error.line === 2 && error.reason === "invalid-json",
-    );
-    assert.deepEqual(seen, [{ ok: 1 }]);
-    assert.equal(closed, true);
+    for await (const frame of readFrames(reset("ECONNRESET"), { onInvalid: () => {} })) seen.push(frame);
+    assert.deepEqual(seen, [{ ok: 1 }], "the cut line is reported, not a frame");
+    await assert.rejects(async () => {
+      for await (const _ of readFrames(reset("EIO"), { onInvalid: () => {} })) { /* drain */ }
+    }, (error: unknown) => (error as { code?: string }).code === "EIO");
   });
 
   it("readFrames() skips a line over maxFrameBytes as too-large, wherever the chunks split it", async () => {
@@ -1034,6 +1248,259 @@ describe("readFrames()", () => {
 // ---------------------------------------------------------------------------------------------------
 // Round trips with real peers
 // ---------------------------------------------------------------------------------------------------
+
+describe("exactly once, any descriptor, wedged peers (second edition)", () => {
+  for (const kind of ["unix", "tcp"]) {
+    it(
+      `createStdioTransport() delivers every frame exactly once through a non-blocking ${kind} socket with a small SO_SNDBUF and a slow reader`,
+      SLOW,
+      async () => {
+        const count = 240;
+        const result = await python(PY_SLOW_SOCKET_READER, [
+          kind,
+          ...fixtureArgv(WRITER, ["seq", String(count)]),
+        ]);
+        assert.equal(result.rc, 0, result.stderr as string);
+        assert.deepEqual(JSON.parse(result.stderr as string), { written: count, results: [true] });
+        assert.equal(result.invalid, 0, "no torn or duplicated bytes");
+        assert.equal(result.bad, 0);
+        assert.equal(result.trailing, 0);
+        assert.deepEqual(
+          result.seqs,
+          Array.from({ length: count }, (_, i) => i),
+          "each frame once, in order",
+        );
+      },
+    );
+
+    it(
+      `readFrames() ends like EOF when the peer resets the ${kind} socket that is stdin and stdout: exit 0, no stack`,
+      SLOW,
+      async () => {
+        const result = await python(PY_RESET_PEER, [kind, ...fixtureArgv(PEER, ["plain"])]);
+        assert.deepEqual(JSON.parse(result.first as string), { id: 1, result: "ok" });
+        // Only the report of the request the reset cut in half; no stack trace.
+        assert.match(result.stderr as string, /^keelson transport: readFrames\(\) skipped line 3: [^\n]*\n$/);
+        assert.equal(result.rc, 0);
+      },
+    );
+  }
+
+  it(
+    "createStdioTransport() delivers every frame exactly once to a tty whose reader is slow",
+    SLOW,
+    async () => {
+      const count = 60;
+      const result = await python(PY_SLOW_PTY_READER, fixtureArgv(WRITER, ["seq", String(count)]));
+      assert.equal(result.rc, 0, result.stderr as string);
+      assert.deepEqual(JSON.parse(result.stderr as string), { written: count, results: [true] });
+      assert.equal(result.invalid, 0, "no torn or duplicated bytes");
+      assert.equal(result.bad, 0);
+      assert.deepEqual(result.seqs, Array.from({ length: count }, (_, i) => i), "each frame once, in order");
+    },
+  );
+
+  it("createStdioTransport({ fd: 3 }) delivers frames to an inherited pipe", SLOW, async () => {
+    const result = await python(PY_FD3, ["read", ...fixtureArgv(WRITER, ["fd3", "4"])]);
+    assert.equal(result.rc, 0, result.stderr as string);
+    assert.deepEqual(JSON.parse(result.stderr as string), { results: [true, true, true, true] });
+    const lines = (result.fd3 as string).split("\n");
+    assert.equal(lines.pop(), "");
+    assert.deepEqual(lines.map((line) => JSON.parse(line).seq), [0, 1, 2, 3]);
+    assert.equal(JSON.parse(lines[1]).body.length, 200_000);
+  });
+
+  it(
+    "createStdioTransport() throws for a descriptor number that is not open, on every runtime",
+    SLOW,
+    async () => {
+      const outcome = await runFixture(WRITER, ["bad-fd"]);
+      const report = JSON.parse(outcome.stderr);
+      assert.equal(report.threw, true);
+      assert.equal(report.name, "TypeError");
+      assert.match(report.message, /fd 987 is not an open descriptor/);
+    },
+  );
+
+  it(
+    "readFrames() twice over stdin: the second loop continues exactly where the first stopped",
+    SLOW,
+    async () => {
+      const frames = [{ hello: 1 }, { n: 2 }, { n: 3 }, { n: "four" }, { n: 5 }];
+      const input = frames.map((frame) => JSON.stringify(frame)).join("\n") + "\n";
+      const outcome = await runFixture(PEER, ["two-loops"], input);
+      assert.equal(outcome.code, 0, outcome.stderr);
+      assert.equal(outcome.stderr, "");
+      assert.deepEqual(outcome.stdout.trim().split("\n").map((line) => JSON.parse(line)), [
+        { loop: 1, frame: frames[0] },
+        ...frames.slice(1).map((frame) => ({ loop: 2, frame })),
+        { done: true },
+      ]);
+    },
+  );
+
+  it(
+    "readFrames() over stdin: leaving the loop early lets the process exit while stdin stays open",
+    SLOW,
+    async () => {
+      const result = await python(PY_STDIN_KEPT_OPEN, fixtureArgv(PEER, ["first-only"]));
+      assert.equal(result.rc, 0, result.stderr as string);
+      assert.equal(result.stdout, '{"first":{"n":1}}\n');
+    },
+  );
+
+  for (const kind of ["pipe", "unix"]) {
+    it(
+      `createStdioTransport() write() returns false within writeTimeoutMs when a ${kind} reader never reads`,
+      SLOW,
+      async () => {
+        const timeoutMs = 1000;
+        const result = await python(PY_NEVER_READS, [
+          kind,
+          ...fixtureArgv(WRITER, ["wedged", String(timeoutMs)]),
+        ]);
+        assert.equal(result.rc, 0, result.stderr as string);
+        const report = JSON.parse(result.stderr as string);
+        assert.ok(report.frames > 0);
+        assert.equal(report.wedged, true);
+        assert.equal(report.again, false);
+        // The bound is the guarantee: no progress for writeTimeoutMs, plus generous slack for a busy machine.
+        assert.ok(
+          report.lastWriteMs >= timeoutMs - 50 && report.lastWriteMs < timeoutMs + 5000,
+          `${report.lastWriteMs}`,
+        );
+      },
+    );
+  }
+
+  it(
+    "createStdioTransport() sends console.log/info/debug/warn to stderr while open, not into the frames",
+    SLOW,
+    async () => {
+      const outcome = await runFixture(WRITER, ["console"]);
+      assert.equal(outcome.code, 0, outcome.stderr);
+      assert.equal(outcome.stdout, '{"n":1}\n{"n":2}\nafter close\n', "close() restores console.log");
+      for (const word of ["log", "info", "debug", "warn"]) {
+        assert.match(
+          outcome.stderr,
+          new RegExp(`stray ${word}`),
+        );
+      }
+    },
+  );
+
+  it(
+    "TeeTransport drops a secondary whose reader stalls, and the primary never waits for it",
+    SLOW,
+    async () => {
+      const count = 3000;
+      const result = await python(PY_FD3, ["stall", ...fixtureArgv(WRITER, ["tee-stalled", String(count)])]);
+      assert.equal(result.rc, 0, result.stderr as string);
+      const report = JSON.parse(result.stderr as string);
+      assert.deepEqual(report, { results: [true], secondaries: 0, reported: ["ETIMEDOUT"] });
+      const lines = (result.stdout as string).trim().split("\n");
+      assert.equal(lines.length, count, "the primary got every frame");
+    },
+  );
+
+  // Deno without --allow-ffi has no libc write: each descriptor kind gets the route that is exact for it
+  // (all-or-nothing PIPE_BUF pieces for pipes, a private /proc/self/fd/N description for inherited ones),
+  // or a one-line warning where none exists (a non-blocking socket).
+  const denoWithoutFfi = (script: string, args: string[]): string[] => [
+    process.execPath,
+    "run",
+    "-A",
+    "--deny-ffi",
+    "--quiet",
+    script,
+    ...args,
+  ];
+
+  it(
+    "Deno without FFI: a 10 MiB frame through a non-blocking pipe to a slow reader arrives exactly once",
+    SLOW,
+    async (t) => {
+      if (runtime !== "deno") return t.skip("the no-FFI route exists only on Deno");
+      const size = 10 * 1024 * 1024;
+      const result = await python(PY_SLOW_NONBLOCKING_READER, denoWithoutFfi(WRITER, ["big", String(size)]));
+      assert.equal(result.rc, 0, result.stderr as string);
+      // Deno without -A cannot read the pipe's flags: the write is exact, the wait maybe not bounded.
+      const lines = (result.stderr as string).trim().split("\n");
+      assert.match(lines[0], /^keelson transport: fd 1 is a pipe whose flags deno cannot read here/);
+      assert.deepEqual(JSON.parse(lines[1]).delivered, [true, true]);
+      assert.deepEqual(result.frames, [{ big: { len: size, uniform: true }, size }, { after: true }]);
+      assert.equal(result.invalid, 0);
+    },
+  );
+
+  it("Deno without FFI: frames for an inherited fd 3 pipe are delivered", SLOW, async (t) => {
+    if (runtime !== "deno") return t.skip("the no-FFI route exists only on Deno");
+    const result = await python(PY_FD3, ["read", ...denoWithoutFfi(WRITER, ["fd3", "3"])]);
+    assert.equal(result.rc, 0, result.stderr as string);
+    assert.deepEqual(JSON.parse(result.stderr as string), { results: [true, true, true] });
+    assert.deepEqual((result.fd3 as string).trim().split("\n").map((line) => JSON.parse(line).seq), [
+      0,
+      1,
+      2,
+    ]);
+  });
+
+  it(
+    "Deno without FFI: a non-blocking socket as stdout gets a one-line warning on stderr",
+    SLOW,
+    async (t) => {
+      if (runtime !== "deno") return t.skip("the no-FFI route exists only on Deno");
+      const result = await python(PY_SLOW_SOCKET_READER, ["unix", ...denoWithoutFfi(WRITER, ["seq", "12"])]);
+      assert.equal(result.rc, 0, result.stderr as string);
+      const lines = (result.stderr as string).trim().split("\n");
+      assert.equal(lines.length, 2, result.stderr as string);
+      assert.match(lines[0], /^keelson transport: fd 1 is a non-blocking socket .*--allow-ffi/);
+      assert.deepEqual(JSON.parse(lines[1]), { written: 12, results: [true] });
+    },
+  );
+
+  it(
+    "createStdioTransport() never lets a frame reported failed (ENOSPC on fd 1) be completed by the next write",
+    SLOW,
+    async (t) => {
+      if (process.getuid?.() !== 0) return t.skip("needs root for unshare and a tmpfs mount");
+      const mount = fs.mkdtempSync(path.join(os.tmpdir(), "keelson-full-"));
+      const script = `mount -t tmpfs -o size=128k keelson-full "$0" || exit 90
+head -c $((116 * 1024)) /dev/zero > "$0/filler"
+"$@" > "$0/out"
+status=$?
+cat "$0/out"
+umount "$0"
+exit $status`;
+      try {
+        const outcome = await run("unshare", [
+          "-m",
+          "bash",
+          "-c",
+          script,
+          mount,
+          ...fixtureArgv(WRITER, ["enospc", path.join(mount, "filler")]),
+        ]);
+        if (outcome.code === 90) return t.skip("cannot mount a tmpfs here");
+        assert.equal(outcome.code, 0, outcome.stderr);
+        const report = JSON.parse(outcome.stderr);
+        assert.equal(report.first.name, "TransportWriteError");
+        assert.equal(report.first.code, "ENOSPC");
+        assert.ok(report.first.bytesWritten > 0, "the frame was torn, not refused whole");
+        assert.equal(report.second, true);
+        const lines = outcome.stdout.split("\n");
+        assert.equal(lines.pop(), "");
+        assert.equal(lines.length, 2);
+        assert.ok(lines[0].endsWith("\x18"), "the fragment is ended by CAN");
+        assert.equal(lines[0].length, report.first.bytesWritten + 1, "exactly the bytes reported");
+        assert.throws(() => JSON.parse(lines[0]), "the failed frame never becomes valid");
+        assert.deepEqual(JSON.parse(lines[1]), { next: "intact" });
+      } finally {
+        fs.rmSync(mount, { recursive: true, force: true });
+      }
+    },
+  );
+});
 
 describe("round trip", () => {
   it(
