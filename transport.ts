@@ -1061,7 +1061,12 @@ async function* readerChunks(stream: ReadableStream<Uint8Array>): AsyncGenerator
   }
 }
 
-/** Returned by {@linkcode LineParser.parse} for a line that is not a frame. */
+/** Where {@linkcode LineParser.parseText} finds the bytes of a decoded line when it needs them. */
+interface LineSource {
+  lineBytes(index: number): Uint8Array;
+}
+
+/** Returned by {@linkcode LineParser.parseBytes} for a line that is not a frame. */
 const NO_FRAME: unique symbol = Symbol("no frame");
 
 /**
@@ -1171,11 +1176,11 @@ class LineParser {
   }
 
   /**
-   * Turns one line decoded with the rest of its chunk into a frame. `bytesOf` gives the line's bytes
-   * (without `\n`), for the rare checks that need them: a line that might be over the limit, and a line
+   * Turns line `index` of a chunk, decoded with the rest of it, into a frame. `lines` gives the line's
+   * bytes (without `\n`) for the rare checks that need them (no closure per line on the hot path): a line that might be over the limit, and a line
    * holding U+FFFD (invalid UTF-8, or a real U+FFFD) when its chunk had invalid bytes.
    */
-  parseText(text: string, suspect: boolean, bytesOf: () => Uint8Array): unknown {
+  parseText(text: string, suspect: boolean, lines: LineSource, index: number): unknown {
     this.line++;
     const units = text.length;
     if (units === 0) return NO_FRAME;
@@ -1185,7 +1190,7 @@ class LineParser {
     }
     // UTF-8 takes at most 3 bytes per UTF-16 unit: only a long line can be over the limit.
     if (units * 3 > this.#max || (suspect && text.indexOf("\uFFFD") !== -1)) {
-      const bytes = bytesOf();
+      const bytes = lines.lineBytes(index);
       let length = bytes.length;
       if (bytes[length - 1] === CARRIAGE_RETURN) length--;
       if (length > this.#max) {
@@ -1276,7 +1281,7 @@ const USED_UP = 4;
  * spanning chunks is gathered as bytes. Lines are parsed one `next()` at a time, so `onInvalid` calls
  * stay in stream order with the frames.
  */
-class FrameIterator implements AsyncIterableIterator<unknown> {
+class FrameIterator implements AsyncIterableIterator<unknown>, LineSource {
   #iterable: AsyncIterable<Uint8Array>;
   #source: AsyncIterator<Uint8Array> | undefined = undefined;
   #parser: LineParser;
@@ -1377,7 +1382,7 @@ class FrameIterator implements AsyncIterableIterator<unknown> {
           const lines = this.#lines;
           while (this.#lineIndex < lines.length) {
             const index = this.#lineIndex++;
-            const frame = this.#parser.parseText(lines[index]!, this.#suspect, () => this.#lineBytes(index));
+            const frame = this.#parser.parseText(lines[index]!, this.#suspect, this, index);
             if (frame !== NO_FRAME) return frame;
           }
           this.#lines = [];
@@ -1395,7 +1400,7 @@ class FrameIterator implements AsyncIterableIterator<unknown> {
   }
 
   /** The bytes of decoded line `index` of the block, without its `\n`. */
-  #lineBytes(index: number): Uint8Array {
+  lineBytes(index: number): Uint8Array {
     return this.#chunk.subarray(this.#lineStart(index), this.#lineStart(index + 1) - 1);
   }
 

@@ -258,8 +258,8 @@ async function main(): Promise<void> {
         () => timeRead(baseline, chunks),
         () => timeRead(readWithReadFrames, chunks),
       );
-      console.log(`rate readFrames/${name} baseline ${reads.baseline.toFixed(1)} MB/s`);
-      console.log(`rate readFrames/${name} readFrames ${reads.measured.toFixed(1)} MB/s`);
+      console.log(`rate readFrames/${name}-baseline ${reads.baseline.toFixed(1)} MB/s`);
+      console.log(`rate readFrames/${name}-readFrames ${reads.measured.toFixed(1)} MB/s`);
       console.log(`ratio readFrames/${name} ${reads.ratio.toFixed(2)}`);
     }
   }
