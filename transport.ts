@@ -1,3 +1,4 @@
+/// <reference lib="esnext.disposable" preserve="true" />
 /**
  * A JSON-lines transport over stdio (or any descriptor) that tells a vanished peer from a real bug.
  * Without it, a gateway whose parent (a TUI, an editor, an MCP client) quits either crashes with an
@@ -226,6 +227,8 @@ export class TransportWriteError extends Error {
   override readonly cause: unknown;
 
   /**
+   * Builds the error from what the failed write reported.
+   *
    * @param fd The descriptor that was written to.
    * @param cause The error the runtime threw.
    * @param bytesWritten Bytes of the line the kernel took before the failure.
@@ -285,6 +288,8 @@ export class FrameError extends Error {
   readonly bytes: number;
 
   /**
+   * Describes one line that is not a frame.
+   *
    * @param line The 1-based line number.
    * @param reason Why the line is not a frame.
    * @param bytes Length of the line in bytes.
@@ -387,9 +392,9 @@ export interface ReadFramesOptions {
  *
  * @example Append frames to a file, synced to disk one by one
  * ```ts
- * import { openAppend } from "./platform.ts";
+ * import { openSync } from "node:fs";
  * import { createStdioTransport } from "./transport.ts";
- * const transport = createStdioTransport({ fd: openAppend("/tmp/frames.jsonl"), flush: true });
+ * const transport = createStdioTransport({ fd: openSync("/tmp/frames.jsonl", "a"), flush: true });
  * transport.write({ event: "started" });
  * transport.close(); // closes the descriptor too: it is not 0, 1 or 2
  * ```
@@ -465,11 +470,11 @@ export function createStdioTransport(options: StdioTransportOptions = {}): Stdio
  *
  * @example Mirror the protocol into a file for debugging
  * ```ts
- * import { openAppend } from "./platform.ts";
+ * import { openSync } from "node:fs";
  * import { createStdioTransport, TeeTransport } from "./transport.ts";
  * const tee = new TeeTransport(
  *   createStdioTransport(),
- *   createStdioTransport({ fd: openAppend("/tmp/protocol.jsonl") }),
+ *   createStdioTransport({ fd: openSync("/tmp/protocol.jsonl", "a") }),
  * );
  * tee.onError = (error) => console.error("debug copy stopped:", error);
  * tee.write({ id: 1, result: "ok" }); // true unless stdout's reader is gone
@@ -489,6 +494,8 @@ export class TeeTransport implements Transport, Disposable {
   #closed = false;
 
   /**
+   * Tees every frame to the primary and, once the primary accepted it, to each secondary.
+   *
    * @param primary The transport that decides the result.
    * @param secondaries Transports that get a copy of each frame the primary accepted.
    */
@@ -631,6 +638,26 @@ export function currentTransport(): Transport | undefined {
 }
 
 /**
+ * The part of a web `ReadableStream<Uint8Array>` that {@linkcode readFrames} uses, written out so that the
+ * declarations need neither the DOM lib nor `@types/node`: any `ReadableStream<Uint8Array>` is one.
+ *
+ * @example A web stream is a FrameByteStream
+ * ```ts
+ * import type { FrameByteStream } from "./transport.ts";
+ * const stream: FrameByteStream = new ReadableStream<Uint8Array>();
+ * console.log(typeof stream.getReader); // function
+ * ```
+ */
+export interface FrameByteStream {
+  /** Locks the stream to one reader. */
+  getReader(): {
+    read(): Promise<{ done: boolean; value?: Uint8Array | undefined }>;
+    cancel(reason?: unknown): Promise<void>;
+    releaseLock(): void;
+  };
+}
+
+/**
  * Reads JSON-lines frames from byte chunks (stdin by default) until end-of-file.
  *
  * Chunks may be split anywhere, even inside a UTF-8 character: lines are cut on the `0x0A` byte first,
@@ -676,7 +703,7 @@ export function currentTransport(): Transport | undefined {
  * ```
  */
 export function readFrames(
-  source?: ReadableStream<Uint8Array> | AsyncIterable<Uint8Array>,
+  source?: FrameByteStream | AsyncIterable<Uint8Array>,
   options: ReadFramesOptions = {},
 ): AsyncIterable<unknown> {
   if (typeof options !== "object" || options === null) {
@@ -1025,14 +1052,14 @@ function describe(value: unknown): string {
 
 /** An async iterable over a ReadableStream or an async iterable. */
 function toChunkIterable(
-  source: ReadableStream<Uint8Array> | AsyncIterable<Uint8Array>,
+  source: FrameByteStream | AsyncIterable<Uint8Array>,
 ): AsyncIterable<Uint8Array> {
   if (typeof source === "object" && source !== null) {
     if (typeof (source as AsyncIterable<Uint8Array>)[Symbol.asyncIterator] === "function") {
       return source as AsyncIterable<Uint8Array>;
     }
-    if (typeof (source as ReadableStream<Uint8Array>).getReader === "function") {
-      return readerChunks(source as ReadableStream<Uint8Array>);
+    if (typeof (source as FrameByteStream).getReader === "function") {
+      return readerChunks(source as FrameByteStream);
     }
   }
   throw new TypeError(
@@ -1043,7 +1070,7 @@ function toChunkIterable(
 }
 
 /** Chunks of a ReadableStream that is not async-iterable; cancels the stream when left early. */
-async function* readerChunks(stream: ReadableStream<Uint8Array>): AsyncGenerator<Uint8Array> {
+async function* readerChunks(stream: FrameByteStream): AsyncGenerator<Uint8Array> {
   const reader = stream.getReader();
   let done = false;
   try {
@@ -1053,7 +1080,7 @@ async function* readerChunks(stream: ReadableStream<Uint8Array>): AsyncGenerator
         done = true;
         return;
       }
-      yield result.value;
+      if (result.value !== undefined) yield result.value;
     }
   } finally {
     if (!done) await reader.cancel();
