@@ -166,12 +166,18 @@ export interface FileStat {
   mode: number;
   /** Number of hard links: 0 once the file was unlinked while still open. */
   nlink: number;
+  /** Owner's user id. */
+  uid: number;
+  /** Owner's group id. */
+  gid: number;
   /** Last modification, in milliseconds since the epoch. */
   mtimeMs: number;
   /** `true` for a regular file. */
   isFile: boolean;
   /** `true` for a directory. */
   isDirectory: boolean;
+  /** `true` for a symbolic link (only {@linkcode lstatOrNull} reports links; the others follow them). */
+  isSymbolicLink: boolean;
 }
 
 /**
@@ -186,14 +192,43 @@ export interface FileStat {
  */
 export interface OpenOptions {
   /**
-   * Permission bits for the file. Applied with `fchmod` after the open, so the umask cannot narrow
-   * or widen them; applied to an existing file too.
+   * Permission bits for the file. A new file is created with them (the umask can only narrow them,
+   * so the file is never wider for an instant), then `fchmod` restores any bit the umask removed; an
+   * existing file gets them with `fchmod` too.
    * @default undefined (0o666 narrowed by the umask on create, existing bits kept)
    */
   mode?: number;
+  /**
+   * Create the file when it is missing ({@linkcode openAppend} only; `false` throws `ENOENT` instead).
+   * @default true
+   */
+  create?: boolean;
+  /**
+   * Fail with `EEXIST` when the file exists (`O_EXCL`, {@linkcode openAppend} only): the caller then
+   * knows it created the file.
+   * @default false
+   */
+  exclusive?: boolean;
+  /**
+   * Refuse a symbolic link at the path (`O_NOFOLLOW`): the open fails with `ELOOP`.
+   * @default false
+   */
+  noFollow?: boolean;
+  /**
+   * Open with `O_NONBLOCK`, so a FIFO without a reader fails at once (`ENXIO`) instead of hanging.
+   * Regular files ignore the flag.
+   * @default false
+   */
+  nonBlocking?: boolean;
 }
 
 const { O_WRONLY, O_RDONLY, O_APPEND, O_CREAT, O_EXCL } = fs.constants;
+const O_NOFOLLOW = fs.constants.O_NOFOLLOW ?? 0;
+const O_NONBLOCK = fs.constants.O_NONBLOCK ?? 0;
+
+function openFlags(base: number, options: OpenOptions): number {
+  return base | (options.noFollow ? O_NOFOLLOW : 0) | (options.nonBlocking ? O_NONBLOCK : 0);
+}
 
 function toFileStat(s: fs.Stats): FileStat {
   const ino = typeof s.ino === "number" && s.ino > 0 ? s.ino : null;
@@ -203,16 +238,20 @@ function toFileStat(s: fs.Stats): FileStat {
     size: s.size,
     mode: s.mode,
     nlink: s.nlink,
+    uid: s.uid,
+    gid: s.gid,
     mtimeMs: s.mtimeMs,
     isFile: s.isFile(),
     isDirectory: s.isDirectory(),
+    isSymbolicLink: s.isSymbolicLink(),
   };
 }
 
+/** `fchmod` only when the bits differ: the file was created with `mode`, the umask may have narrowed it. */
 function applyMode(fd: number, mode: number | undefined): void {
   if (mode === undefined) return;
   try {
-    fs.fchmodSync(fd, mode);
+    if ((fs.fstatSync(fd).mode & 0o7777) !== mode) fs.fchmodSync(fd, mode);
   } catch (error) {
     fs.closeSync(fd);
     throw error;
@@ -226,7 +265,8 @@ function applyMode(fd: number, mode: number | undefined): void {
  * another process appended or truncated it.
  *
  * @param path The file.
- * @param options `mode` is applied with `fchmod`, whatever the umask.
+ * @param options `mode` is the creation mode and is restored with `fchmod` whatever the umask;
+ *   `create`, `exclusive`, `noFollow` and `nonBlocking` add or drop open flags.
  * @returns The descriptor.
  *
  * @example Append one line with mode 0640
@@ -238,7 +278,8 @@ function applyMode(fd: number, mode: number | undefined): void {
  * ```
  */
 export function openAppend(path: string, options: OpenOptions = {}): number {
-  const fd = fs.openSync(path, O_WRONLY | O_APPEND | O_CREAT, 0o666);
+  const create = options.create === false ? 0 : O_CREAT | (options.exclusive ? O_EXCL : 0);
+  const fd = fs.openSync(path, openFlags(O_WRONLY | O_APPEND | create, options), options.mode ?? 0o666);
   applyMode(fd, options.mode);
   return fd;
 }
@@ -250,7 +291,8 @@ export function openAppend(path: string, options: OpenOptions = {}): number {
  * written file atomically, write a temporary file and {@linkcode link} it into place.
  *
  * @param path The file.
- * @param options `mode` is applied with `fchmod`, whatever the umask.
+ * @param options `mode` is the creation mode and is restored with `fchmod` whatever the umask;
+ *   `noFollow` and `nonBlocking` add their open flags.
  * @returns The descriptor.
  *
  * @example
@@ -262,7 +304,7 @@ export function openAppend(path: string, options: OpenOptions = {}): number {
  * ```
  */
 export function createExclusive(path: string, options: OpenOptions = {}): number {
-  const fd = fs.openSync(path, O_WRONLY | O_CREAT | O_EXCL, 0o666);
+  const fd = fs.openSync(path, openFlags(O_WRONLY | O_CREAT | O_EXCL, options), options.mode ?? 0o666);
   applyMode(fd, options.mode);
   return fd;
 }
@@ -438,6 +480,58 @@ export function statOrNull(path: string): FileStat | null {
 }
 
 /**
+ * `lstat` of a path (a symbolic link is reported as itself, not followed), or `null` when nothing is
+ * there (`ENOENT`, `ENOTDIR`). Other errors are thrown.
+ *
+ * @param path The path.
+ * @returns The facts of the name itself, or `null`.
+ *
+ * @example Is the path a symbolic link?
+ * ```ts
+ * import { lstatOrNull } from "./platform.ts";
+ * console.log(lstatOrNull("/proc/self")?.isSymbolicLink); // true on Linux
+ * ```
+ */
+export function lstatOrNull(path: string): FileStat | null {
+  try {
+    return toFileStat(fs.lstatSync(path));
+  } catch (error) {
+    const code = errorCode(error);
+    if (code === "ENOENT" || code === "ENOTDIR") return null;
+    throw error;
+  }
+}
+
+/**
+ * Reads up to `length` bytes of an open descriptor at `position` (`pread(2)`: the file offset is not
+ * moved). Fewer bytes come back at the end of the file.
+ *
+ * @param fd The descriptor (opened for reading).
+ * @param length How many bytes at most.
+ * @param position Where to read from.
+ * @returns The bytes read.
+ *
+ * @example Does a file end with a newline?
+ * ```ts
+ * import { closeFd, fstat, openRead, readAt, writeTextFile } from "./platform.ts";
+ * writeTextFile("/tmp/example-last.log", "one\ntwo");
+ * const fd = openRead("/tmp/example-last.log");
+ * console.log(readAt(fd, 1, fstat(fd).size - 1)[0] === 0x0a); // false
+ * closeFd(fd);
+ * ```
+ */
+export function readAt(fd: number, length: number, position: number): Uint8Array {
+  const buffer = new Uint8Array(length);
+  let filled = 0;
+  while (filled < length) {
+    const n = fs.readSync(fd, buffer, filled, length - filled, position + filled);
+    if (n === 0) break;
+    filled += n;
+  }
+  return buffer.subarray(0, filled);
+}
+
+/**
  * `link(2)`: makes `newPath` a second name of `existingPath`. Fails with `EEXIST` when anything is at
  * `newPath`, which makes it an atomic "publish if absent" of a fully written temporary file.
  *
@@ -548,6 +642,26 @@ export function chmod(path: string, mode: number): void {
  */
 export function fchmod(fd: number, mode: number): void {
   fs.fchmodSync(fd, mode);
+}
+
+/**
+ * `fchown(2)` of an open descriptor (root only, to give a file another owner).
+ *
+ * @param fd The descriptor.
+ * @param uid The new owner's user id.
+ * @param gid The new group id.
+ *
+ * @example Hand a file created by root back to the owner of the one it replaces
+ * ```ts ignore
+ * import { closeFd, fchown, openAppend, stat } from "./platform.ts";
+ * const previous = stat("/var/log/app/app.log.1");
+ * const fd = openAppend("/var/log/app/app.log", { mode: previous.mode & 0o7777 });
+ * fchown(fd, previous.uid, previous.gid);
+ * closeFd(fd);
+ * ```
+ */
+export function fchown(fd: number, uid: number, gid: number): void {
+  fs.fchownSync(fd, uid, gid);
 }
 
 /**
@@ -715,7 +829,8 @@ export function readHead(path: string, length: number): Uint8Array {
  */
 export interface WriteFileOptions {
   /**
-   * Permission bits, applied with `chmod` whatever the umask.
+   * Permission bits: a new file is created with them (never wider for an instant), then `fchmod`
+   * makes them exact whatever the umask.
    * @default undefined (0o666 narrowed by the umask)
    */
   mode?: number;
@@ -736,7 +851,7 @@ export interface WriteFileOptions {
  * ```
  */
 export function writeTextFile(path: string, text: string, options: WriteFileOptions = {}): void {
-  const fd = fs.openSync(path, O_WRONLY | O_CREAT | fs.constants.O_TRUNC, 0o666);
+  const fd = fs.openSync(path, O_WRONLY | O_CREAT | fs.constants.O_TRUNC, options.mode ?? 0o666);
   try {
     if (options.mode !== undefined) fs.fchmodSync(fd, options.mode);
     writeAll(fd, new TextEncoder().encode(text));
@@ -814,6 +929,24 @@ const sleepCell = new Int32Array(new SharedArrayBuffer(4));
  */
 export function sleepSync(ms: number): void {
   if (ms > 0) Atomics.wait(sleepCell, 0, 0, ms);
+}
+
+/**
+ * Milliseconds on a monotonic clock (`performance.now()`): never stepped by NTP or an operator, so
+ * deadlines, retry timers and "how long has this lock been held" survive a wall-clock step. Only
+ * differences between two readings in one process mean anything.
+ *
+ * @returns The current reading.
+ *
+ * @example A deadline that a clock step cannot move
+ * ```ts
+ * import { monotonicMs, sleepSync } from "./platform.ts";
+ * const deadline = monotonicMs() + 20;
+ * while (monotonicMs() < deadline) sleepSync(5);
+ * ```
+ */
+export function monotonicMs(): number {
+  return performance.now();
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -1304,6 +1437,30 @@ export function onSignal(signal: string, handler: (signal: string) => void): () 
     if (deno) deno.removeSignalListener(signal, listener);
     else process.off(signal as NodeJS.Signals, listener);
   };
+}
+
+let fileSizeSignalHandled = false;
+
+/**
+ * Makes a write past the file-size limit (`ulimit -f`, systemd `LimitFSIZE=`) fail with `EFBIG`
+ * instead of killing the process. Node and Bun ignore `SIGXFSZ` already; Deno keeps its default
+ * action (the process dies with status 153), so on Deno this installs a listener that does nothing
+ * and does not keep the process alive. Idempotent.
+ *
+ * @example A log writer that must survive a file-size limit
+ * ```ts
+ * import { handleFileSizeSignal } from "./platform.ts";
+ * handleFileSizeSignal(); // a too-large write now throws EFBIG on every runtime
+ * ```
+ */
+export function handleFileSizeSignal(): void {
+  if (fileSizeSignalHandled || !deno || !isLinux) return;
+  fileSizeSignalHandled = true;
+  try {
+    deno.addSignalListener("SIGXFSZ", () => {});
+  } catch {
+    // A Deno that cannot listen for SIGXFSZ keeps the default action: nothing better to do here.
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------
