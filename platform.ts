@@ -225,7 +225,7 @@ export interface OpenOptions {
 
 const { O_WRONLY, O_RDONLY, O_APPEND, O_CREAT, O_EXCL } = fs.constants;
 const O_NOFOLLOW = fs.constants.O_NOFOLLOW ?? 0;
-const O_NONBLOCK = fs.constants.O_NONBLOCK ?? 0;
+const O_NONBLOCK = fs.constants.O_NONBLOCK ?? 0o4000;
 
 function openFlags(base: number, options: OpenOptions): number {
   return base | (options.noFollow ? O_NOFOLLOW : 0) | (options.nonBlocking ? O_NONBLOCK : 0);
@@ -715,7 +715,7 @@ const WAIT_WRITABLE_MIN_MS = 0.05;
 const POLLOUT = 4;
 const pollBytes = new Uint8Array(8);
 const pollFd = new DataView(pollBytes.buffer);
-const { O_NONBLOCK = 0o4000, O_NOCTTY = 0o400 } = fs.constants as { O_NONBLOCK?: number; O_NOCTTY?: number };
+const O_NOCTTY = (fs.constants as { O_NOCTTY?: number }).O_NOCTTY ?? 0o400;
 const O_ACCMODE = 3;
 const EBADF = 9;
 const EINTR = 4;
