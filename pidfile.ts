@@ -526,7 +526,7 @@ export class PidFileError extends Error {
    * console.log(new PidFileError("/tmp/example.pid", "Cannot use it", { code: "EACCES" }).code);
    * ```
    */
-  constructor(path: string, message: string, options: { code?: string; cause?: unknown } = {}) {
+  constructor(path: string, message: string, options: { code?: string | undefined; cause?: unknown } = {}) {
     super(message, { cause: options.cause });
     this.name = "PidFileError";
     this.path = path;
@@ -892,7 +892,7 @@ function parseRecord(text: string, mtimeMs: number): PidRecord | PidFileInvalid 
   if (typeof value !== "object" || value === null || Array.isArray(value)) {
     return { state: "invalid", reason: `not a PID record: ${preview(text)}` };
   }
-  const fields = value as Record<string, unknown>;
+  const fields = value as Partial<Record<keyof PidRecord, unknown>>;
   if (!validPid(fields.pid)) {
     return { state: "invalid", reason: `pid ${describe(fields.pid)} is not a process id` };
   }

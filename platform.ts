@@ -1509,15 +1509,24 @@ export function selfIdentity(): ProcessIdentity {
  * ```
  */
 export function identityOf(pid: number): ProcessIdentity | null {
-  if (!Number.isInteger(pid) || pid <= 0) return null;
-  if (!isLinux) return existsOrUnknown(pid) ? emptyIdentity(pid) : null;
+  const read = readIdentity(pid);
+  return typeof read === "string" ? null : read;
+}
+
+/** {@linkcode identityOf}, telling a zombie from a gone process. */
+function readIdentity(pid: number): ProcessIdentity | "gone" | "zombie" {
+  if (!Number.isInteger(pid) || pid <= 0) return "gone";
+  // kill(pid, 0) first: a gone pid costs one cheap syscall instead of a failed /proc read.
+  if (!existsOrUnknown(pid)) return "gone";
+  if (!isLinux) return emptyIdentity(pid);
   const text = readProcText(`/proc/${pid}/stat`);
   if (text === null) {
-    // No /proc entry: gone, or /proc is refused us (then only kill(pid, 0) can tell).
-    return identityRefusals.length > 0 && existsOrUnknown(pid) ? emptyIdentity(pid) : null;
+    // No /proc entry: gone meanwhile, or /proc is refused us (then kill(pid, 0) said all there is).
+    return identityRefusals.length > 0 ? emptyIdentity(pid) : "gone";
   }
   const stat = parseProcStat(text);
-  if (stat === null || stat.state === "Z") return null;
+  if (stat === null) return "gone";
+  if (stat.state === "Z") return "zombie";
   const boot = bootTimeMs();
   return {
     pid,
@@ -1682,15 +1691,9 @@ export function judgeIdentity(record: IdentityRecord, options: JudgeIdentityOpti
   if (!Number.isInteger(pid) || pid <= 0) {
     return verdict(false, "pid", `pid ${JSON.stringify(pid)} is not a process id`);
   }
-  const live = identityOf(pid);
-  if (live === null) {
-    const zombie = readProcStat(pid)?.state === "Z";
-    return verdict(
-      false,
-      "pid",
-      zombie ? `process ${pid} has exited (a zombie not yet reaped)` : `process ${pid} is gone`,
-    );
-  }
+  const live = readIdentity(pid);
+  if (live === "zombie") return verdict(false, "pid", `process ${pid} has exited (a zombie not yet reaped)`);
+  if (live === "gone") return verdict(false, "pid", `process ${pid} is gone`);
   const ticks = record.startTicks ?? null;
   const start = record.startTime ?? null;
   const writtenAt = options.writtenAtMs ?? options.mtimeMs ?? null;
