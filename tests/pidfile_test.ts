@@ -1310,6 +1310,26 @@ describe("acquirePidFile() across runtimes, PID namespaces and host names", () =
     },
   );
 
+  it("acquirePidFile({ replace: true }) never signals a live pid whose command differs from a record without start ticks", async () => {
+    const sleeper = startSleep();
+    try {
+      const pidPath = freshPidPath();
+      writeRecord(pidPath, { pid: sleeper.pid, argv: ["/usr/bin/node", "/srv/gateway.ts", "--serve"] });
+      await assert.rejects(
+        acquirePidFile(pidPath, { replace: true, replaceTimeoutMs: 100 }),
+        (error: unknown) => {
+          assert.ok(error instanceof PidFileLockedError, String(error));
+          assert.match(error.message, /another command/);
+          return true;
+        },
+      );
+      assert.ok(isAlive(sleeper.pid));
+      assert.ok(!fs.existsSync(pidPath + ".takeover.json"));
+    } finally {
+      await stop(sleeper);
+    }
+  });
+
   it("acquirePidFile() writes no secret from argv into the record", SLOW, async () => {
     const pidPath = freshPidPath();
     const { command, args } = scriptCommand(SERVICE, [
