@@ -526,7 +526,7 @@ export class PidFileError extends Error {
    * console.log(new PidFileError("/tmp/example.pid", "Cannot use it", { code: "EACCES" }).code);
    * ```
    */
-  constructor(path: string, message: string, options: { code?: string; cause?: unknown } = {}) {
+  constructor(path: string, message: string, options: { code?: string | undefined; cause?: unknown } = {}) {
     super(message, { cause: options.cause });
     this.name = "PidFileError";
     this.path = path;
@@ -631,8 +631,8 @@ export async function acquirePidFile(path: string, options: AcquirePidFileOption
   } catch (error) {
     if (!(error instanceof PidFileLockedError) || error.acquiring) throw error;
     if (error.foreignHost || error.foreignNamespace || error.holder.pid === getPid()) throw error;
-    await stopHolder(path, error.holder, settings);
-    return acquireNow(path, settings);
+    const target = await stopHolder(path, error.holder, settings);
+    return acquireNow(path, settings, target === null ? null : { record: error.holder, target });
   }
 }
 
@@ -892,7 +892,7 @@ function parseRecord(text: string, mtimeMs: number): PidRecord | PidFileInvalid 
   if (typeof value !== "object" || value === null || Array.isArray(value)) {
     return { state: "invalid", reason: `not a PID record: ${preview(text)}` };
   }
-  const fields = value as Record<string, unknown>;
+  const fields = value as Partial<Record<keyof PidRecord, unknown>>;
   if (!validPid(fields.pid)) {
     return { state: "invalid", reason: `pid ${describe(fields.pid)} is not a process id` };
   }
@@ -1024,7 +1024,13 @@ function isHeldHere(text: string): boolean {
   return false;
 }
 
-function acquireNow(path: string, settings: Settings): HeldPidFile {
+/** A holder that `replace` stopped: its record is stale once the pinned process is gone. */
+interface Stopped {
+  record: PidRecord;
+  target: IdentityRecord;
+}
+
+function acquireNow(path: string, settings: Settings, stopped: Stopped | null = null): HeldPidFile {
   const record = ownRecord(settings.heartbeatMs);
   const text = JSON.stringify(record) + "\n";
   const deadline = Date.now() + settings.contentionTimeoutMs;
@@ -1052,7 +1058,7 @@ function acquireNow(path: string, settings: Settings): HeldPidFile {
         }
         return holdNew(path, record, text, settings);
       }
-      const status = statusOf(found, settings.heartbeatMs);
+      const status = judgeFound(found, settings, stopped);
       if (status.state === "absent") continue; // cannot happen for a file; keeps the types exact
       if (status.state === "running") {
         throw new PidFileLockedError(path, status.record, status.reason, {
@@ -1081,7 +1087,7 @@ function acquireNow(path: string, settings: Settings): HeldPidFile {
         // Under the claim nobody else may replace this file: check it is still the one judged, still dead.
         const again = takeSnapshot(path);
         if (again.kind === "file" && again.id === found.id) {
-          const state = statusOf(again, settings.heartbeatMs).state;
+          const state = judgeFound(again, settings, stopped).state;
           if (state === "stale" || state === "invalid") {
             try {
               rename(tmp, path);
@@ -1109,6 +1115,26 @@ function acquireNow(path: string, settings: Settings): HeldPidFile {
       }
     }
   }
+}
+
+/**
+ * The status of a file found at the path. The record of a holder that we stopped counts as stale once
+ * the pinned process is gone, even if its pid was taken again within the start-time tolerance (a record
+ * without start ticks could not tell that process from the holder).
+ */
+function judgeFound(found: Snapshot, settings: Settings, stopped: Stopped | null): PidFileStatus {
+  const status = statusOf(found, settings.heartbeatMs);
+  if (stopped === null || status.state !== "running") return status;
+  if (
+    JSON.stringify(status.record) !== JSON.stringify(stopped.record) || judgeIdentity(stopped.target).alive
+  ) {
+    return status;
+  }
+  return {
+    state: "stale",
+    record: status.record,
+    reason: `its holder was stopped; pid ${status.record.pid} now belongs to another process`,
+  };
 }
 
 function writeTemp(path: string, text: string, mode: number): string {
@@ -1251,19 +1277,23 @@ const POLL_MAX_MS = 100;
  * it), never to one that took its pid. When stopping fails, our marker is removed again: left behind,
  * it would make the holder's next unplanned stop look like an intended takeover.
  */
-async function stopHolder(path: string, holder: PidRecord, settings: Settings): Promise<void> {
+async function stopHolder(
+  path: string,
+  holder: PidRecord,
+  settings: Settings,
+): Promise<IdentityRecord | null> {
   const target = pinHolder(path, holder);
-  if (target === null) return; // gone meanwhile: the next look acquires
+  if (target === null) return null; // gone meanwhile: the next look acquires
   const markerPath = path + TAKEOVER_MARKER_SUFFIX;
   // The contract's shape: the target tells it is meant by its pid and the time (written in its lifetime).
   const marker = { targetPid: holder.pid, byPid: getPid(), at: new Date().toISOString() };
   const markerText = JSON.stringify(marker) + "\n";
   writeMarker(markerPath, markerText);
   try {
-    if (!signalPinned(path, target, "SIGTERM")) return;
-    if (await waitUntilGone(target, settings.replaceTimeoutMs)) return;
-    if (!signalPinned(path, target, "SIGKILL")) return;
-    if (await waitUntilGone(target, KILL_WAIT_MS)) return;
+    if (!signalPinned(path, target, "SIGTERM")) return target;
+    if (await waitUntilGone(target, settings.replaceTimeoutMs)) return target;
+    if (!signalPinned(path, target, "SIGKILL")) return target;
+    if (await waitUntilGone(target, KILL_WAIT_MS)) return target;
     throw new PidFileLockedError(
       path,
       holder,

@@ -2065,13 +2065,17 @@ function currentHostname(): string | null {
 export function selfIdentity(): ProcessIdentity {
   const pid = getPid();
   if (selfIdentityCache === null || selfIdentityCache.pid !== pid) {
-    const read = identityOf(pid);
+    // /proc/self, not /proc/<pid>: in a PID namespace whose /proc was not remounted, our pid names
+    // another process there, while /proc/self is always us (start ticks count from the one boot).
+    const text = readProcText("/proc/self/stat");
+    const stat = text === null ? null : parseProcStat(text);
+    const boot = bootTimeMs();
     selfIdentityCache = {
       pid,
-      startTicks: read?.startTicks ?? null,
-      startTime: read?.startTime ?? null,
+      startTicks: stat?.startTicks ?? null,
+      startTime: stat === null || boot === null ? null : startTimeOf(stat.startTicks, boot),
       bootId: currentBootId(),
-      pidNamespace: read?.pidNamespace ?? null,
+      pidNamespace: readProcText("/proc/self/ns/pid", true),
     };
   }
   return { ...selfIdentityCache, hostname: currentHostname() };
@@ -2092,24 +2096,37 @@ export function selfIdentity(): ProcessIdentity {
  * ```
  */
 export function identityOf(pid: number): ProcessIdentity | null {
-  if (!Number.isInteger(pid) || pid <= 0) return null;
-  if (!isLinux) return existsOrUnknown(pid) ? emptyIdentity(pid) : null;
+  const read = readIdentity(pid);
+  return typeof read === "string" ? null : read;
+}
+
+/** {@linkcode identityOf}, telling a zombie from a gone process. */
+function readIdentity(pid: number): ProcessIdentity | "gone" | "zombie" {
+  if (!Number.isInteger(pid) || pid <= 0) return "gone";
+  // kill(pid, 0) first: a gone pid costs one cheap syscall instead of a failed /proc read.
+  if (!existsOrUnknown(pid)) return "gone";
+  if (!isLinux) return emptyIdentity(pid);
   const text = readProcText(`/proc/${pid}/stat`);
   if (text === null) {
-    // No /proc entry: gone, or /proc is refused us (then only kill(pid, 0) can tell).
-    return identityRefusals.length > 0 && existsOrUnknown(pid) ? emptyIdentity(pid) : null;
+    // No /proc entry: gone meanwhile, or /proc is refused us (then kill(pid, 0) said all there is).
+    return identityRefusals.length > 0 ? emptyIdentity(pid) : "gone";
   }
   const stat = parseProcStat(text);
-  if (stat === null || stat.state === "Z") return null;
+  if (stat === null) return "gone";
+  if (stat.state === "Z") return "zombie";
   const boot = bootTimeMs();
   return {
     pid,
     startTicks: stat.startTicks,
-    startTime: boot === null ? null : boot + Math.round((stat.startTicks * 1000) / CLOCK_TICKS_PER_SECOND),
+    startTime: boot === null ? null : startTimeOf(stat.startTicks, boot),
     bootId: currentBootId(),
     pidNamespace: readProcText(`/proc/${pid}/ns/pid`, true),
     hostname: currentHostname(),
   };
+}
+
+function startTimeOf(startTicks: number, bootMs: number): number {
+  return bootMs + Math.round((startTicks * 1000) / CLOCK_TICKS_PER_SECOND);
 }
 
 /** `kill(pid, 0)`, where a sandbox refusal (Deno without --allow-run) counts as "may exist". */
@@ -2239,9 +2256,24 @@ export function judgeIdentity(record: IdentityRecord, options: JudgeIdentityOpti
   const otherNs = ns !== null && me.pidNamespace !== null && ns !== me.pidNamespace;
   // A host name alone proves nothing when the boot id says "this kernel" (a UTS namespace, a rename).
   const otherHost = otherBoot || (!sameHost && (bootId === null || me.bootId === null));
-  if (otherNs || otherHost) {
+  const ticks = record.startTicks ?? null;
+  if (!otherNs && !otherHost && pid === me.pid && ticks !== null && ticks === me.startTicks) {
+    return {
+      alive: true,
+      basis: "pid",
+      self: true,
+      live: me,
+      reason: `pid ${pid} is this process (same start)`,
+    };
+  }
+  // A /proc mounted for another PID namespace (a container that did not remount it) shows other
+  // processes behind our pids: nothing can be judged by pid through it.
+  const foreignProc = !procIsOurs();
+  if (otherNs || otherHost || foreignProc) {
     const where = otherHost
       ? `written on host ${JSON.stringify(host)} (this is ${JSON.stringify(me.hostname)})`
+      : foreignProc
+      ? `/proc shows another PID namespace than ours (pid ${me.pid})`
       : `written in PID namespace ${ns} (this is ${me.pidNamespace})`;
     const period = positiveOr(
       record.heartbeatMs,
@@ -2265,16 +2297,9 @@ export function judgeIdentity(record: IdentityRecord, options: JudgeIdentityOpti
   if (!Number.isInteger(pid) || pid <= 0) {
     return verdict(false, "pid", `pid ${JSON.stringify(pid)} is not a process id`);
   }
-  const live = identityOf(pid);
-  if (live === null) {
-    const zombie = readProcStat(pid)?.state === "Z";
-    return verdict(
-      false,
-      "pid",
-      zombie ? `process ${pid} has exited (a zombie not yet reaped)` : `process ${pid} is gone`,
-    );
-  }
-  const ticks = record.startTicks ?? null;
+  const live = readIdentity(pid);
+  if (live === "zombie") return verdict(false, "pid", `process ${pid} has exited (a zombie not yet reaped)`);
+  if (live === "gone") return verdict(false, "pid", `process ${pid} is gone`);
   const start = record.startTime ?? null;
   const writtenAt = options.writtenAtMs ?? options.mtimeMs ?? null;
   // Alive by pid means "this is the writer, or we cannot tell": with our own pid, that is us.
@@ -2320,6 +2345,17 @@ export function judgeIdentity(record: IdentityRecord, options: JudgeIdentityOpti
     return alive("started before the record was written");
   }
   return alive("its start time cannot be compared");
+}
+
+let procIsOursCache: boolean | undefined;
+
+/** Whether /proc numbers processes as our PID namespace does (its "self" entry has our pid). */
+function procIsOurs(): boolean {
+  if (procIsOursCache !== undefined) return procIsOursCache;
+  const text = isLinux ? readProcText("/proc/self/stat") : null;
+  // Unknown (off Linux, /proc refused) counts as ours: kill(pid, 0) then numbers as we do.
+  procIsOursCache = text === null || Number.parseInt(text, 10) === getPid();
+  return procIsOursCache;
 }
 
 function positiveOr(value: number | null | undefined, fallback: number): number {

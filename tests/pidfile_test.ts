@@ -1030,6 +1030,417 @@ describe("acquirePidFile() mutual exclusion", () => {
 });
 
 // ---------------------------------------------------------------------------------------------------
+// One identity across runtimes, PID namespaces, host names and PID reuse
+// ---------------------------------------------------------------------------------------------------
+
+const REPO = path.join(FIXTURES, "..", "..");
+const RUNTIME_BIN = (name: string) => path.join(REPO, "node_modules", ".bin", name);
+const RUNTIMES = ["deno", "bun", "node"] as const;
+
+/** The command that runs `script` with a pinned runtime, whichever runtime runs this test. */
+function runtimeCommand(name: (typeof RUNTIMES)[number], script: string, args: string[]): string[] {
+  const prefix = name === "deno" ? ["run", "-A", "--quiet"] : [];
+  return [RUNTIME_BIN(name), ...prefix, script, ...args];
+}
+
+function missingRuntimes(): string | null {
+  const missing = RUNTIMES.filter((name) => !fs.existsSync(RUNTIME_BIN(name)));
+  return missing.length === 0 ? null : `the pinned runtimes ${missing.join(", ")} are not installed`;
+}
+
+let unshareCheck: string | null | undefined;
+
+/** Why `unshare` cannot make PID and UTS namespaces here, or `null`. */
+function unshareBlocker(): string | null {
+  if (unshareCheck !== undefined) return unshareCheck;
+  if (!IS_ROOT) return (unshareCheck = "needs root for unshare");
+  const run = spawnSync("unshare", ["-p", "-f", "--mount-proc", "-u", "true"], { stdio: "ignore" });
+  unshareCheck = run.status === 0 ? null : "unshare -p -f --mount-proc -u does not work here";
+  return unshareCheck;
+}
+
+/** The children of `pid` (`/proc/<pid>/task/<pid>/children`). */
+function childrenOf(pid: number): number[] {
+  try {
+    return fs.readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim().split(/\s+/).filter(Boolean)
+      .map(Number);
+  } catch {
+    return [];
+  }
+}
+
+describe("acquirePidFile() across runtimes, PID namespaces and host names", () => {
+  it(
+    "acquirePidFile() lets exactly one of Deno, Bun and Node racers win, 16 rounds on absent and stale files",
+    SLOW,
+    async (t) => {
+      const blocker = missingRuntimes();
+      if (blocker) return t.skip(blocker);
+      const perRuntime = 3;
+      for (let round = 0; round < 16; round += 1) {
+        const dir = freshDir();
+        const pidPath = path.join(dir, "service.pid");
+        const go = path.join(dir, "go");
+        const stale = round % 2 === 1;
+        // Written by this runtime: an mtime with a fraction of a millisecond that Deno reports without it.
+        if (stale) writeRecord(pidPath, { pid: await deadPid(), startTime: 1, hostname: hostname() });
+        const children = RUNTIMES.flatMap((name) =>
+          Array.from({ length: perRuntime }, () => {
+            const [command, ...args] = runtimeCommand(name, SERVICE, [pidPath, JSON.stringify({ go })]);
+            return startChild(command!, args);
+          })
+        );
+        try {
+          await Promise.all(children.map((c) => c.line(/^ready$/)));
+          fs.writeFileSync(go, "");
+          const outcomes = await Promise.all(children.map((c) => c.line(/^(acquired|locked|error)/)));
+          const winners = children.filter((_, i) => outcomes[i]!.startsWith("acquired"));
+          const label = `round ${round} (${stale ? "stale" : "absent"})`;
+          assert.equal(winners.length, 1, `${label}: ${JSON.stringify(outcomes)}`);
+          assert.ok(outcomes.every((o) => /^(acquired|locked)/.test(o)), JSON.stringify(outcomes));
+          assert.equal(readJson(pidPath).pid, winners[0]!.pid);
+          await Promise.all(children.filter((c) => c !== winners[0]).map((c) => c.closed));
+          assert.deepEqual(fs.readdirSync(dir).sort(), ["go", "service.pid"], `${label}: litter`);
+        } finally {
+          await Promise.all(children.map(stop));
+        }
+      }
+    },
+  );
+
+  it(
+    "acquirePidFile() on Deno, Bun and Node names the claim of one stale file alike (mtime precision)",
+    SLOW,
+    async (t) => {
+      const blocker = missingRuntimes();
+      if (blocker) return t.skip(blocker);
+      const sleeper = startSleep();
+      try {
+        const pidPath = freshPidPath();
+        writeRecord(pidPath, { pid: await deadPid(), startTime: 1, hostname: hostname() });
+        // An mtime with a fraction of a millisecond, whichever runtime runs this test.
+        assert.equal(spawnSync("touch", ["-d", "@1796000000.123456789", pidPath]).status, 0);
+        const claim = `${pidPath}.replace-${claimId(pidPath)}.0`;
+        fs.writeFileSync(claim, JSON.stringify(liveRecordFields(sleeper.pid)));
+        for (const name of RUNTIMES) {
+          const options = JSON.stringify({ acquire: { contentionTimeoutMs: 300 } });
+          const [command, ...args] = runtimeCommand(name, SERVICE, [pidPath, options]);
+          const starter = startChild(command!, args);
+          const outcome = await starter.line(/^(acquired|locked|error)/);
+          await stop(starter);
+          assert.equal(
+            outcome,
+            `locked ${sleeper.pid} acquiring`,
+            `${name} saw the live claim: ${starter.stderr()}`,
+          );
+        }
+      } finally {
+        await stop(sleeper);
+      }
+    },
+  );
+
+  it(
+    "acquirePidFile() is blocked by a live holder in another PID namespace, and acquires within 3 heartbeats once it is killed",
+    SLOW,
+    async (t) => {
+      const blocker = unshareBlocker();
+      if (blocker) return t.skip(blocker);
+      const pidPath = freshPidPath();
+      const heartbeatMs = 200;
+      const { command, args } = scriptCommand(SERVICE, [
+        pidPath,
+        JSON.stringify({ acquire: { heartbeatMs } }),
+      ]);
+      const inside = startChild("unshare", ["-p", "-f", "--mount-proc", command, ...args]);
+      try {
+        assert.equal(await inside.line(/^acquired/), "acquired 1", "the holder is pid 1 of its namespace");
+        const record = readJson(pidPath);
+        assert.equal(record.pid, 1);
+        assert.equal(record.heartbeatMs, heartbeatMs);
+        // Longer than 3 heartbeats: only a refreshed record can still block us now.
+        await new Promise((resolve) => setTimeout(resolve, 4 * heartbeatMs));
+        const status = readPidFile(pidPath);
+        assert.equal(status.state, "running", JSON.stringify(status));
+        assert.equal(status.state === "running" && status.foreignNamespace, true);
+        await assert.rejects(acquirePidFile(pidPath, { heartbeatMs, replace: true }), (error: unknown) => {
+          assert.ok(error instanceof PidFileLockedError, String(error));
+          assert.equal(error.foreignNamespace, true);
+          return true;
+        });
+        assert.ok(isAlive(inside.pid), "replace never signals across PID namespaces");
+        assert.ok(!fs.existsSync(pidPath + ".takeover.json"));
+        const holders = childrenOf(inside.pid);
+        assert.equal(holders.length, 1, `the namespace's pid 1 seen from outside: ${holders}`);
+        process.kill(holders[0]!, "SIGKILL");
+        const killedAt = Date.now();
+        await inside.closed;
+        let pidFile = null;
+        while (pidFile === null) {
+          try {
+            pidFile = await acquirePidFile(pidPath, { heartbeatMs });
+          } catch (error) {
+            if (!(error instanceof PidFileLockedError) || Date.now() - killedAt > 30_000) throw error;
+            await new Promise((resolve) => setTimeout(resolve, 20));
+          }
+        }
+        const waited = Date.now() - killedAt;
+        pidFile.release();
+        // The guarantee is a bound: 3 heartbeats after the last refresh, plus generous slack for a busy machine.
+        assert.ok(waited <= 3 * heartbeatMs + 5000, `acquired ${waited} ms after the kill`);
+      } finally {
+        for (const pid of childrenOf(inside.pid)) process.kill(pid, "SIGKILL");
+        await stop(inside);
+      }
+    },
+  );
+
+  it(
+    "acquirePidFile() replaces at once a dead holder's record written under another host name (same boot)",
+    SLOW,
+    async (t) => {
+      const blocker = unshareBlocker();
+      if (blocker) return t.skip(blocker);
+      const pidPath = freshPidPath();
+      const { command, args } = scriptCommand(SERVICE, [pidPath]);
+      const quoted = [command, ...args].map((a) => `'${a.replaceAll("'", `'\\''`)}'`).join(" ");
+      const holder = startChild("unshare", ["-u", "sh", "-c", `hostname renamed-host && exec ${quoted}`]);
+      try {
+        await holder.line(/^acquired/);
+        assert.equal(readJson(pidPath).hostname, "renamed-host");
+        assert.notEqual(hostname(), "renamed-host");
+        const alive = readPidFile(pidPath);
+        assert.equal(alive.state, "running", "judged by pid, whatever the host name says");
+        assert.equal(alive.state === "running" && alive.foreignHost, false);
+      } finally {
+        await stop(holder);
+      }
+      const status = readPidFile(pidPath);
+      assert.equal(status.state, "stale", JSON.stringify(status));
+      const pidFile = await acquirePidFile(pidPath, { contentionTimeoutMs: 0 });
+      try {
+        assert.equal(readJson(pidPath).pid, getPid());
+      } finally {
+        pidFile.release();
+      }
+    },
+  );
+
+  it(
+    "acquirePidFile({ replace: true }) never signals a process that took the holder's pid (ns_last_pid)",
+    SLOW,
+    async (t) => {
+      if (!IS_ROOT || !fs.existsSync("/proc/sys/kernel/ns_last_pid")) {
+        return t.skip("needs root and /proc/sys/kernel/ns_last_pid to force PID reuse");
+      }
+      const pidPath = freshPidPath();
+      // A holder that ignores SIGTERM (ignored dispositions survive exec), named by a plain decimal file:
+      // nothing in the record pins it but its pid.
+      const holder = startChild("sh", ["-c", "trap '' TERM; exec sleep 120"]);
+      let reused: Child | null = null;
+      try {
+        await new Promise((resolve) => setTimeout(resolve, 100)); // the exec happened
+        fs.writeFileSync(pidPath, `${holder.pid}\n`);
+        const marker = pidPath + ".takeover.json";
+        const replacing = acquirePidFile(pidPath, { replace: true, replaceTimeoutMs: 3000 });
+        replacing.catch(() => {});
+        while (!fs.existsSync(marker)) await new Promise((resolve) => setTimeout(resolve, 5));
+        await new Promise((resolve) => setTimeout(resolve, 300)); // SIGTERM sent and ignored; replace waits
+        const target = holder.pid;
+        const exited = new Promise<void>((resolve) => holder.child.once("exit", () => resolve()));
+        process.kill(target, "SIGKILL");
+        await exited;
+        // The pid comes back at once, long before replaceTimeoutMs ends and SIGKILL would be due.
+        for (let attempt = 0; attempt < 50 && reused === null; attempt += 1) {
+          fs.writeFileSync("/proc/sys/kernel/ns_last_pid", String(target - 1));
+          const candidate = startSleep();
+          if (candidate.pid === target) reused = candidate;
+          else await stop(candidate);
+        }
+        if (reused === null) {
+          await replacing.catch(() => {});
+          return t.skip(`pid ${target} could not be taken again (other processes took it first)`);
+        }
+        const pidFile = await replacing;
+        pidFile.release();
+        assert.ok(isAlive(reused.pid), "the process that reused the pid is alive");
+        await new Promise((resolve) => setTimeout(resolve, 100));
+        assert.ok(isAlive(reused.pid), "and was not signalled");
+        assert.equal(readProcStat(reused.pid)?.state === "Z", false);
+      } finally {
+        if (reused) await stop(reused);
+        await stop(holder);
+      }
+    },
+  );
+
+  it(
+    "acquirePidFile({ replace: true }) that fails (EPERM) leaves no takeover marker (unprivileged replacer)",
+    SLOW,
+    async (t) => {
+      const blocker = await unprivilegedBlocker();
+      if (blocker) return t.skip(blocker);
+      if (!IS_ROOT) return t.skip("needs root to run the holder as another user than the replacer");
+      const dir = freshDir();
+      fs.chmodSync(dir, 0o777);
+      const pidPath = path.join(dir, "service.pid");
+      const holder = startService(pidPath);
+      try {
+        await holder.line(/^acquired/);
+        const held = fs.readFileSync(pidPath, "utf8");
+        const { command, args } = scriptCommand(SERVICE, [
+          pidPath,
+          JSON.stringify({ acquire: { replace: true } }),
+        ]);
+        const env = { ...process.env, HOME: dir, DENO_DIR: path.join(dir, ".deno") };
+        const replacer = startChild(
+          "setpriv",
+          ["--reuid=65534", "--regid=65534", "--clear-groups", command, ...args],
+          env,
+        );
+        const outcome = await replacer.line(/^(acquired|locked|error)/);
+        await replacer.closed;
+        assert.equal(outcome, "error PidFileError EPERM", replacer.stderr());
+        assert.ok(!fs.existsSync(pidPath + ".takeover.json"), "the failed replace removed its marker");
+        assert.ok(isAlive(holder.pid));
+        assert.equal(fs.readFileSync(pidPath, "utf8"), held);
+      } finally {
+        await stop(holder);
+      }
+    },
+  );
+
+  it("acquirePidFile({ replace: true }) never signals a live pid whose command differs from a record without start ticks", async () => {
+    const sleeper = startSleep();
+    try {
+      const pidPath = freshPidPath();
+      writeRecord(pidPath, { pid: sleeper.pid, argv: ["/usr/bin/node", "/srv/gateway.ts", "--serve"] });
+      await assert.rejects(
+        acquirePidFile(pidPath, { replace: true, replaceTimeoutMs: 100 }),
+        (error: unknown) => {
+          assert.ok(error instanceof PidFileLockedError, String(error));
+          assert.match(error.message, /another command/);
+          return true;
+        },
+      );
+      assert.ok(isAlive(sleeper.pid));
+      assert.ok(!fs.existsSync(pidPath + ".takeover.json"));
+    } finally {
+      await stop(sleeper);
+    }
+  });
+
+  it("acquirePidFile() writes no secret from argv into the record", SLOW, async () => {
+    const pidPath = freshPidPath();
+    const { command, args } = scriptCommand(SERVICE, [
+      pidPath,
+      "{}",
+      "--token",
+      "s3cr3t-token-value",
+      "--api-key=k3y-value",
+      "https://admin:pa55w0rd@db.example/app",
+      "--region",
+      "eu-west-1",
+    ]);
+    const service = startChild(command, args);
+    try {
+      await service.line(/^acquired/);
+      const text = fs.readFileSync(pidPath, "utf8");
+      for (const secret of ["s3cr3t-token-value", "k3y-value", "pa55w0rd"]) {
+        assert.ok(!text.includes(secret), `${secret} is in the record: ${text}`);
+      }
+      const argv = readJson(pidPath).argv as string[];
+      assert.ok(argv.includes("--token") && argv.includes("eu-west-1"), JSON.stringify(argv));
+      assert.equal(fs.statSync(pidPath).mode & 0o777, DEFAULT_PID_FILE_MODE);
+    } finally {
+      await stop(service);
+    }
+  });
+
+  it("acquirePidFile() refreshes the record's mtime every heartbeatMs, and release() stops it", async () => {
+    const pidPath = freshPidPath();
+    const pidFile = await acquirePidFile(pidPath, { heartbeatMs: 20 });
+    const first = fs.statSync(pidPath).mtimeMs;
+    const text = fs.readFileSync(pidPath, "utf8");
+    let later = first;
+    for (let i = 0; i < 100 && later === first; i += 1) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      later = fs.statSync(pidPath).mtimeMs;
+    }
+    assert.ok(later > first, "the mtime moved");
+    assert.equal(fs.readFileSync(pidPath, "utf8"), text, "the record itself is unchanged");
+    assert.equal(readJson(pidPath).heartbeatMs, 20);
+    pidFile.release();
+    fs.writeFileSync(pidPath, text); // someone else's file now: no heartbeat may touch it
+    const after = fs.statSync(pidPath).mtimeMs;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    assert.equal(fs.statSync(pidPath).mtimeMs, after);
+  });
+
+  it("acquirePidFile() judges a record of another PID namespace by its heartbeat: fresh blocks, stale is replaced", async () => {
+    const pidPath = freshPidPath();
+    const foreign = { pid: 1, startTicks: 5, bootId: null, pidNamespace: "pid:[1]", heartbeatMs: 1000 };
+    writeRecord(pidPath, foreign);
+    await assert.rejects(acquirePidFile(pidPath), (error: unknown) => {
+      assert.ok(error instanceof PidFileLockedError);
+      assert.equal(error.foreignNamespace, true);
+      assert.equal(error.foreignHost, false);
+      return true;
+    });
+    const old = new Date(Date.now() - 3 * 1000 - 100);
+    fs.utimesSync(pidPath, old, old);
+    const status = readPidFile(pidPath);
+    assert.equal(status.state, "stale");
+    assert.match(status.state === "stale" ? status.reason : "", /heartbeat stopped/);
+    const pidFile = await acquirePidFile(pidPath);
+    pidFile.release();
+  });
+
+  it("acquirePidFile() sweeps a killed starter's temporary file on an absent path too", async () => {
+    const pidPath = freshPidPath();
+    const dir = path.dirname(pidPath);
+    const gone = await deadPid();
+    const litter = `service.pid.${gone}.1.x1y2.tmp`;
+    fs.writeFileSync(
+      path.join(dir, litter),
+      JSON.stringify({ pid: gone, startTime: 1, hostname: hostname() }),
+    );
+    const pidFile = await acquirePidFile(pidPath);
+    pidFile.release();
+    assert.deepEqual(fs.readdirSync(dir), []);
+  });
+
+  it(
+    "acquirePidFile() and readPidFile() on Deno without -A throw a PidFileError naming the permission",
+    SLOW,
+    async (t) => {
+      if (!fs.existsSync(RUNTIME_BIN("deno"))) return t.skip("the pinned Deno is not installed");
+      const pidPath = freshPidPath();
+      for (const op of ["acquire", "read"]) {
+        const run = startChild(RUNTIME_BIN("deno"), [
+          "run",
+          "--allow-read",
+          "--allow-write",
+          "--allow-env",
+          "--quiet",
+          PROBE,
+          op,
+          pidPath,
+        ]);
+        const line = await run.line(/^\{/);
+        await run.closed;
+        const { error } = JSON.parse(line) as { error?: Record<string, unknown> };
+        assert.ok(error, `${op}: ${line}`);
+        assert.equal(error.name, "PidFileError", line);
+        assert.equal(error.path, pidPath);
+        assert.match(String(error.message), /--allow-all/);
+        assert.ok(!fs.existsSync(pidPath), `${op}: nothing written`);
+      }
+    },
+  );
+});
+
+// ---------------------------------------------------------------------------------------------------
 // platform additions used here
 // ---------------------------------------------------------------------------------------------------
 
