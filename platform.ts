@@ -1507,7 +1507,7 @@ const FALLBACK_SIGNALS: Record<string, number> = {
 
 const SIGNAL_NUMBERS: Record<string, number> = (() => {
   const table = (os.constants as { signals?: Record<string, number> }).signals;
-  return table && typeof table.SIGTERM === "number" ? { ...table } : { ...FALLBACK_SIGNALS };
+  return table && typeof table["SIGTERM"] === "number" ? { ...table } : { ...FALLBACK_SIGNALS };
 })();
 
 /**
@@ -1756,7 +1756,9 @@ export function readProcCmdline(pid: number): string[] | null {
  */
 export function loadAverage(): [number, number, number] | null {
   const [one, five, fifteen] = os.loadavg();
-  if (process.platform === "win32") return null;
+  if (process.platform === "win32" || one === undefined || five === undefined || fifteen === undefined) {
+    return null;
+  }
   return [one, five, fifteen];
 }
 
