@@ -277,85 +277,18 @@ export interface PidFile {
   [Symbol.dispose](): void;
 }
 
-/**
- * Default of {@linkcode AcquirePidFileOptions.replace}.
- *
- * @example A `--replace` flag, off by default
- * ```ts
- * import process from "node:process";
- * import { acquirePidFile, DEFAULT_REPLACE } from "./pidfile.ts";
- * const replace = process.argv.includes("--replace") || DEFAULT_REPLACE;
- * const pidFile = await acquirePidFile("/tmp/example.pid", { replace });
- * pidFile.release();
- * ```
- */
-export const DEFAULT_REPLACE = false;
-/**
- * Default of {@linkcode AcquirePidFileOptions.replaceTimeoutMs}.
- *
- * @example Give a slow drain more time
- * ```ts
- * import { acquirePidFile, DEFAULT_REPLACE_TIMEOUT_MS } from "./pidfile.ts";
- * const replaceTimeoutMs = 2 * DEFAULT_REPLACE_TIMEOUT_MS; // 10 s between SIGTERM and SIGKILL
- * const pidFile = await acquirePidFile("/tmp/example.pid", { replace: true, replaceTimeoutMs });
- * pidFile.release();
- * ```
- */
-export const DEFAULT_REPLACE_TIMEOUT_MS = 5000;
-/**
- * Default of {@linkcode AcquirePidFileOptions.mode}.
- *
- * @example The permissions a PID file gets
- * ```ts
- * import * as fs from "node:fs";
- * import { acquirePidFile, DEFAULT_PID_FILE_MODE } from "./pidfile.ts";
- * const pidFile = await acquirePidFile("/tmp/example.pid");
- * console.log((fs.statSync(pidFile.path).mode & 0o777) === DEFAULT_PID_FILE_MODE); // true: rw-r--r--
- * pidFile.release();
- * ```
- */
-export const DEFAULT_PID_FILE_MODE = 0o644;
-/**
- * Default of {@linkcode AcquirePidFileOptions.releaseOnExit}.
- *
- * @example Keep the file after exit, on request
- * ```ts
- * import process from "node:process";
- * import { acquirePidFile, DEFAULT_RELEASE_ON_EXIT } from "./pidfile.ts";
- * const releaseOnExit = process.env.KEEP_PID_FILE === "1" ? false : DEFAULT_RELEASE_ON_EXIT;
- * const pidFile = await acquirePidFile("/tmp/example.pid", { releaseOnExit });
- * console.log(`holding ${pidFile.path}; removed at exit: ${releaseOnExit}`);
- * ```
- */
-export const DEFAULT_RELEASE_ON_EXIT = true;
-/**
- * Default of {@linkcode AcquirePidFileOptions.releaseOnSignals}.
- *
- * @example Also release when the terminal closes
- * ```ts
- * import { acquirePidFile, DEFAULT_RELEASE_SIGNALS } from "./pidfile.ts";
- * const pidFile = await acquirePidFile("/tmp/example.pid", {
- *   releaseOnSignals: [...DEFAULT_RELEASE_SIGNALS, "SIGHUP"], // SIGTERM, SIGINT and SIGHUP
- * });
- * console.log(`holding ${pidFile.path}`);
- * ```
- */
-export const DEFAULT_RELEASE_SIGNALS: readonly string[] = Object.freeze(["SIGTERM", "SIGINT"]);
-/**
- * Default of {@linkcode AcquirePidFileOptions.contentionTimeoutMs}.
- *
- * @example Many workers starting at once
- * ```ts
- * import { acquirePidFile, DEFAULT_CONTENTION_TIMEOUT_MS, PidFileLockedError } from "./pidfile.ts";
- * try {
- *   await acquirePidFile("/tmp/example.pid", { contentionTimeoutMs: 4 * DEFAULT_CONTENTION_TIMEOUT_MS });
- * } catch (error) {
- *   if (!(error instanceof PidFileLockedError && error.acquiring)) throw error;
- *   console.error(`pid ${error.holder.pid} is still replacing the stale PID file`);
- * }
- * ```
- */
-export const DEFAULT_CONTENTION_TIMEOUT_MS = 3000;
+/** Default of {@linkcode AcquirePidFileOptions.replace}. */
+const DEFAULT_REPLACE = false;
+/** Default of {@linkcode AcquirePidFileOptions.replaceTimeoutMs}. */
+const DEFAULT_REPLACE_TIMEOUT_MS = 5000;
+/** Default of {@linkcode AcquirePidFileOptions.mode}. */
+const DEFAULT_PID_FILE_MODE = 0o644;
+/** Default of {@linkcode AcquirePidFileOptions.releaseOnExit}. */
+const DEFAULT_RELEASE_ON_EXIT = true;
+/** Default of {@linkcode AcquirePidFileOptions.releaseOnSignals}. */
+const DEFAULT_RELEASE_SIGNALS: readonly string[] = Object.freeze(["SIGTERM", "SIGINT"]);
+/** Default of {@linkcode AcquirePidFileOptions.contentionTimeoutMs}. */
+const DEFAULT_CONTENTION_TIMEOUT_MS = 3000;
 
 /**
  * Options for {@linkcode acquirePidFile}.
@@ -538,37 +471,10 @@ export class PidFileError extends Error {
 // Public functions
 // ---------------------------------------------------------------------------------------------------
 
-/**
- * Suffix of the takeover marker written beside the PID file by `replace: true`.
- *
- * @example Tell a takeover from a plain stop
- * ```ts
- * import * as fs from "node:fs";
- * import process from "node:process";
- * import { TAKEOVER_MARKER_SUFFIX } from "./pidfile.ts";
- * const marker = "/tmp/example.pid" + TAKEOVER_MARKER_SUFFIX; // written by `replace: true`
- * process.on("SIGTERM", () => {
- *   const target = fs.existsSync(marker) && JSON.parse(fs.readFileSync(marker, "utf8")).targetPid;
- *   console.error(target === process.pid ? "a new instance takes over" : "stopping");
- *   process.exit(0);
- * });
- * ```
- */
-export const TAKEOVER_MARKER_SUFFIX = ".takeover.json";
-/**
- * Suffix of the planned-stop marker written beside the PID file by {@linkcode markPlannedStop}.
- *
- * @example A watchdog that pages only on unplanned stops
- * ```ts
- * import * as fs from "node:fs";
- * import { PLANNED_STOP_MARKER_SUFFIX } from "./pidfile.ts";
- * const marker = "/tmp/example.pid" + PLANNED_STOP_MARKER_SUFFIX; // written by `markPlannedStop`
- * const servicePid = 1234; // the service that just exited
- * const planned = fs.existsSync(marker) && JSON.parse(fs.readFileSync(marker, "utf8")).pid === servicePid;
- * if (!planned) console.error(`pid ${servicePid} stopped unexpectedly: paging the on-call`);
- * ```
- */
-export const PLANNED_STOP_MARKER_SUFFIX = ".planned-stop.json";
+/** Suffix of the takeover marker written beside the PID file by `replace: true`. */
+const TAKEOVER_MARKER_SUFFIX = ".takeover.json";
+/** Suffix of the planned-stop marker written beside the PID file by {@linkcode markPlannedStop}. */
+const PLANNED_STOP_MARKER_SUFFIX = ".planned-stop.json";
 
 /**
  * Reads a PID file and judges it: absent, running, stale (with the reason) or invalid. Only reads:

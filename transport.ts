@@ -66,50 +66,14 @@ export interface Transport {
   close(): void;
 }
 
-/**
- * Default of {@linkcode StdioTransportOptions.fd}: stdout.
- *
- * @example Frames on stdout, logs on stderr
- * ```ts
- * import { createStdioTransport, DEFAULT_TRANSPORT_FD } from "./transport.ts";
- * const transport = createStdioTransport();
- * console.error(transport.fd === DEFAULT_TRANSPORT_FD); // true: keep console.log off stdout
- * transport.write({ jsonrpc: "2.0", method: "ready" });
- * transport.close();
- * ```
- */
-export const DEFAULT_TRANSPORT_FD = 1;
+/** Default of {@linkcode StdioTransportOptions.fd}: stdout. */
+const DEFAULT_TRANSPORT_FD = 1;
 
-/**
- * Default of {@linkcode StdioTransportOptions.flush}.
- *
- * @example Sync each frame to disk only when asked
- * ```ts
- * import * as fs from "node:fs";
- * import process from "node:process";
- * import { createStdioTransport, DEFAULT_TRANSPORT_FLUSH } from "./transport.ts";
- * const flush = process.env.AUDIT_FSYNC === "1" || DEFAULT_TRANSPORT_FLUSH;
- * const transport = createStdioTransport({ fd: fs.openSync("/tmp/example-audit.jsonl", "a"), flush });
- * transport.write({ event: "login", user: "ada" });
- * transport.close();
- * ```
- */
-export const DEFAULT_TRANSPORT_FLUSH = false;
+/** Default of {@linkcode StdioTransportOptions.flush}. */
+const DEFAULT_TRANSPORT_FLUSH = false;
 
-/**
- * Descriptors up to this one (stdin, stdout, stderr) stay open on `close()` unless `closeFd` says so.
- *
- * @example Which descriptors `close()` closes
- * ```ts
- * import * as fs from "node:fs";
- * import { createStdioTransport, LAST_STDIO_FD } from "./transport.ts";
- * const transport = createStdioTransport({ fd: fs.openSync("/tmp/example.jsonl", "a") });
- * transport.write({ event: "done" });
- * transport.close();
- * if (transport.fd > LAST_STDIO_FD) console.error(`fd ${transport.fd} is closed too; stdio would stay open`);
- * ```
- */
-export const LAST_STDIO_FD = 2;
+/** Descriptors up to this one (stdin, stdout, stderr) stay open on `close()` unless `closeFd` says so. */
+const LAST_STDIO_FD = 2;
 
 /**
  * Options for {@linkcode createStdioTransport}.
@@ -305,17 +269,8 @@ export class FrameError extends Error {
   }
 }
 
-/**
- * Default of {@linkcode ReadFramesOptions.maxFrameBytes}: 16 MiB.
- *
- * @example Room for frames that carry images
- * ```ts
- * import { DEFAULT_MAX_FRAME_BYTES, readFrames } from "./transport.ts";
- * const maxFrameBytes = 4 * DEFAULT_MAX_FRAME_BYTES; // 64 MiB: the peer sends base64 screenshots
- * for await (const frame of readFrames(undefined, { maxFrameBytes })) console.log(frame);
- * ```
- */
-export const DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024;
+/** Default of {@linkcode ReadFramesOptions.maxFrameBytes}: 16 MiB. */
+const DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024;
 
 /**
  * Options for {@linkcode readFrames}.

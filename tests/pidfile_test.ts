@@ -6,7 +6,6 @@ import * as path from "node:path";
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import {
   acquirePidFile,
-  DEFAULT_PID_FILE_MODE,
   markPlannedStop,
   PidFileError,
   PidFileLockedError,
@@ -492,7 +491,7 @@ describe("acquirePidFile()", () => {
       assert.equal(onDisk.hostname, hostname());
       assert.ok(!Number.isNaN(Date.parse(onDisk.createdAt as string)));
       assert.deepEqual(onDisk, { ...pidFile.record });
-      assert.equal(fs.statSync(pidPath).mode & 0o777, DEFAULT_PID_FILE_MODE);
+      assert.equal(fs.statSync(pidPath).mode & 0o777, 0o644); // the documented default mode
       const status = readPidFile(pidPath);
       assert.equal(status.state, "running");
       assert.equal(status.state === "running" && status.reason, "held by this process");
@@ -1351,7 +1350,7 @@ describe("acquirePidFile() across runtimes, PID namespaces and host names", () =
       }
       const argv = readJson(pidPath).argv as string[];
       assert.ok(argv.includes("--token") && argv.includes("eu-west-1"), JSON.stringify(argv));
-      assert.equal(fs.statSync(pidPath).mode & 0o777, DEFAULT_PID_FILE_MODE);
+      assert.equal(fs.statSync(pidPath).mode & 0o777, 0o644); // the documented default mode
     } finally {
       await stop(service);
     }

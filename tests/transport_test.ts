@@ -10,7 +10,6 @@ import { runtime, scriptCommand } from "../platform.ts";
 import {
   createStdioTransport,
   currentTransport,
-  DEFAULT_MAX_FRAME_BYTES,
   FrameError,
   isPeerGone,
   readFrames,
@@ -1241,7 +1240,26 @@ describe("readFrames()", () => {
     await assert.rejects(async () => {
       for await (const _ of readFrames(strings())) assert.fail("no frame expected");
     }, { name: "TypeError", message: /Uint8Array/ });
-    assert.equal(DEFAULT_MAX_FRAME_BYTES, 16 * 1024 * 1024);
+  });
+
+  it("readFrames() takes a line of exactly 16 MiB by default and skips one byte more as too-large", async () => {
+    const limit = 16 * 1024 * 1024;
+    const atLimit = `"${"a".repeat(limit - 2)}"\n`;
+    const overLimit = `"${"b".repeat(limit - 1)}"\n`;
+    const invalid: FrameError[] = [];
+    const frames: unknown[] = [];
+    async function* chunks(): AsyncGenerator<Uint8Array> {
+      yield new TextEncoder().encode(atLimit);
+      yield new TextEncoder().encode(overLimit);
+    }
+    for await (
+      const frame of readFrames(chunks(), {
+        onInvalid: (error) => invalid.push(error),
+      })
+    ) frames.push(frame);
+    assert.equal(frames.length, 1);
+    assert.equal((frames[0] as string).length, limit - 2);
+    assert.deepEqual(invalid.map((e) => [e.line, e.reason]), [[2, "too-large"]]);
   });
 });
 
