@@ -794,6 +794,116 @@ export function writeFileAtomic(path: string, text: string, options: WriteFileOp
   }
 }
 
+/**
+ * Opens a private file for appending (and reading back) that a planted link cannot redirect: `O_NOFOLLOW` (a symlink at
+ * `path` fails with `ELOOP`, its target untouched), `O_NONBLOCK` for the open only (a FIFO fails with
+ * `ENXIO` instead of hanging), created with `mode` itself so it is never wider for an instant. What was
+ * opened must be a regular file with one link, owned by this process's user; otherwise the descriptor is
+ * closed and a {@linkcode NotOwnedFileError} is thrown. An existing file wider than `mode` is narrowed.
+ *
+ * @param path The file (created when absent; its folder must exist).
+ * @param mode Permission bits, e.g. `0o600`.
+ * @returns The descriptor.
+ * @throws {NotOwnedFileError} When `path` is not a regular file of ours; the file system's error
+ *   (`ELOOP` for a symlink, `ENXIO` for a FIFO without reader, `EACCES`, …) when it cannot be opened.
+ *
+ * @example Append to a log that root writes into a shared folder
+ * ```ts
+ * import { closeFd, openOwnedAppend, writeAll } from "./platform.ts";
+ * const fd = openOwnedAppend("/tmp/example-private.log", 0o600);
+ * writeAll(fd, new TextEncoder().encode("diagnostic\n"));
+ * closeFd(fd);
+ * ```
+ */
+export function openOwnedAppend(path: string, mode: number): number {
+  const { O_NOFOLLOW, O_NONBLOCK, O_RDWR } = fs.constants;
+  // Read-write, so a caller can also read back what it caps (readAt) through the same checked descriptor.
+  const fd = fs.openSync(path, O_RDWR | O_APPEND | O_CREAT | O_NOFOLLOW | O_NONBLOCK, mode);
+  try {
+    const info = fs.fstatSync(fd);
+    const uid = getUid();
+    if (!info.isFile() || info.nlink !== 1 || (uid !== null && info.uid !== uid)) {
+      throw new NotOwnedFileError(path, info.isFile() ? "file" : "not-a-file", info.uid, info.nlink);
+    }
+    if ((info.mode & 0o777 & ~mode) !== 0) fs.fchmodSync(fd, mode);
+    return fd;
+  } catch (error) {
+    fs.closeSync(fd);
+    throw error;
+  }
+}
+
+/**
+ * Thrown by {@linkcode openOwnedAppend} when `path` is not a regular file with one link that we own.
+ *
+ * @example Tell a refused log from a missing permission
+ * ```ts
+ * import { NotOwnedFileError, openOwnedAppend } from "./platform.ts";
+ * try {
+ *   openOwnedAppend("/dev/null", 0o600);
+ * } catch (error) {
+ *   if (error instanceof NotOwnedFileError) console.log(error.path, error.kind, error.uid);
+ * }
+ * ```
+ */
+export class NotOwnedFileError extends Error {
+  /** The path that was refused. */
+  readonly path: string;
+  /** `"not-a-file"` (a device, FIFO, socket or folder), or `"file"` (a regular file of another user, or hard-linked). */
+  readonly kind: "file" | "not-a-file";
+  /** The owner's user id. */
+  readonly uid: number;
+  /** The number of hard links. */
+  readonly nlink: number;
+
+  /**
+   * @param path The path that was refused.
+   * @param kind What was found there.
+   * @param uid Its owner.
+   * @param nlink Its number of hard links.
+   */
+  constructor(path: string, kind: "file" | "not-a-file", uid: number, nlink: number) {
+    super(
+      `Cannot open ${JSON.stringify(path)}: expected a regular file with one link owned by us, found ${
+        kind === "file" ? `a file of uid ${uid} with ${nlink} links` : "something that is not a regular file"
+      }`,
+    );
+    this.name = "NotOwnedFileError";
+    this.path = path;
+    this.kind = kind;
+    this.uid = uid;
+    this.nlink = nlink;
+  }
+}
+
+/**
+ * Reads up to `length` bytes at `position` of an open descriptor (`pread`); fewer at the end of the file.
+ *
+ * @param fd The descriptor (opened for reading, or read-write).
+ * @param length How many bytes at most.
+ * @param position The offset in the file.
+ * @returns The bytes read.
+ *
+ * @example Read the last 16 bytes of a file
+ * ```ts
+ * import { closeFd, fstat, openRead, readAt } from "./platform.ts";
+ * const fd = openRead("/etc/hostname");
+ * const size = fstat(fd).size;
+ * console.log(readAt(fd, 16, Math.max(0, size - 16)).length);
+ * closeFd(fd);
+ * ```
+ */
+export function readAt(fd: number, length: number, position: number): Uint8Array {
+  const buffer = new Uint8Array(length);
+  let done = 0;
+  while (done < length) {
+    const n = fs.readSync(fd, buffer, done, length - done, position + done);
+    if (n === 0) break;
+    done += n;
+  }
+  return buffer.subarray(0, done);
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Sleeping
 // ---------------------------------------------------------------------------------------------------
@@ -2737,12 +2847,19 @@ export function statIdentity(path: string): FileIdentity | null {
 // ---------------------------------------------------------------------------------------------------
 
 /**
- * Replaces credentials in an argv with `***`, argument by argument (before anything joins or cuts it): the
- * value of `--name VALUE`, `--name=VALUE` and `NAME=VALUE` when the name contains token, secret, password,
- * passwd, key, auth or credential (any case), the user-info of URLs (`https://user:pass@host` →
- * `https://***@host`) and such query parameters (`?token=…`). An argument with spaces (a `sh -c` script) is
- * redacted word by word. After a bare `--token`-like flag the next argument is taken as its value unless it
- * starts with `--`.
+ * Replaces credentials in an argv with `***`, argument by argument (before anything joins or cuts it).
+ *
+ * Redacted: the value of `--name VALUE`, `--name=VALUE`, `-name VALUE` and `NAME=VALUE` when the name is
+ * sensitive; header arguments (`Authorization: Bearer X` → `Authorization: ***`, also after `Bearer`/
+ * `Basic` anywhere); sensitive members of JSON blobs (`{"password":"x"}` → `{"password":"***"}`); the
+ * user-info of URLs (`https://user:pass@host` → `https://***@host`); sensitive query, fragment and
+ * `;`-separated parameters (`?token=…`, `#access_token=…`, `Password=…;`); the password of `user:pass`
+ * after `-u`, `--user`, `--proxy-user` (curl); openssl's `pass:…` / `env:…` forms. A name is sensitive
+ * when it contains token, secret, passw(ord), passphrase, credential, apikey or authoriz, or when one of
+ * its parts (split at `-`, `_`, `.` and case changes) is key, keys, keyfile, auth, pass, pw, pwd, cred,
+ * creds, cookie, session, bearer, passin or passout. So `--monkey`, `--author` and `sort --key 2` (a
+ * sort key, not a secret) stay as they are. An argument with spaces (a `sh -c` script) is redacted word
+ * by word. After a bare sensitive flag the next argument is its value unless it starts with `--`.
  *
  * @param argv The arguments.
  * @returns A redacted copy.
@@ -2757,67 +2874,178 @@ export function statIdentity(path: string): FileIdentity | null {
  * @example Log a child's command line without its secrets
  * ```ts
  * import { redactArgv } from "./platform.ts";
- * const argv = ["deploy", "AWS_SECRET_ACCESS_KEY=abc", "--auth-token", "xyz", "--region", "eu-west-1"];
+ * const argv = ["curl", "-u", "ops:hunter2", "-H", "Authorization: Bearer abc", "https://x/?sig=1#access_token=t"];
  * console.log(redactArgv(argv).join(" "));
- * // deploy AWS_SECRET_ACCESS_KEY=*** --auth-token *** --region eu-west-1
+ * // curl -u ops:*** -H Authorization: *** https://x/?sig=1#access_token=***
  * ```
  */
 export function redactArgv(argv: readonly string[]): string[] {
   const out: string[] = [];
-  let valueNext = false;
+  let pending: PendingValue = null;
   for (const arg of argv) {
     const text = String(arg);
-    if (valueNext && !text.startsWith("--")) {
-      out.push(REDACTED);
-      valueNext = false;
+    if (pending !== null && !text.startsWith("--")) {
+      out.push(redactPendingValue(pending, text));
+      pending = null;
+      continue;
+    }
+    pending = null;
+    const header = redactHeader(text);
+    if (header !== null) {
+      out.push(header);
       continue;
     }
     if (/\s/.test(text)) {
-      out.push(redactWords(text));
-      valueNext = false;
+      out.push(redactWords(redactJsonMembers(text)));
       continue;
     }
-    const word = redactWord(text);
+    const word = redactWord(redactJsonMembers(text));
     out.push(word.text);
-    valueNext = word.valueNext;
+    pending = word.pending;
   }
   return out;
 }
 
 const REDACTED = "***";
-const SENSITIVE_NAME = /token|secret|password|passwd|key|auth|credential/i;
-const URL_USERINFO = /([A-Za-z][A-Za-z0-9+.-]*:\/\/)[^/?#\s]*@/g;
-const SENSITIVE_QUERY =
-  /([?&;][^=&#\s]*(?:token|secret|password|passwd|key|auth|credential)[^=&#\s]*=)[^&#\s]*/gi;
+/** Names that are sensitive wherever they appear inside a longer name (`X_API_TOKEN`, `clientsecret`). */
+const SENSITIVE_INSIDE = /token|secret|passw|passphrase|credential|apikey|authoriz/i;
+/** Names that are sensitive only as a whole part of a name (`--api-key`, not `--monkey` or `--author`). */
+const SENSITIVE_PARTS = new Set([
+  "key",
+  "keys",
+  "keyfile",
+  "auth",
+  "pass",
+  "pw",
+  "pwd",
+  "cred",
+  "creds",
+  "cookie",
+  "session",
+  "bearer",
+  "passin",
+  "passout",
+]);
+/** curl's flags whose value is `user:password`: only the password is redacted. */
+const USER_PASSWORD_FLAGS = new Set(["-u", "--user", "-U", "--proxy-user"]);
+/** `sort -k`/`--key` KEYDEF (`2`, `2,3`, `1.3n,1.5`): a field spec, not a secret. */
+const SORT_KEYDEF = /^\d+(\.\d+)?[bdfghiMnRrV]*(,\d+(\.\d+)?[bdfghiMnRrV]*)?$/;
+const URL_USERINFO = /([A-Za-z][A-Za-z0-9+.-]*:\/\/)[^/?#\s@]*@/g;
+/** `?name=value`, `&name=value`, `#name=value`, `;name=value`: query, fragment, connection strings. */
+const URL_PARAM = /([?&#;])([^=&#;?\s]+)=([^&#;\s]*)/g;
+/** A JSON member `"name": value` (string, number, literal). */
+const JSON_MEMBER = /("((?:[^"\\]|\\.)*)"\s*:\s*)("(?:[^"\\]|\\.)*"|[-+.\w]+)/g;
+/** `Name: value` as in an HTTP header argument (`-H "Authorization: Bearer x"`). */
+const HEADER = /^([A-Za-z][A-Za-z0-9-]*)\s*:\s*(\S.*)$/s;
+/** HTTP auth schemes: the word after one of them is the credential. */
+const AUTH_SCHEMES = new Set(["bearer", "basic", "token", "digest", "negotiate", "apikey"]);
+
+/** What the argument after a bare flag is: a secret, `user:password`, or a sort key or secret. */
+type PendingValue = "secret" | "user-password" | "key" | null;
+
+function isSensitiveName(name: string): boolean {
+  if (SENSITIVE_INSIDE.test(name)) return true;
+  const parts = name
+    .replace(/([a-z0-9])([A-Z])/g, "$1 $2")
+    .toLowerCase()
+    .split(/[^a-z0-9]+/);
+  return parts.some((part) => SENSITIVE_PARTS.has(part));
+}
+
+function redactPendingValue(pending: Exclude<PendingValue, null>, value: string): string {
+  if (pending === "user-password") return redactUserPassword(value);
+  if (pending === "key" && SORT_KEYDEF.test(value)) return value;
+  return REDACTED;
+}
+
+function redactUserPassword(value: string): string {
+  const colon = value.indexOf(":");
+  return colon < 0 ? value : `${value.slice(0, colon)}:${REDACTED}`;
+}
+
+function redactHeader(text: string): string | null {
+  const match = HEADER.exec(text);
+  if (!match || match[1] === undefined || !isSensitiveName(match[1])) return null;
+  return `${match[1]}: ${REDACTED}`;
+}
+
+function redactJsonMembers(text: string): string {
+  if (!text.includes('"')) return text;
+  return text.replace(
+    JSON_MEMBER,
+    (whole, head: string, name: string) => isSensitiveName(name) ? `${head}"${REDACTED}"` : whole,
+  );
+}
+
+function redactUrlParts(text: string): string {
+  return text
+    .replace(URL_USERINFO, `$1${REDACTED}@`)
+    .replace(
+      URL_PARAM,
+      (whole, separator: string, name: string) =>
+        isSensitiveName(name) ? `${separator}${name}=${REDACTED}` : whole,
+    );
+}
 
 function redactWords(text: string): string {
   const parts = text.split(/(\s+)/);
-  let valueNext = false;
+  let pending: PendingValue = null;
+  let afterScheme = false;
   for (let i = 0; i < parts.length; i += 2) {
     const part = parts[i];
-    if (part === "") continue;
-    if (valueNext && !part.startsWith("--")) {
-      parts[i] = REDACTED;
-      valueNext = false;
+    if (part === undefined || part === "") continue;
+    const bare = part.replace(/^["']+|["']+$/g, "");
+    if (afterScheme) {
+      parts[i] = part.replace(bare, REDACTED);
+      afterScheme = false;
+      continue;
+    }
+    if (pending !== null && !part.startsWith("--")) {
+      parts[i] = part.replace(bare, redactPendingValue(pending, bare));
+      pending = null;
+      continue;
+    }
+    pending = null;
+    // `Authorization: Bearer x` split into words: the header name, then (after a scheme) the credential.
+    if (bare.endsWith(":") && !part.endsWith('":') && isSensitiveName(bare.slice(0, -1))) {
+      const next = parts[i + 2];
+      const nextBare = next?.replace(/^["']+|["']+$/g, "") ?? "";
+      afterScheme = AUTH_SCHEMES.has(nextBare.toLowerCase());
+      if (!afterScheme && next !== undefined) parts[i + 2] = next.replace(nextBare, REDACTED);
+      if (afterScheme) i += 2; // keep the scheme word, redact the one after it
+      continue;
+    }
+    if (AUTH_SCHEMES.has(bare.toLowerCase()) && bare.toLowerCase() !== "token") {
+      afterScheme = true;
       continue;
     }
     const word = redactWord(part);
     parts[i] = word.text;
-    valueNext = word.valueNext;
+    pending = word.pending;
   }
   return parts.join("");
 }
 
-function redactWord(word: string): { text: string; valueNext: boolean } {
-  let text = word.replace(URL_USERINFO, `$1${REDACTED}@`).replace(SENSITIVE_QUERY, `$1${REDACTED}`);
+function redactWord(word: string): { text: string; pending: PendingValue } {
+  let text = redactUrlParts(word);
+  if (/^pass:/i.test(text)) return { text: `pass:${REDACTED}`, pending: null }; // openssl -passin pass:x
   const equals = text.indexOf("=");
   if (equals > 0) {
     const name = text.slice(0, equals);
-    if (!name.includes("://") && !name.includes("?") && SENSITIVE_NAME.test(name)) {
-      text = `${name}=${REDACTED}`;
+    const value = text.slice(equals + 1);
+    if (!name.includes("://") && !/[?#&]/.test(name)) {
+      if (USER_PASSWORD_FLAGS.has(name)) {
+        return { text: `${name}=${redactUserPassword(value)}`, pending: null };
+      }
+      const flagName = name.replace(/^-+/, "");
+      if (flagName.toLowerCase() === "key" && SORT_KEYDEF.test(value)) return { text, pending: null };
+      if (isSensitiveName(name.replace(/^["']+/, ""))) text = `${name}=${REDACTED}`;
     }
-    return { text, valueNext: false };
+    return { text, pending: null };
   }
-  const valueNext = /^-{1,2}[^-]/.test(text) && SENSITIVE_NAME.test(text);
-  return { text, valueNext };
+  if (USER_PASSWORD_FLAGS.has(text)) return { text, pending: "user-password" };
+  if (!/^-{1,2}[^-]/.test(text)) return { text, pending: null };
+  const flagName = text.replace(/^-+/, "");
+  if (flagName.toLowerCase() === "key") return { text, pending: "key" }; // sort --key 2, or a real key
+  return { text, pending: isSensitiveName(flagName) ? "secret" : null };
 }
