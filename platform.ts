@@ -857,6 +857,8 @@ export class NotOwnedFileError extends Error {
   readonly nlink: number;
 
   /**
+   * Records what was found at a refused path.
+   *
    * @param path The path that was refused.
    * @param kind What was found there.
    * @param uid Its owner.
