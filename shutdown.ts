@@ -289,7 +289,7 @@ export interface CheckStopTimeoutOptions {
    */
   env?: Record<string, string | undefined>;
   /**
-   * Kill `systemctl` and answer `null` after this many milliseconds.
+   * Kill `systemctl` and answer `null` after this many milliseconds (at most 2^31−1 − 250).
    * @default 2000
    */
   timeoutMs?: number;
@@ -353,6 +353,7 @@ export interface ShutdownPhase {
   run: () => unknown | Promise<unknown>;
   /**
    * Give up on this phase after this many milliseconds (logged as `timeout`) and go on with the next.
+   * At most 2^31−1 (a RangeError at install above that).
    * @default 10000
    */
   timeoutMs?: number;
@@ -409,13 +410,16 @@ export const EXIT_PHASE_FAILED = 1;
  */
 export interface InstallShutdownOptions {
   /**
-   * The signals that start the shutdown. A second one (any of them) ends the process at once.
+   * The signals that start the shutdown (each one of `HANDLED_SIGNALS` of platform.ts). A second one (any
+   * of them) ends the process at once; a repeat of the same signal within 50 ms (one Ctrl-C that
+   * `deno task` or `timeout` delivers twice) counts once.
    * @default ["SIGTERM", "SIGINT"]
    */
   signals?: string[];
   /**
-   * Milliseconds from the start of the shutdown until the process is ended whatever it is doing, by a
-   * watchdog outside the main thread when the main thread is stuck. `0` disables the deadline.
+   * Milliseconds from the start of the shutdown (the first signal, as heard by the watchdog thread) until
+   * the process is ended whatever it is doing: by the main thread when it is free, otherwise 200 ms later
+   * by the watchdog outside the main thread. `0` disables the deadline; above 2^31−1 is a RangeError.
    * @default 30000
    */
   forceExitMs?: number;
@@ -693,6 +697,11 @@ export async function checkSystemdStopTimeout(
   const timeoutMs = options.timeoutMs ?? DEFAULT_SYSTEMCTL_TIMEOUT_MS;
   if (typeof timeoutMs !== "number" || !Number.isFinite(timeoutMs) || timeoutMs <= 0) {
     throw new RangeError(`Cannot check the stop timeout: timeoutMs ${String(timeoutMs)} is not > 0`);
+  }
+  if (timeoutMs > MAX_TIMER_MS - SYSTEMCTL_GRACE_MS) {
+    throw new RangeError(
+      `Cannot check the stop timeout: timeoutMs ${timeoutMs} is above ${MAX_TIMER_MS - SYSTEMCTL_GRACE_MS}`,
+    );
   }
   const unit = systemdUnitFromCgroup(options.cgroupPath ?? DEFAULT_CGROUP_PATH);
   if (!unit) return null;

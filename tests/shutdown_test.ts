@@ -1006,6 +1006,7 @@ describe("checkSystemdStopTimeout()", () => {
     await assert.rejects(checkSystemdStopTimeout(Number.NaN), /drainSeconds NaN/);
     await assert.rejects(checkSystemdStopTimeout(1, { headroomSeconds: -5 }), /headroomSeconds -5/);
     await assert.rejects(checkSystemdStopTimeout(1, { timeoutMs: 0 }), RangeError);
+    await assert.rejects(checkSystemdStopTimeout(1, { timeoutMs: 2 ** 31 }), /timeoutMs 2147483648 is above/);
   });
 
   it("checkSystemdStopTimeout() on this host matches what its own cgroup says", SLOW, async () => {
@@ -1564,6 +1565,14 @@ describe("installShutdown()", () => {
 /** The bound the issue asks for: gone within forceExitMs + 1 s of the first signal. */
 const WEDGE_FORCE_EXIT_MS = 800;
 
+/** The child's ending, or `null` when it is still running `ms` from now (the caller then kills it). */
+function endedWithin(
+  running: Running,
+  ms: number,
+): Promise<{ code: number | null; signal: string | null } | null> {
+  return Promise.race([running.exited, sleep(ms).then(() => null)]);
+}
+
 describe("installShutdown() always ends", () => {
   for (const mode of ["wedge-write", "wedge-busy"]) {
     it(
@@ -1579,7 +1588,7 @@ describe("installShutdown() always ends", () => {
           await sleep(300); // let the write fill the pipe and block, or the loop spin
           const sentAt = performance.now();
           signal(info.pid, "SIGTERM");
-          const result = await running.exited;
+          const result = await endedWithin(running, WEDGE_FORCE_EXIT_MS + 10_000);
           const took = performance.now() - sentAt;
           assert.deepEqual(result, { code: null, signal: "SIGKILL" });
           assert.ok(took < WEDGE_FORCE_EXIT_MS + 1000, `ended ${Math.round(took)} ms after SIGTERM`);
@@ -1594,18 +1603,29 @@ describe("installShutdown() always ends", () => {
     "installShutdown() ends within forceExitMs + 1 s when stderr is a full pipe at SIGTERM",
     SLOW,
     async () => {
-      const running = runFixture(INSTALL_FIXTURE, ["full-stderr", "-"], { stderrMode: "ignore-reading" });
+      // A real pipe (64 KiB), not the socket pair that child_process makes: the fixture fills it, the test
+      // holds its read end and never reads.
+      const dir = tempDir();
+      const fifo = path.join(dir, "stderr.fifo");
+      assert.equal(spawnSync("mkfifo", [fifo]).status, 0, "mkfifo");
+      const readEnd = fs.openSync(fifo, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+      const { command, args } = scriptCommand(INSTALL_FIXTURE, ["full-stderr", "-"]);
+      const running = run("sh", ["-c", 'exec "$@" 2>"$0"', fifo, command, ...args], {
+        stderrMode: "ignore-reading",
+      });
       try {
         const ready = await running.waitFor("stdout", /^fixture ready /);
         const info = JSON.parse(ready.slice("fixture ready ".length)) as { pid: number };
         const sentAt = performance.now();
         signal(info.pid, "SIGTERM");
-        const result = await running.exited;
+        const result = await endedWithin(running, WEDGE_FORCE_EXIT_MS + 10_000);
         const took = performance.now() - sentAt;
-        assert.ok(result.code !== null || result.signal !== null, JSON.stringify(result));
+        assert.ok(result !== null, "still running 10 s after the deadline");
         assert.ok(took < WEDGE_FORCE_EXIT_MS + 1000, `ended ${Math.round(took)} ms after SIGTERM`);
       } finally {
         killChild(running.child);
+        fs.closeSync(readEnd);
+        fs.rmSync(dir, { recursive: true, force: true });
       }
     },
   );
