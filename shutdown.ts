@@ -965,19 +965,18 @@ class ShutdownSequence {
    */
   #startWatchdog(): void {
     const { signals, forceExitMs } = this.#settings;
-    this.#watchdog = safely(
-      () =>
-        startWatchdog({
-          signals,
-          secondSignalExit: true,
-          secondSignalGraceMs: WATCHDOG_GRACE_MS,
-          armOnFirstSignalMs: forceExitMs > 0
-            ? Math.min(forceExitMs + WATCHDOG_GRACE_MS, MAX_WATCHDOG_MS)
-            : 0,
-          onError: (error) => this.#log(`shutdown warning: the watchdog failed: ${describeError(error)}`),
-        }),
-      null,
-    );
+    try {
+      this.#watchdog = startWatchdog({
+        signals,
+        secondSignalExit: true,
+        secondSignalGraceMs: WATCHDOG_GRACE_MS,
+        armOnFirstSignalMs: forceExitMs > 0 ? Math.min(forceExitMs + WATCHDOG_GRACE_MS, MAX_WATCHDOG_MS) : 0,
+        onError: (error) => this.#log(`shutdown warning: the watchdog failed: ${describeError(error)}`),
+      });
+    } catch (error) {
+      // Fail-open: the shutdown still works on a free main thread; the reason is logged here.
+      this.#log(`shutdown warning: the watchdog could not start: ${describeError(error)}`);
+    }
   }
 
   #subscribe(): void {
