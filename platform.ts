@@ -1422,12 +1422,12 @@ export function onSignal(signal: string, handler: (signal: string) => void): () 
  * Two deliveries of one signal closer than this are one event: one Ctrl-C that `deno task` or GNU
  * `timeout` forwards to a child the terminal already signalled arrives twice, a few milliseconds apart.
  */
-const SIGNAL_REPEAT_WINDOW_MS = 50;
+const SIGNAL_REPEAT_WINDOW_MS = 100;
 
 /**
- * Wraps a signal handler so that a repeat of the same signal within 50 ms of its last counted delivery
+ * Wraps a signal handler so that a repeat of the same signal within 100 ms of its last counted delivery
  * is dropped (one Ctrl-C delivered twice by `deno task` or `timeout`). A different signal, or the same
- * one 50 ms or more later, goes through.
+ * one 100 ms or more later, goes through.
  *
  * @param handler Called with the signal name for every delivery that is not a repeat.
  * @returns The filtering handler, for {@linkcode onSignal}.
@@ -1803,7 +1803,7 @@ export interface WatchdogOptions {
   /**
    * The signals that count towards "a second signal ends the process". Each must be one of
    * {@linkcode HANDLED_SIGNALS}. Leave out a signal that means "reload" in your service (often SIGHUP).
-   * A repeat of the same signal within 50 ms counts once (one Ctrl-C that `deno task` or `timeout`
+   * A repeat of the same signal within 100 ms counts once (one Ctrl-C that `deno task` or `timeout`
    * delivers twice); a different signal, or the same one later, is a second signal.
    * @default ["SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT"] ({@linkcode DEFAULT_WATCHDOG_SIGNALS})
    */
@@ -1985,7 +1985,7 @@ export interface Watchdog {
  * How the process ends: a deadline, or a second signal (after `secondSignalGraceMs`) end it with
  * SIGKILL (exit status 137 in a shell; `signal === "SIGKILL"` for `node:child_process`). A first signal
  * with no handler of the program's own keeps its default action (the watchdog re-raises it). A repeat
- * of the same signal within 50 ms counts once.
+ * of the same signal within 100 ms counts once.
  *
  * Runtime support, as measured on Deno 2.9, Bun 1.4 and Node 24 (Linux): the deadline works everywhere;
  * the worker hears signals itself on all three (see {@linkcode WatchdogCapabilities} `mechanism`). On

@@ -411,7 +411,7 @@ export const EXIT_PHASE_FAILED = 1;
 export interface InstallShutdownOptions {
   /**
    * The signals that start the shutdown (each one of `HANDLED_SIGNALS` of platform.ts). A second one (any
-   * of them) ends the process at once; a repeat of the same signal within 50 ms (one Ctrl-C that
+   * of them) ends the process at once; a repeat of the same signal within 100 ms (one Ctrl-C that
    * `deno task` or `timeout` delivers twice) counts once.
    * @default ["SIGTERM", "SIGINT"]
    */
@@ -825,7 +825,7 @@ export function spawnShutdownDiagnostic(
  * {@linkcode snapshotShutdownContext} line is logged, the optional diagnostic child starts, the phases
  * run in order, each logged as `+X.XXs phase=NAME ok|timeout|error` (seconds since the start of the
  * shutdown), then `+X.XXs shutdown total=… exit=N` and the process exits. A repeat of the same signal
- * within 50 ms (one Ctrl-C that `deno task` or `timeout` delivers twice) counts once; a different
+ * within 100 ms (one Ctrl-C that `deno task` or `timeout` delivers twice) counts once; a different
  * signal, or the same one later, is a second signal.
  *
  * Exit status: 0 ({@linkcode EXIT_CLEAN}) after a clean run, and whenever a planned-stop or takeover

@@ -1396,7 +1396,7 @@ describe("installShutdown()", () => {
     const { running, info } = await startInstall("second");
     signal(info.pid, "SIGTERM");
     await running.waitFor("stderr", /^signal=SIGTERM /);
-    await sleep(100); // past the 50 ms in which a repeat of the same signal counts once
+    await sleep(250); // past the 100 ms in which a repeat of the same signal counts once
     signal(info.pid, "SIGTERM");
     const result = await running.exited;
     // The main thread is free: its handler logs and exits 128+15 within the watchdog's grace.

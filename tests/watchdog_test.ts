@@ -213,7 +213,7 @@ describe("startWatchdog() signals", () => {
         await r.line("ready");
         process.kill(r.child.pid!, "SIGTERM");
         await r.line("handled 1");
-        await sleep(100); // past the window in which a repeat counts once
+        await sleep(250); // past the window in which a repeat counts once
         process.kill(r.child.pid!, "SIGTERM");
         assert.deepEqual(await r.ended, { code: 7, signal: null });
         assert.match(r.stderr(), /handled 2/);
