@@ -1963,7 +1963,10 @@ export interface Watchdog {
    * `armOnFirstSignalMs`. Deliveries of `options.signals` are counted without it.
    */
   noteSignal(): void;
-  /** How many deliveries of the counted signals were seen so far (by either thread, not double-counted). */
+  /**
+   * How many deliveries of the counted signals were seen so far (by the worker where it hears them, else
+   * by the main thread), plus the `noteSignal()` calls. Repeats within 100 ms are not counted.
+   */
   readonly signalsSeen: number;
   /** What this runtime can do; final once {@linkcode startWatchdog} returned. */
   readonly capabilities: WatchdogCapabilities;
@@ -2130,8 +2133,10 @@ class WatchdogThread implements Watchdog {
   }
 
   get signalsSeen(): number {
-    return Math.max(Atomics.load(this.#cells, WD.MAIN_SEEN), Atomics.load(this.#cells, WD.WORKER_SEEN)) +
-      Atomics.load(this.#cells, WD.NOTED);
+    // Where the worker hears the signals, its count decides: its idle loop stamps each delivery when it
+    // comes, while a busy main thread may run two handlers of one repeated delivery far apart.
+    const heard = Atomics.load(this.#cells, this.#heardByWorker ? WD.WORKER_SEEN : WD.MAIN_SEEN);
+    return heard + Atomics.load(this.#cells, WD.NOTED);
   }
 
   get capabilities(): WatchdogCapabilities {
@@ -2162,8 +2167,7 @@ class WatchdogThread implements Watchdog {
   }
 
   /**
-   * The main thread counts what its own listeners see (the total is the larger of its count and the
-   * worker's: a delivery both see is counted once). Subscribing first also makes Bun install its
+   * The main thread counts what its own listeners see (used where the worker cannot hear signals). Subscribing first also makes Bun install its
    * handler, which the Bun worker then hooks. When our listener is the only one, nobody handles the
    * signal: stop and re-raise it, so its default action happens as if there were no watchdog.
    */
@@ -2387,9 +2391,9 @@ function watchdogWorker(require: (id: string) => unknown, data: WatchdogWorkerDa
     if (denoApi) denoApi.kill(denoApi.pid, "SIGKILL");
     else proc.kill(proc.pid, "SIGKILL");
   };
+  let heard = false; // the worker hears the signals itself: then its own count decides
   const seen = (): number =>
-    Math.max(Atomics.load(cells, L.MAIN_SEEN), Atomics.load(cells, L.WORKER_SEEN)) +
-    Atomics.load(cells, L.NOTED);
+    Atomics.load(cells, heard ? L.WORKER_SEEN : L.MAIN_SEEN) + Atomics.load(cells, L.NOTED);
   const wake = (): void => {
     Atomics.add(cells, L.WAKE, 1);
     Atomics.notify(cells, L.WAKE);
@@ -2608,7 +2612,9 @@ function watchdogWorker(require: (id: string) => unknown, data: WatchdogWorkerDa
   };
 
   try {
-    Atomics.store(cells, L.SIGNALS, listen());
+    const mechanism = listen();
+    heard = mechanism !== L.MECHANISM_MAIN_ONLY;
+    Atomics.store(cells, L.SIGNALS, mechanism);
   } catch (error) {
     Atomics.store(cells, L.READY, L.READY_FAILED);
     Atomics.notify(cells, L.READY);

@@ -918,6 +918,11 @@ export function installShutdown(options: InstallShutdownOptions = {}): ShutdownH
   }).install();
 }
 
+/**
+ * How long a main-thread handler of a later delivery waits for the watchdog worker to count it as a
+ * second signal; if the worker counted none, the delivery was a repeat of the first.
+ */
+const SECOND_SIGNAL_CONFIRM_MS = 150;
 /** Timers clamp a delay above this to 1 ms on every runtime: a larger timeout is refused. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
@@ -1047,6 +1052,24 @@ class ShutdownSequence {
       void this.#begin(name, name);
       return;
     }
+    const watchdog = this.#watchdog;
+    if (!watchdog?.capabilities.secondSignalWhileBlocked) {
+      this.#secondSignal(name);
+      return;
+    }
+    // The worker stamped each delivery as it came; this handler may run late on a busy main thread, far
+    // from the first one even for one Ctrl-C delivered twice. Its count decides (it may lag a little).
+    const since = performance.now();
+    const confirm = () => {
+      if (this.#exited || this.#disposed) return;
+      if (watchdog.signalsSeen >= 2) this.#secondSignal(name);
+      else if (performance.now() - since < SECOND_SIGNAL_CONFIRM_MS) setTimeout(confirm, 10);
+      // else: the worker counted one delivery, this was its repeat.
+    };
+    confirm();
+  }
+
+  #secondSignal(name: string): void {
     const code = this.#intended ? EXIT_CLEAN : 128 + (signalNumber(name) ?? 0);
     this.#log(`${this.#elapsed()} shutdown second-signal=${name} exit=${code}`);
     this.#finish(code);
