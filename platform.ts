@@ -599,7 +599,7 @@ export function openDescriptorWriter(fd: number): DescriptorWriter {
   let exact = true;
   let piece = MAX_WRITE_BYTES;
   // A character device that is not a terminal (/dev/null, /dev/full) never waits for a reader.
-  let bounded = kind === "file" || (kind === "tty" && !terminal) || useSend || nonBlocking === true;
+  const bounded = kind === "file" || (kind === "tty" && !terminal) || useSend || nonBlocking === true;
   let limitation: string | null = null;
   if (lib === null && WRITE_LOOPS_INTERNALLY && kind !== "file") {
     if (kind === "pipe") {
@@ -1376,6 +1376,90 @@ export function writeFileAtomic(path: string, text: string, options: WriteFileOp
       // The temporary may not exist (the open failed); the original error is what matters.
     }
     throw error;
+  }
+}
+
+/**
+ * Opens a private file for appending (and reading back) that a planted link cannot redirect: `O_NOFOLLOW` (a symlink at
+ * `path` fails with `ELOOP`, its target untouched), `O_NONBLOCK` for the open only (a FIFO fails with
+ * `ENXIO` instead of hanging), created with `mode` itself so it is never wider for an instant. What was
+ * opened must be a regular file with one link, owned by this process's user; otherwise the descriptor is
+ * closed and a {@linkcode NotOwnedFileError} is thrown. An existing file wider than `mode` is narrowed.
+ *
+ * @param path The file (created when absent; its folder must exist).
+ * @param mode Permission bits, e.g. `0o600`.
+ * @returns The descriptor.
+ * @throws {NotOwnedFileError} When `path` is not a regular file of ours; the file system's error
+ *   (`ELOOP` for a symlink, `ENXIO` for a FIFO without reader, `EACCES`, …) when it cannot be opened.
+ *
+ * @example Append to a log that root writes into a shared folder
+ * ```ts
+ * import { closeFd, openOwnedAppend, writeAll } from "./platform.ts";
+ * const fd = openOwnedAppend("/tmp/example-private.log", 0o600);
+ * writeAll(fd, new TextEncoder().encode("diagnostic\n"));
+ * closeFd(fd);
+ * ```
+ */
+export function openOwnedAppend(path: string, mode: number): number {
+  const { O_NOFOLLOW, O_NONBLOCK, O_RDWR } = fs.constants;
+  // Read-write, so a caller can also read back what it caps (readAt) through the same checked descriptor.
+  const fd = fs.openSync(path, O_RDWR | O_APPEND | O_CREAT | O_NOFOLLOW | O_NONBLOCK, mode);
+  try {
+    const info = fs.fstatSync(fd);
+    const uid = getUid();
+    if (!info.isFile() || info.nlink !== 1 || (uid !== null && info.uid !== uid)) {
+      throw new NotOwnedFileError(path, info.isFile() ? "file" : "not-a-file", info.uid, info.nlink);
+    }
+    if ((info.mode & 0o777 & ~mode) !== 0) fs.fchmodSync(fd, mode);
+    return fd;
+  } catch (error) {
+    fs.closeSync(fd);
+    throw error;
+  }
+}
+
+/**
+ * Thrown by {@linkcode openOwnedAppend} when `path` is not a regular file with one link that we own.
+ *
+ * @example Tell a refused log from a missing permission
+ * ```ts
+ * import { NotOwnedFileError, openOwnedAppend } from "./platform.ts";
+ * try {
+ *   openOwnedAppend("/dev/null", 0o600);
+ * } catch (error) {
+ *   if (error instanceof NotOwnedFileError) console.log(error.path, error.kind, error.uid);
+ * }
+ * ```
+ */
+export class NotOwnedFileError extends Error {
+  /** The path that was refused. */
+  readonly path: string;
+  /** `"not-a-file"` (a device, FIFO, socket or folder), or `"file"` (a regular file of another user, or hard-linked). */
+  readonly kind: "file" | "not-a-file";
+  /** The owner's user id. */
+  readonly uid: number;
+  /** The number of hard links. */
+  readonly nlink: number;
+
+  /**
+   * Records what was found at a refused path.
+   *
+   * @param path The path that was refused.
+   * @param kind What was found there.
+   * @param uid Its owner.
+   * @param nlink Its number of hard links.
+   */
+  constructor(path: string, kind: "file" | "not-a-file", uid: number, nlink: number) {
+    super(
+      `Cannot open ${JSON.stringify(path)}: expected a regular file with one link owned by us, found ${
+        kind === "file" ? `a file of uid ${uid} with ${nlink} links` : "something that is not a regular file"
+      }`,
+    );
+    this.name = "NotOwnedFileError";
+    this.path = path;
+    this.kind = kind;
+    this.uid = uid;
+    this.nlink = nlink;
   }
 }
 
@@ -2450,6 +2534,40 @@ export function handleFileSizeSignal(): void {
   }
 }
 
+/**
+ * Two deliveries of one signal closer than this are one event: one Ctrl-C that `deno task` or GNU
+ * `timeout` forwards to a child the terminal already signalled arrives twice, a few milliseconds apart.
+ */
+const SIGNAL_REPEAT_WINDOW_MS = 100;
+
+/**
+ * Wraps a signal handler so that a repeat of the same signal within 100 ms of its last counted delivery
+ * is dropped (one Ctrl-C delivered twice by `deno task` or `timeout`). A different signal, or the same
+ * one 100 ms or more later, goes through.
+ *
+ * @param handler Called with the signal name for every delivery that is not a repeat.
+ * @returns The filtering handler, for {@linkcode onSignal}.
+ *
+ * @example Count one Ctrl-C once, even under `deno task`
+ * ```ts
+ * import { ignoreSignalRepeats, onSignal } from "./platform.ts";
+ * let count = 0;
+ * const off = onSignal("SIGINT", ignoreSignalRepeats(() => console.log(`interrupt ${++count}`)));
+ * off();
+ * ```
+ */
+export function ignoreSignalRepeats(handler: (signal: string) => void): (signal: string) => void {
+  let last: string | null = null;
+  let lastAt = -Infinity;
+  return (signal: string) => {
+    const now = performance.now();
+    if (signal === last && now - lastAt < SIGNAL_REPEAT_WINDOW_MS) return;
+    last = signal;
+    lastAt = now;
+    handler(signal);
+  };
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Child processes
 // ---------------------------------------------------------------------------------------------------
@@ -2871,20 +2989,23 @@ export function scriptCommand(
 // --- Watchdog: ends the process from outside the main thread
 
 // A JavaScript signal handler or timer never runs while the main thread is blocked in a synchronous
-// syscall (a `write` to a full pipe resumes after every signal), so "force exit after N ms" and "a second
-// signal exits at once" need a thread of their own. The watchdog is one `node:worker_threads` Worker
-// (on all three runtimes, unref'd so it never keeps the process alive) that shares a SharedArrayBuffer
-// with the main thread: `arm()` writes the deadline there and wakes the worker with `Atomics.notify`, so
-// a main thread that never yields again after arming is still ended on time. The worker ends the
-// process with SIGKILL of its own pid: the exit status a parent sees is "killed by SIGKILL" (137 in a
-// shell), the only ending that no handler, blocked syscall or stuck finaliser can delay.
+// syscall (a `write` to a full pipe resumes after every signal), so "force exit N ms after the first
+// signal" and "a second signal exits at once" need a thread of their own. The watchdog is one
+// `node:worker_threads` Worker (on all three runtimes, unref'd so it never keeps the process alive) that
+// shares a SharedArrayBuffer with the main thread: `arm()` writes the deadline there and wakes the worker
+// with `Atomics.notify`, so a main thread that never yields again after arming is still ended on time.
+// The worker ends the process with SIGKILL of its own pid: the exit status a parent sees is "killed by
+// SIGKILL" (137 in a shell), the only ending that no handler, blocked syscall or stuck finaliser can delay.
 //
-// Counting signals outside the main thread takes a different route per runtime: Deno runs
+// The worker hears the signals itself, so a main thread that was already wedged when the FIRST signal
+// came is still ended (`armOnFirstSignalMs`). The route differs per runtime: Deno runs
 // `Deno.addSignalListener` in the worker; Node's `process.on` is main-thread only, so the worker (started
 // with `--expose-internals`) opens its own libuv signal handle through the internal `signal_wrap`
-// binding, and libuv wakes every loop that has one; Bun's workers get no signals, so the worker uses
-// `bun:ffi` and `sigaction(2)` to add SA_RESETHAND to Bun's own handler and lets the kernel count.
-// Where none works (a Node without the internal binding, Bun off Linux), only the main thread counts.
+// binding, and libuv wakes every loop that has one; Bun's workers get no signals, so the worker compiles
+// a small C handler with `bun:ffi`'s `cc`, puts it in front of Bun's own handler with `sigaction(2)`, and
+// polls the count it keeps. Where none works (a Node without the internal binding, a Bun without `cc`),
+// only the main thread counts. The worker is `watchdogWorker` below: real TypeScript, checked and linted
+// with the rest, whose source (`Function.prototype.toString`) is what the worker evaluates.
 
 /**
  * Options for {@linkcode startWatchdog}.
@@ -2904,13 +3025,15 @@ export interface WatchdogOptions {
   /**
    * The signals that count towards "a second signal ends the process". Each must be one of
    * {@linkcode HANDLED_SIGNALS}. Leave out a signal that means "reload" in your service (often SIGHUP).
+   * A repeat of the same signal within 100 ms counts once (one Ctrl-C that `deno task` or `timeout`
+   * delivers twice); a different signal, or the same one later, is a second signal.
    * @default ["SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT"] ({@linkcode DEFAULT_WATCHDOG_SIGNALS})
    */
   signals?: string[];
   /**
    * When a second delivery of any of `signals` arrives (counted from the first, whether or not the main
-   * thread handled the first), end the process at once, even while the main thread is blocked in a
-   * synchronous syscall where the runtime allows it (see {@linkcode Watchdog.capabilities}).
+   * thread handled the first), end the process, even while the main thread is blocked in a synchronous
+   * syscall where the runtime allows it (see {@linkcode Watchdog.capabilities}).
    *
    * The first delivery is your handlers' business. When the program has no handler of its own for it,
    * the watchdog stops and re-raises it, so the default action still ends the process; but if that
@@ -2921,11 +3044,18 @@ export interface WatchdogOptions {
   /**
    * After a second signal, how long the main thread gets to end the process by itself (a handler that
    * logs and exits) before the watchdog kills it. While the main thread is free its own exit then
-   * decides the exit status; while it is blocked the watchdog acts once the grace is over. Bun's
-   * mechanism is the kernel's default action, which no grace can delay.
+   * decides the exit status; while it is blocked the watchdog acts once the grace is over.
    * @default 0 ({@linkcode DEFAULT_WATCHDOG_SECOND_SIGNAL_GRACE_MS}: at once)
    */
   secondSignalGraceMs?: number;
+  /**
+   * Arm the deadline this many milliseconds after the first delivery of any of `signals` (or the first
+   * `noteSignal()`), as heard by the worker itself: a main thread that was already wedged in a blocking
+   * write or a busy loop when the signal came is still ended then. `0` leaves arming to `arm()`. An
+   * explicit `arm()` or `disarm()` before the first signal takes precedence.
+   * @default 0
+   */
+  armOnFirstSignalMs?: number;
   /**
    * Called when the worker fails (it could not start, or died). The watchdog then does nothing more;
    * `capabilities.deadline` turns `false`.
@@ -3011,17 +3141,17 @@ export interface WatchdogCapabilities {
   /** `true` while the worker runs: `arm()` ends the process at the deadline whatever the main thread does. */
   deadline: boolean;
   /**
-   * `true` when a second signal ends the process even while the main thread is blocked; `false` when
-   * only a main thread that still runs its handlers can count (then the second signal works only when
-   * the main thread is not stuck).
+   * `true` when the worker hears the signals itself: a second signal ends the process, and
+   * `armOnFirstSignalMs` arms the deadline, even while the main thread is blocked; `false` when only a
+   * main thread that still runs its handlers can count.
    */
   secondSignalWhileBlocked: boolean;
   /**
-   * How signals are seen outside the main thread: `"deno-worker-signal-listener"` (Deno),
+   * How signals are heard outside the main thread: `"deno-worker-signal-listener"` (Deno),
    * `"node-internal-signal-wrap"` (Node: its internal `signal_wrap` binding in a Worker started with
-   * `--expose-internals`), `"bun-ffi-sigaction"` (Bun on Linux x86_64/arm64: SA_RESETHAND on Bun's
-   * handler through `bun:ffi`), `"main-thread-only"` (none of these works here), or `"off"` when
-   * `secondSignalExit` is `false`.
+   * `--expose-internals`), `"bun-ffi-sigaction"` (Bun on Linux x86_64/arm64: a C handler compiled with
+   * `bun:ffi`'s `cc` in front of Bun's own), `"main-thread-only"` (none of these works here), or `"off"`
+   * when `secondSignalExit` is `false` and `armOnFirstSignalMs` is 0.
    */
   mechanism: string;
 }
@@ -3042,20 +3172,23 @@ export interface WatchdogCapabilities {
 export interface Watchdog {
   /**
    * Ends the process (SIGKILL of ourselves) `ms` from now, whatever the main thread is doing then.
-   * Re-arming replaces the deadline.
+   * Re-arming replaces the deadline (also one set by `armOnFirstSignalMs`).
    *
    * @param ms Milliseconds from now, 0 to {@linkcode MAX_WATCHDOG_MS}.
    */
   arm(ms: number): void;
-  /** Cancels the deadline, if any. Signal counting goes on. */
+  /** Cancels the deadline, if any, and any arming still due on the first signal. Signal counting goes on. */
   disarm(): void;
   /**
-   * Counts one delivery of a counted signal that the watchdog could not see itself (for example a
-   * shutdown your code started for a reason it treats like a first signal). Deliveries of
-   * `options.signals` are counted without it.
+   * Counts one event that the watchdog treats like a delivery of a counted signal (for example a
+   * shutdown your code started for a reason it treats like a first signal); it also arms
+   * `armOnFirstSignalMs`. Deliveries of `options.signals` are counted without it.
    */
   noteSignal(): void;
-  /** How many deliveries of the counted signals were seen so far (by either thread, not double-counted). */
+  /**
+   * How many deliveries of the counted signals were seen so far (by the worker where it hears them, else
+   * by the main thread), plus the `noteSignal()` calls. Repeats within 100 ms are not counted.
+   */
   readonly signalsSeen: number;
   /** What this runtime can do; final once {@linkcode startWatchdog} returned. */
   readonly capabilities: WatchdogCapabilities;
@@ -3067,34 +3200,33 @@ export interface Watchdog {
 
 /**
  * Starts a watchdog thread that can end the process while the main thread is blocked: at a deadline
- * set with `arm()`, and (by default) at the second delivery of a termination signal.
+ * set with `arm()` (or `armOnFirstSignalMs` after the first signal), and (by default) at the second
+ * delivery of a termination signal.
  *
  * Waits synchronously (a few tens of milliseconds) until the worker is up, so `arm()` works even if the
  * main thread never yields afterwards and `capabilities` is final on return. The worker never keeps the
  * process alive, with or without `stop()`.
  *
- * How the process ends: a deadline, `noteSignal()`, or a second signal on Deno and Node end it with
- * SIGKILL (exit status 137 in a shell; `signal === "SIGKILL"` for `node:child_process`). On Bun a
- * second signal ends it by that signal's default action ("killed by SIGTERM", 143), because the kernel
- * had reset the action after the first one. A first signal with no handler of the program's own keeps
- * its default action (the watchdog re-raises it).
+ * How the process ends: a deadline, or a second signal (after `secondSignalGraceMs`) end it with
+ * SIGKILL (exit status 137 in a shell; `signal === "SIGKILL"` for `node:child_process`). A first signal
+ * with no handler of the program's own keeps its default action (the watchdog re-raises it). A repeat
+ * of the same signal within 100 ms counts once.
  *
  * Runtime support, as measured on Deno 2.9, Bun 1.4 and Node 24 (Linux): the deadline works everywhere;
- * a second signal ends a blocked main thread on all three (see {@linkcode WatchdogCapabilities}
- * `mechanism`). On Node this relies on an internal binding: where it is missing,
+ * the worker hears signals itself on all three (see {@linkcode WatchdogCapabilities} `mechanism`). On
+ * Node this relies on an internal binding, on Bun on `bun:ffi`'s `cc`: where either is missing,
  * `capabilities.secondSignalWhileBlocked` is `false` and only a main thread that still runs its
  * handlers counts.
  *
- * @param options Which signals count, whether a second one exits, where worker failures go.
+ * @param options Which signals count, whether a second one exits, arming on the first, failures.
  * @returns The watchdog; call `stop()` when done.
  *
- * @example Bound a shutdown to 5 s even if a write blocks forever
+ * @example Bound a shutdown to 5 s even if the main thread is already stuck when SIGTERM comes
  * ```ts
  * import { onSignal, startWatchdog } from "./platform.ts";
- * const watchdog = startWatchdog();
+ * const watchdog = startWatchdog({ armOnFirstSignalMs: 5_000 }); // armed by the worker itself
  * const off = onSignal("SIGTERM", () => {
- *   watchdog.arm(5_000); // from here on, the process ends in 5 s whatever happens
- *   // ... flush, close, then exit
+ *   // ... flush, close, then exit; the process ends 5 s after SIGTERM whatever happens
  * });
  * // on a clean stop without a signal:
  * off();
@@ -3107,159 +3239,45 @@ export function startWatchdog(options: WatchdogOptions = {}): Watchdog {
   if (typeof secondSignalExit !== "boolean") {
     throw new TypeError(`Invalid secondSignalExit ${String(secondSignalExit)}: expected a boolean`);
   }
-  const graceMs = options.secondSignalGraceMs ?? DEFAULT_WATCHDOG_SECOND_SIGNAL_GRACE_MS;
-  if (typeof graceMs !== "number") {
-    throw new TypeError(`Invalid secondSignalGraceMs ${String(graceMs)}: expected a number of milliseconds`);
-  }
-  if (!Number.isFinite(graceMs) || graceMs < 0 || graceMs > MAX_WATCHDOG_MS) {
-    throw new RangeError(`Invalid secondSignalGraceMs ${graceMs}: expected 0 to ${MAX_WATCHDOG_MS}`);
-  }
+  const graceMs = validateWatchdogMs("secondSignalGraceMs", options.secondSignalGraceMs ?? 0);
+  const armOnFirstSignalMs = validateWatchdogMs("armOnFirstSignalMs", options.armOnFirstSignalMs ?? 0);
   const onError = options.onError ?? reportWatchdogError;
   if (typeof onError !== "function") {
     throw new TypeError(`Invalid onError ${String(onError)}: expected a function`);
   }
-  const counted = secondSignalExit ? signals : [];
-  const shared = new SharedArrayBuffer(WD_BYTES);
-  const cells = new Int32Array(shared, 0, WD_CELLS);
-  const floats = new Float64Array(shared, WD_FLOATS_OFFSET, 2);
-  let stopped = false;
-  let reported = false;
-
-  const wake = () => {
-    Atomics.add(cells, WD_WAKE, 1);
-    Atomics.notify(cells, WD_WAKE);
-  };
-  // The main thread counts what its own handlers see; the worker counts what it sees; the total is the
-  // larger of the two (a delivery both see is counted once). Subscribing first also makes Bun install
-  // its handler, which the Bun worker then arms (see WATCHDOG_WORKER_SOURCE). When our listener is the
-  // only one, nobody handles the signal: stop and re-raise it, so its default action happens as if
-  // there were no watchdog.
-  let unsubscribe = counted.map((signal) =>
-    onSignal(signal, () => {
-      Atomics.add(cells, WD_MAIN_SEEN, 1);
-      wake();
-      if (!stopped && signalListenerCount(signal) === 1) {
-        stop();
-        kill(getPid(), signal);
-      }
-    })
-  );
-  const release = () => {
-    for (const off of unsubscribe) off();
-    unsubscribe = [];
-  };
-  const fail = (error: unknown) => {
-    Atomics.store(cells, WD_READY, WD_READY_FAILED);
-    release(); // without a worker, absorbing the first signal would only take its default action away
-    if (reported || stopped) return;
-    reported = true;
-    onError(error);
-  };
-  let worker: Worker;
-  try {
-    worker = createWatchdogWorker(shared, counted, secondSignalExit, graceMs);
-  } catch (error) {
-    release();
-    throw error;
-  }
-  worker.on("error", fail);
-  worker.on("exit", (code) => {
-    if (!stopped) fail(new Error(`The watchdog worker exited unexpectedly with code ${code}`));
-  });
-  worker.unref();
-
-  // The worker boots on its own thread: waiting here does not need our event loop.
-  const bootDeadline = performance.now() + WD_BOOT_TIMEOUT_MS;
-  while (Atomics.load(cells, WD_READY) === WD_READY_BOOTING) {
-    const left = bootDeadline - performance.now();
-    if (left <= 0) break;
-    Atomics.wait(cells, WD_READY, WD_READY_BOOTING, left);
-  }
-  // A worker that threw while booting marked itself failed; its "error" event brings the cause later.
-  if (Atomics.compareExchange(cells, WD_READY, WD_READY_BOOTING, WD_READY_FAILED) === WD_READY_BOOTING) {
-    fail(new Error(`The watchdog worker did not start within ${WD_BOOT_TIMEOUT_MS} ms`));
-  }
-
-  const mechanism = !secondSignalExit ? "off" : WD_MECHANISMS[Atomics.load(cells, WD_SIGNALS)] ??
-    "main-thread-only";
-  const blockedToo = secondSignalExit && Atomics.load(cells, WD_SIGNALS) !== WD_SIGNALS_MAIN_ONLY;
-
-  const stop = () => {
-    if (stopped) return;
-    stopped = true;
-    Atomics.store(cells, WD_STATE, WD_STATE_STOPPED);
-    wake();
-    // The worker puts back what it changed (Bun: the signal actions) and lets its signal handles go; wait
-    // for that before unsubscribing, so no signal is left with a handler and no listener.
-    const until = performance.now() + WD_STOP_TIMEOUT_MS;
-    while (Atomics.load(cells, WD_READY) === WD_READY_UP) {
-      const left = until - performance.now();
-      if (left <= 0) break;
-      Atomics.wait(cells, WD_READY, WD_READY_UP, left);
-    }
-    release();
-    Promise.resolve(worker.terminate()).catch(() => {});
-  };
-
-  return {
-    arm(ms: number): void {
-      if (typeof ms !== "number") {
-        throw new TypeError(`Invalid watchdog deadline ${String(ms)}: expected a number of milliseconds`);
-      }
-      if (!Number.isFinite(ms) || ms < 0 || ms > MAX_WATCHDOG_MS) {
-        throw new RangeError(`Invalid watchdog deadline ${String(ms)}: expected 0 to ${MAX_WATCHDOG_MS} ms`);
-      }
-      if (stopped) throw new Error("Cannot arm a watchdog that was stopped");
-      floats[WD_ARM_MS] = ms;
-      floats[WD_ARMED_AT] = Date.now();
-      Atomics.add(cells, WD_ARM_GEN, 1);
-      Atomics.store(cells, WD_STATE, WD_STATE_ARMED);
-      wake();
-    },
-    disarm(): void {
-      if (stopped) return;
-      Atomics.store(cells, WD_STATE, WD_STATE_IDLE);
-      Atomics.add(cells, WD_ARM_GEN, 1);
-      wake();
-    },
-    noteSignal(): void {
-      if (stopped) return;
-      Atomics.add(cells, WD_MAIN_SEEN, 1);
-      wake();
-    },
-    get signalsSeen(): number {
-      return Math.max(Atomics.load(cells, WD_MAIN_SEEN), Atomics.load(cells, WD_WORKER_SEEN));
-    },
-    get capabilities(): WatchdogCapabilities {
-      const up = !stopped && Atomics.load(cells, WD_READY) === WD_READY_UP;
-      return { deadline: up, secondSignalWhileBlocked: up && blockedToo, mechanism };
-    },
-    stop,
-    [Symbol.dispose]: stop,
-  };
+  const heard = secondSignalExit || armOnFirstSignalMs > 0 ? signals : [];
+  return new WatchdogThread({ signals: heard, secondSignalExit, graceMs, armOnFirstSignalMs, onError })
+    .start();
 }
 
-// Layout of the shared cells (Int32) and floats (Float64) of a watchdog.
-const WD_WAKE = 0; // bumped on every change; the worker waits on it
-const WD_STATE = 1; // idle, armed, stopped
-const WD_ARM_GEN = 2; // bumped by arm() and disarm(): the worker recomputes its deadline
-const WD_READY = 3; // booting, up, failed
-const WD_SIGNALS = 4; // which mechanism the worker got working (index into WD_MECHANISMS)
-const WD_MAIN_SEEN = 5; // deliveries the main thread saw
-const WD_WORKER_SEEN = 6; // deliveries the worker saw
-const WD_CELLS = 7;
-const WD_FLOATS_OFFSET = Math.ceil(WD_CELLS / 2) * 8; // Float64Array needs 8-byte alignment
-const WD_ARM_MS = 0;
-const WD_ARMED_AT = 1; // Date.now() at arm(): the worker subtracts its wake-up latency
-const WD_BYTES = WD_FLOATS_OFFSET + 2 * 8;
-const WD_STATE_IDLE = 0;
-const WD_STATE_ARMED = 1;
-const WD_STATE_STOPPED = 2;
-const WD_READY_BOOTING = 0;
-const WD_READY_UP = 1;
-const WD_READY_FAILED = -1;
-const WD_READY_STOPPED = 2;
-const WD_SIGNALS_MAIN_ONLY = 0;
+/** Layout of a watchdog's shared memory: Int32 cells, then two Float64s, and the values they take. */
+const WD = {
+  WAKE: 0, // bumped on every change; the worker waits on it
+  STATE: 1, // idle, armed, stopped
+  ARM_GEN: 2, // bumped by every arm and disarm: the worker recomputes its deadline
+  READY: 3, // booting, up, failed, stopped
+  SIGNALS: 4, // which mechanism the worker got working (index into WD_MECHANISMS)
+  MAIN_SEEN: 5, // deliveries the main thread's listener saw
+  WORKER_SEEN: 6, // deliveries the worker saw
+  NOTED: 7, // noteSignal() calls: events no thread could hear
+  AUTO_ARM: 8, // 1 while arming on the first signal is still due; whoever takes it to 0 arms
+  CELLS: 9,
+  FLOATS_OFFSET: 40, // 9 cells rounded up to Float64Array's 8-byte alignment
+  ARM_MS: 0,
+  ARMED_AT: 1, // Date.now() at arm: the worker subtracts its wake-up latency
+  BYTES: 56,
+  STATE_IDLE: 0,
+  STATE_ARMED: 1,
+  STATE_STOPPED: 2,
+  READY_BOOTING: 0,
+  READY_UP: 1,
+  READY_FAILED: -1,
+  READY_STOPPED: 2,
+  MECHANISM_MAIN_ONLY: 0,
+  MECHANISM_DENO: 1,
+  MECHANISM_NODE: 2,
+  MECHANISM_BUN: 3,
+} as const;
 const WD_MECHANISMS = [
   "main-thread-only",
   "deno-worker-signal-listener",
@@ -3268,10 +3286,205 @@ const WD_MECHANISMS = [
 ];
 /** How long startWatchdog waits for the worker to come up (generous: a loaded 2-core machine). */
 const WD_BOOT_TIMEOUT_MS = 10_000;
-/** How often the Bun worker looks at the signal actions. */
-const WD_BUN_POLL_MS = 20;
+/** How often the Bun worker reads the count of its C handler (and re-hooks a re-installed Bun handler). */
+const WD_BUN_POLL_MS = 10;
 /** How long stop() waits for the worker to put things back. */
 const WD_STOP_TIMEOUT_MS = 1_000;
+
+interface WatchdogSettings {
+  signals: string[];
+  secondSignalExit: boolean;
+  graceMs: number;
+  armOnFirstSignalMs: number;
+  onError: (error: unknown) => void;
+}
+
+/** The main thread's side of a watchdog: the shared memory, the worker, and the listeners. */
+class WatchdogThread implements Watchdog {
+  readonly #settings: WatchdogSettings;
+  readonly #shared = new SharedArrayBuffer(WD.BYTES);
+  readonly #cells = new Int32Array(this.#shared, 0, WD.CELLS);
+  readonly #floats = new Float64Array(this.#shared, WD.FLOATS_OFFSET, 2);
+  #unsubscribe: Array<() => void> = [];
+  #worker: Worker | null = null;
+  #stopped = false;
+  #reported = false;
+  #mechanism = "off";
+  #heardByWorker = false;
+
+  constructor(settings: WatchdogSettings) {
+    this.#settings = settings;
+    if (settings.armOnFirstSignalMs > 0) this.#cells[WD.AUTO_ARM] = 1;
+  }
+
+  start(): this {
+    this.#listenOnMainThread();
+    this.#spawnWorker();
+    this.#waitUntilUp();
+    const code = Atomics.load(this.#cells, WD.SIGNALS);
+    if (this.#settings.signals.length > 0) this.#mechanism = WD_MECHANISMS[code] ?? "main-thread-only";
+    this.#heardByWorker = this.#settings.signals.length > 0 && code !== WD.MECHANISM_MAIN_ONLY;
+    return this;
+  }
+
+  arm(ms: number): void {
+    if (typeof ms !== "number") {
+      throw new TypeError(`Invalid watchdog deadline ${String(ms)}: expected a number of milliseconds`);
+    }
+    if (!Number.isFinite(ms) || ms < 0 || ms > MAX_WATCHDOG_MS) {
+      throw new RangeError(`Invalid watchdog deadline ${String(ms)}: expected 0 to ${MAX_WATCHDOG_MS} ms`);
+    }
+    if (this.#stopped) throw new Error("Cannot arm a watchdog that was stopped");
+    Atomics.store(this.#cells, WD.AUTO_ARM, 0);
+    this.#armShared(ms);
+  }
+
+  disarm(): void {
+    if (this.#stopped) return;
+    Atomics.store(this.#cells, WD.AUTO_ARM, 0);
+    Atomics.store(this.#cells, WD.STATE, WD.STATE_IDLE);
+    Atomics.add(this.#cells, WD.ARM_GEN, 1);
+    this.#wake();
+  }
+
+  noteSignal(): void {
+    if (this.#stopped) return;
+    Atomics.add(this.#cells, WD.NOTED, 1);
+    this.#armOnFirstSignal();
+    this.#wake();
+  }
+
+  get signalsSeen(): number {
+    // Where the worker hears the signals, its count decides: its idle loop stamps each delivery when it
+    // comes, while a busy main thread may run two handlers of one repeated delivery far apart.
+    const heard = Atomics.load(this.#cells, this.#heardByWorker ? WD.WORKER_SEEN : WD.MAIN_SEEN);
+    return heard + Atomics.load(this.#cells, WD.NOTED);
+  }
+
+  get capabilities(): WatchdogCapabilities {
+    const up = !this.#stopped && Atomics.load(this.#cells, WD.READY) === WD.READY_UP;
+    return { deadline: up, secondSignalWhileBlocked: up && this.#heardByWorker, mechanism: this.#mechanism };
+  }
+
+  stop(): void {
+    if (this.#stopped) return;
+    this.#stopped = true;
+    Atomics.store(this.#cells, WD.STATE, WD.STATE_STOPPED);
+    this.#wake();
+    // The worker puts back what it changed (Bun: the signal actions) and lets its signal handles go; wait
+    // for that before unsubscribing, so no signal is left with a handler and no listener.
+    const until = performance.now() + WD_STOP_TIMEOUT_MS;
+    while (Atomics.load(this.#cells, WD.READY) === WD.READY_UP) {
+      const left = until - performance.now();
+      if (left <= 0) break;
+      Atomics.wait(this.#cells, WD.READY, WD.READY_UP, left);
+    }
+    this.#release();
+    const worker = this.#worker;
+    if (worker) Promise.resolve(worker.terminate()).catch(() => {});
+  }
+
+  [Symbol.dispose](): void {
+    this.stop();
+  }
+
+  /**
+   * The main thread counts what its own listeners see (used where the worker cannot hear signals). Subscribing first also makes Bun install its
+   * handler, which the Bun worker then hooks. When our listener is the only one, nobody handles the
+   * signal: stop and re-raise it, so its default action happens as if there were no watchdog.
+   */
+  #listenOnMainThread(): void {
+    this.#unsubscribe = this.#settings.signals.map((signal) =>
+      onSignal(
+        signal,
+        ignoreSignalRepeats(() => {
+          Atomics.add(this.#cells, WD.MAIN_SEEN, 1);
+          this.#armOnFirstSignal();
+          this.#wake();
+          if (!this.#stopped && signalListenerCount(signal) === 1) {
+            this.stop();
+            kill(getPid(), signal);
+          }
+        }),
+      )
+    );
+  }
+
+  #spawnWorker(): void {
+    const data: WatchdogWorkerData = {
+      shared: this.#shared,
+      signals: this.#settings.signals,
+      exitOnSecond: this.#settings.secondSignalExit,
+      graceMs: this.#settings.graceMs,
+      armOnFirstSignalMs: this.#settings.armOnFirstSignalMs,
+      repeatWindowMs: SIGNAL_REPEAT_WINDOW_MS,
+      bunPollMs: WD_BUN_POLL_MS,
+      runtime,
+      layout: WD,
+    };
+    let worker: Worker;
+    try {
+      worker = createWatchdogWorker(data);
+    } catch (error) {
+      this.#release();
+      throw error;
+    }
+    worker.on("error", (error: unknown) => this.#fail(error));
+    worker.on("exit", (code: number) => {
+      if (!this.#stopped) this.#fail(new Error(`The watchdog worker exited unexpectedly with code ${code}`));
+    });
+    worker.unref();
+    this.#worker = worker;
+  }
+
+  /** The worker boots on its own thread: waiting here does not need our event loop. */
+  #waitUntilUp(): void {
+    const deadline = performance.now() + WD_BOOT_TIMEOUT_MS;
+    while (Atomics.load(this.#cells, WD.READY) === WD.READY_BOOTING) {
+      const left = deadline - performance.now();
+      if (left <= 0) break;
+      Atomics.wait(this.#cells, WD.READY, WD.READY_BOOTING, left);
+    }
+    // A worker that threw while booting marked itself failed; its "error" event brings the cause later.
+    if (
+      Atomics.compareExchange(this.#cells, WD.READY, WD.READY_BOOTING, WD.READY_FAILED) === WD.READY_BOOTING
+    ) {
+      this.#fail(new Error(`The watchdog worker did not start within ${WD_BOOT_TIMEOUT_MS} ms`));
+    }
+  }
+
+  /** Arms `armOnFirstSignalMs` unless the worker (or an earlier arm/disarm) already took that turn. */
+  #armOnFirstSignal(): void {
+    const ms = this.#settings.armOnFirstSignalMs;
+    if (ms > 0 && Atomics.compareExchange(this.#cells, WD.AUTO_ARM, 1, 0) === 1) this.#armShared(ms);
+  }
+
+  #armShared(ms: number): void {
+    this.#floats[WD.ARM_MS] = ms;
+    this.#floats[WD.ARMED_AT] = Date.now();
+    Atomics.add(this.#cells, WD.ARM_GEN, 1);
+    Atomics.store(this.#cells, WD.STATE, WD.STATE_ARMED);
+    this.#wake();
+  }
+
+  #wake(): void {
+    Atomics.add(this.#cells, WD.WAKE, 1);
+    Atomics.notify(this.#cells, WD.WAKE);
+  }
+
+  #release(): void {
+    for (const off of this.#unsubscribe) off();
+    this.#unsubscribe = [];
+  }
+
+  #fail(error: unknown): void {
+    Atomics.store(this.#cells, WD.READY, WD.READY_FAILED);
+    this.#release(); // without a worker, absorbing the first signal would only take its default action away
+    if (this.#reported || this.#stopped) return;
+    this.#reported = true;
+    this.#settings.onError(error);
+  }
+}
 
 function validateWatchdogSignals(signals: unknown): string[] {
   if (!Array.isArray(signals)) {
@@ -3287,6 +3500,16 @@ function validateWatchdogSignals(signals: unknown): string[] {
   return [...new Set(signals as string[])];
 }
 
+function validateWatchdogMs(name: string, value: unknown): number {
+  if (typeof value !== "number") {
+    throw new TypeError(`Invalid ${name} ${String(value)}: expected a number of milliseconds`);
+  }
+  if (!Number.isFinite(value) || value < 0 || value > MAX_WATCHDOG_MS) {
+    throw new RangeError(`Invalid ${name} ${value}: expected 0 to ${MAX_WATCHDOG_MS}`);
+  }
+  return value;
+}
+
 function reportWatchdogError(error: unknown): void {
   const text = error instanceof Error ? error.message : String(error);
   try {
@@ -3296,245 +3519,334 @@ function reportWatchdogError(error: unknown): void {
   }
 }
 
-function createWatchdogWorker(
-  shared: SharedArrayBuffer,
-  signals: string[],
-  exitOnSecond: boolean,
-  graceMs: number,
-): Worker {
+function createWatchdogWorker(data: WatchdogWorkerData): Worker {
+  // CommonJS on purpose: `eval: true` workers get `require` on all three runtimes.
+  const source =
+    `"use strict";\n(${watchdogWorker.toString()})(require, require("node:worker_threads").workerData);\n`;
   const options = {
     eval: true,
-    workerData: { shared, signals, exitOnSecond, graceMs, runtime },
+    workerData: data,
     // Trap: piping a worker's stdio into ours makes Node set O_NONBLOCK on fds 1 and 2.
     stdout: true,
     stderr: true,
   };
-  if (runtime === "node" && signals.length > 0) {
+  if (runtime === "node" && data.signals.length > 0) {
     // Trap: the warning that loading the internals prints, left unread in the worker's stderr stream,
     // makes Node hang at exit; --no-warnings keeps that stream empty.
     try {
-      return new Worker(WATCHDOG_WORKER_SOURCE, {
-        ...options,
-        execArgv: ["--expose-internals", "--no-warnings"],
-      });
+      return new Worker(source, { ...options, execArgv: ["--expose-internals", "--no-warnings"] });
     } catch {
       // A Node that refuses the flag in a Worker: count signals on the main thread only.
     }
   }
-  return new Worker(WATCHDOG_WORKER_SOURCE, options);
+  return new Worker(source, options);
 }
 
-// The worker, as plain JavaScript (CommonJS: `eval: true` workers get `require` on all three runtimes).
-// It waits on the shared cells with Atomics.waitAsync so its own event loop keeps running signal
-// listeners; an interval keeps that loop alive (the Worker itself is unref'd by the main thread).
-const WATCHDOG_WORKER_SOURCE = `"use strict";
-const { workerData } = require("node:worker_threads");
-const { shared, signals, exitOnSecond, graceMs, runtime } = workerData;
-const cells = new Int32Array(shared, 0, ${WD_CELLS});
-const floats = new Float64Array(shared, ${WD_FLOATS_OFFSET}, 2);
-const keepAlive = setInterval(() => {}, 1 << 30);
-const cleanups = [];
-
-function die() {
-  if (typeof Deno !== "undefined") Deno.kill(Deno.pid, "SIGKILL");
-  else process.kill(process.pid, "SIGKILL");
+/** What the main thread hands to the watchdog worker (structured-cloned; `shared` is shared). */
+interface WatchdogWorkerData {
+  shared: SharedArrayBuffer;
+  signals: string[];
+  exitOnSecond: boolean;
+  graceMs: number;
+  armOnFirstSignalMs: number;
+  repeatWindowMs: number;
+  bunPollMs: number;
+  runtime: RuntimeName;
+  layout: typeof WD;
 }
 
-function seen() {
-  return Math.max(Atomics.load(cells, ${WD_MAIN_SEEN}), Atomics.load(cells, ${WD_WORKER_SEEN}));
+/** The few runtime surfaces the worker touches, typed for the worker's own use. */
+interface WatchdogWorkerDeno {
+  pid: number;
+  kill(pid: number, signal: string): void;
+  addSignalListener(signal: string, handler: () => void): void;
+  removeSignalListener(signal: string, handler: () => void): void;
+}
+interface WatchdogWorkerSignalHandle {
+  onsignal: ((signum: number) => void) | null;
+  start(signum: number): number;
+  close(): void;
+  unref(): void;
+}
+interface WatchdogWorkerBunLibrary {
+  symbols: {
+    set_window(ms: number): void;
+    deliveries(): number;
+    hook(signum: number): number;
+    unhook(signum: number): number;
+  };
+}
+interface WatchdogWorkerBunFfi {
+  cc(
+    options: { source: string; symbols: Record<string, { args?: string[]; returns?: string }> },
+  ): WatchdogWorkerBunLibrary;
 }
 
-// A second signal ends the process: at once, or after the grace the main thread gets to exit by itself.
-let secondTimer = null;
-function secondSignal() {
-  if (graceMs <= 0) die();
-  else secondTimer ??= setTimeout(die, graceMs);
-}
+/**
+ * The watchdog worker. Its source text is evaluated in the worker, so it must not use anything from
+ * this module's scope: everything comes in through `require` and `data`. It waits on the shared cells
+ * with Atomics.waitAsync so its own event loop keeps running signal listeners; an interval keeps that
+ * loop alive (the Worker itself is unref'd by the main thread).
+ */
+function watchdogWorker(require: (id: string) => unknown, data: WatchdogWorkerData): void {
+  const L = data.layout;
+  const cells = new Int32Array(data.shared, 0, L.CELLS);
+  const floats = new Float64Array(data.shared, L.FLOATS_OFFSET, 2);
+  const proc = require("node:process") as {
+    pid: number;
+    platform: string;
+    arch: string;
+    kill(pid: number, signal: string): void;
+  };
+  const signalNumbers = (require("node:os") as { constants: { signals: Record<string, number> } }).constants
+    .signals;
+  const denoApi = (globalThis as { Deno?: WatchdogWorkerDeno }).Deno;
+  const keepAlive = setInterval(() => {}, 1 << 30);
+  const cleanups: Array<() => void> = [];
+  let secondTimer: ReturnType<typeof setTimeout> | null = null;
+  let lastSignal: string | null = null;
+  let lastAt = -Infinity;
+  let armGen = -1;
+  let deadline = Infinity;
 
-function delivered() {
-  Atomics.add(cells, ${WD_WORKER_SEEN}, 1);
-  if (exitOnSecond && seen() >= 2) secondSignal();
-}
-
-function listen() {
-  if (signals.length === 0) return ${WD_SIGNALS_MAIN_ONLY};
-  if (runtime === "deno") {
-    for (const signal of signals) {
-      Deno.addSignalListener(signal, delivered);
-      cleanups.push(() => Deno.removeSignalListener(signal, delivered));
+  const die = (): void => {
+    if (denoApi) denoApi.kill(denoApi.pid, "SIGKILL");
+    else proc.kill(proc.pid, "SIGKILL");
+  };
+  let heard = false; // the worker hears the signals itself: then its own count decides
+  const seen = (): number =>
+    Atomics.load(cells, heard ? L.WORKER_SEEN : L.MAIN_SEEN) + Atomics.load(cells, L.NOTED);
+  const wake = (): void => {
+    Atomics.add(cells, L.WAKE, 1);
+    Atomics.notify(cells, L.WAKE);
+  };
+  // The main thread may have taken this turn already (its listener ran first): then it armed.
+  const armOnFirstSignal = (): void => {
+    if (data.armOnFirstSignalMs <= 0 || Atomics.compareExchange(cells, L.AUTO_ARM, 1, 0) !== 1) return;
+    floats[L.ARM_MS] = data.armOnFirstSignalMs;
+    floats[L.ARMED_AT] = Date.now();
+    Atomics.add(cells, L.ARM_GEN, 1);
+    Atomics.store(cells, L.STATE, L.STATE_ARMED);
+  };
+  // A second signal ends the process: at once, or after the grace the main thread gets to exit by itself.
+  const secondSignal = (): void => {
+    if (data.graceMs <= 0) die();
+    else secondTimer ??= setTimeout(die, data.graceMs);
+  };
+  // `signal` is null for a delivery already filtered for repeats (Bun's C handler does that itself).
+  const delivered = (signal: string | null): void => {
+    if (signal !== null) {
+      const now = performance.now();
+      if (signal === lastSignal && now - lastAt < data.repeatWindowMs) return;
+      lastSignal = signal;
+      lastAt = now;
     }
-    return 1;
-  }
-  if (runtime === "node") {
-    let binding;
+    Atomics.add(cells, L.WORKER_SEEN, 1);
+    wake(); // step() arms the first-signal deadline and acts on a second signal
+  };
+
+  const listenDeno = (api: WatchdogWorkerDeno): number => {
+    for (const signal of data.signals) {
+      const listener = () => delivered(signal);
+      api.addSignalListener(signal, listener);
+      cleanups.push(() => api.removeSignalListener(signal, listener));
+    }
+    return L.MECHANISM_DENO;
+  };
+
+  const listenNode = (): number => {
+    let binding: { Signal: new () => WatchdogWorkerSignalHandle };
     try {
-      binding = require("internal/test/binding").internalBinding("signal_wrap");
+      const internals = require("internal/test/binding") as { internalBinding(name: string): unknown };
+      binding = internals.internalBinding("signal_wrap") as typeof binding;
     } catch {
-      return ${WD_SIGNALS_MAIN_ONLY};
+      return L.MECHANISM_MAIN_ONLY;
     }
-    const numbers = require("node:os").constants.signals;
-    const handles = [];
-    for (const signal of signals) {
+    const handles: WatchdogWorkerSignalHandle[] = [];
+    for (const signal of data.signals) {
       const handle = new binding.Signal();
-      handle.onsignal = delivered;
-      if (handle.start(numbers[signal]) !== 0) {
+      handle.onsignal = () => delivered(signal);
+      if (handle.start(signalNumbers[signal] ?? 0) !== 0) {
         for (const h of handles) h.close();
         handle.close();
-        return ${WD_SIGNALS_MAIN_ONLY};
+        return L.MECHANISM_MAIN_ONLY;
       }
       handle.unref();
       handles.push(handle);
     }
-    cleanups.push(() => { for (const h of handles) h.close(); });
-    return 2;
-  }
-  if (runtime === "bun") return listenBun();
-  return ${WD_SIGNALS_MAIN_ONLY};
-}
+    cleanups.push(() => {
+      for (const h of handles) h.close();
+    });
+    return L.MECHANISM_NODE;
+  };
 
-// Bun's workers receive no signals, but the kernel can count for us. The main thread listens (so Bun
-// installed its C handler); here we re-install that same handler with SA_RESETHAND added: the first
-// delivery runs Bun's handler (queued for the main thread's listeners) and the kernel resets the action
-// to SIG_DFL, so a second delivery ends the process by the default action, even while the main thread
-// is blocked. A poll sees the reset (counts it) and then sets every other counted signal to SIG_DFL
-// too. Only the flag changes: Bun's handler, mask and restorer are kept, and put back on stop.
-// struct sigaction of glibc and musl on Linux x86_64 and arm64: handler at 0, sa_flags at 136, 152 bytes.
-function listenBun() {
-  if (process.platform !== "linux" || (process.arch !== "x64" && process.arch !== "arm64")) {
-    return ${WD_SIGNALS_MAIN_ONLY};
-  }
-  let ffi;
-  let sigaction;
+  // Bun's workers receive no signals. A C handler compiled here goes in front of Bun's own (the main
+  // thread listens, so Bun installed one): it counts each delivery, drops a repeat of the same signal
+  // within the window, and calls Bun's handler for the rest. Declarations are written out (glibc and
+  // musl `struct sigaction` on Linux x86_64 and arm64), so no C headers need to be installed. A poll
+  // reads the count and re-hooks a handler that Bun re-installed; stop puts Bun's handlers back.
+  const listenBun = (): number => {
+    if (proc.platform !== "linux" || (proc.arch !== "x64" && proc.arch !== "arm64")) {
+      return L.MECHANISM_MAIN_ONLY;
+    }
+    const fs = require("node:fs") as {
+      mkdtempSync(prefix: string): string;
+      writeFileSync(path: string, text: string, options: { mode: number }): void;
+      rmSync(path: string, options: { recursive: boolean; force: boolean }): void;
+    };
+    const os = require("node:os") as { tmpdir(): string };
+    const source = [
+      "struct ksa { void *handler; unsigned long mask[16]; int flags; void *restorer; };",
+      "struct kts { long sec; long nsec; };",
+      "int sigaction(int sig, const struct ksa *act, struct ksa *old);",
+      "int clock_gettime(int clock, struct kts *ts);",
+      "typedef void (*info_handler)(int, void *, void *);",
+      "typedef void (*plain_handler)(int);",
+      "static struct ksa saved[65];",
+      "static volatile int hooked[65];",
+      "static volatile int count;",
+      "static volatile int last_sig;",
+      "static volatile long long last_ms;",
+      "static long long window_ms;",
+      "static long long now_ms(void) { struct kts t; clock_gettime(1, &t); return t.sec * 1000LL + t.nsec / 1000000; }",
+      "static void on_signal(int sig, void *info, void *uc) {",
+      "  long long now = now_ms();",
+      "  if (count > 0 && sig == last_sig && now - last_ms < window_ms) return;",
+      "  last_sig = sig; last_ms = now; count++;",
+      "  if (saved[sig].flags & 4) ((info_handler)saved[sig].handler)(sig, info, uc);",
+      "  else if (saved[sig].handler != (void *)0 && saved[sig].handler != (void *)1)",
+      "    ((plain_handler)saved[sig].handler)(sig);",
+      "}",
+      "void set_window(int ms) { window_ms = ms; }",
+      "int deliveries(void) { return count; }",
+      "int hook(int sig) {",
+      "  struct ksa cur; struct ksa mine;",
+      "  if (sig <= 0 || sig >= 65 || sigaction(sig, 0, &cur) != 0) return -1;",
+      "  if (cur.handler == (void *)on_signal) return 0;",
+      "  if (cur.handler == (void *)0 || cur.handler == (void *)1) { hooked[sig] = 0; return 0; }",
+      "  saved[sig] = cur; mine = cur; mine.handler = (void *)on_signal;",
+      "  mine.flags = (cur.flags | 4) & 0x7fffffff;",
+      "  if (sigaction(sig, &mine, 0) != 0) return -1;",
+      "  hooked[sig] = 1; return 1;",
+      "}",
+      "int unhook(int sig) {",
+      "  struct ksa cur;",
+      "  if (sig <= 0 || sig >= 65 || !hooked[sig]) return 0;",
+      "  hooked[sig] = 0;",
+      "  if (sigaction(sig, 0, &cur) != 0 || cur.handler != (void *)on_signal) return 0;",
+      "  return sigaction(sig, &saved[sig], 0);",
+      "}",
+    ].join("\n");
+    let library: WatchdogWorkerBunLibrary;
+    let dir: string | null = null;
+    try {
+      dir = fs.mkdtempSync(`${os.tmpdir()}/keelson-watchdog-`);
+      const file = `${dir}/signals.c`;
+      fs.writeFileSync(file, source, { mode: 0o600 });
+      const ffi = require("bun:ffi") as WatchdogWorkerBunFfi;
+      library = ffi.cc({
+        source: file,
+        symbols: {
+          set_window: { args: ["i32"], returns: "void" },
+          deliveries: { returns: "i32" },
+          hook: { args: ["i32"], returns: "i32" },
+          unhook: { args: ["i32"], returns: "i32" },
+        },
+      });
+    } catch {
+      return L.MECHANISM_MAIN_ONLY;
+    } finally {
+      if (dir !== null) fs.rmSync(dir, { recursive: true, force: true });
+    }
+    const symbols = library.symbols;
+    symbols.set_window(data.repeatWindowMs);
+    const numbers = data.signals.map((signal) => signalNumbers[signal] ?? 0);
+    let counted = 0;
+    const poll = (): void => {
+      if (Atomics.load(cells, L.STATE) === L.STATE_STOPPED) return;
+      for (const n of numbers) symbols.hook(n);
+      const total = symbols.deliveries();
+      while (counted < total) {
+        counted += 1;
+        delivered(null);
+      }
+    };
+    poll();
+    const timer = setInterval(poll, data.bunPollMs);
+    cleanups.push(() => {
+      clearInterval(timer);
+      for (const n of numbers) symbols.unhook(n);
+      // `library` stays referenced by this closure: its code must outlive the hooks.
+      void library;
+    });
+    return L.MECHANISM_BUN;
+  };
+
+  const listen = (): number => {
+    if (data.signals.length === 0) return L.MECHANISM_MAIN_ONLY;
+    if (denoApi) return listenDeno(denoApi);
+    if (data.runtime === "node") return listenNode();
+    if (data.runtime === "bun") return listenBun();
+    return L.MECHANISM_MAIN_ONLY;
+  };
+
+  const shutDown = (): void => {
+    clearInterval(keepAlive);
+    if (secondTimer !== null) clearTimeout(secondTimer);
+    try {
+      for (const cleanup of cleanups) cleanup();
+    } finally {
+      Atomics.store(cells, L.READY, L.READY_STOPPED);
+      Atomics.notify(cells, L.READY);
+    }
+  };
+
+  const step = (): void => {
+    for (;;) {
+      const wakeValue = Atomics.load(cells, L.WAKE);
+      const state = Atomics.load(cells, L.STATE);
+      if (state === L.STATE_STOPPED) {
+        shutDown();
+        return;
+      }
+      const count = seen();
+      if (count >= 1) armOnFirstSignal();
+      if (data.exitOnSecond && count >= 2) secondSignal();
+      const gen = Atomics.load(cells, L.ARM_GEN);
+      if (gen !== armGen) {
+        armGen = gen;
+        if (Atomics.load(cells, L.STATE) === L.STATE_ARMED) {
+          const ms = floats[L.ARM_MS] ?? 0;
+          const latency = Math.min(Math.max(Date.now() - (floats[L.ARMED_AT] ?? 0), 0), ms);
+          deadline = performance.now() + ms - latency;
+        } else {
+          deadline = Infinity;
+        }
+      }
+      const left = deadline - performance.now();
+      if (left <= 0) die();
+      const result = Atomics.waitAsync(cells, L.WAKE, wakeValue, left);
+      if (result.async) {
+        void result.value.then(step);
+        return;
+      }
+    }
+  };
+
   try {
-    ffi = require("bun:ffi");
-    const spec = { sigaction: { args: ["i32", "ptr", "ptr"], returns: "i32" } };
-    let lib;
-    for (const name of ["libc.so.6", "libc.musl-" + (process.arch === "x64" ? "x86_64" : "aarch64") + ".so.1"]) {
-      try {
-        lib = ffi.dlopen(name, spec);
-        break;
-      } catch {
-        // try the next libc
-      }
-    }
-    if (!lib) return ${WD_SIGNALS_MAIN_ONLY};
-    sigaction = lib.symbols.sigaction;
-  } catch {
-    return ${WD_SIGNALS_MAIN_ONLY};
+    const mechanism = listen();
+    heard = mechanism !== L.MECHANISM_MAIN_ONLY;
+    Atomics.store(cells, L.SIGNALS, mechanism);
+  } catch (error) {
+    Atomics.store(cells, L.READY, L.READY_FAILED);
+    Atomics.notify(cells, L.READY);
+    throw error;
   }
-  const SIZE = 152;
-  const FLAGS = 136;
-  const SA_RESETHAND = 0x80000000;
-  const numbers = require("node:os").constants.signals;
-  const read = (n) => {
-    const action = new Uint8Array(SIZE);
-    if (sigaction(n, null, ffi.ptr(action)) !== 0) throw new Error("sigaction(" + n + ") failed");
-    return action;
-  };
-  const write = (n, action) => {
-    if (sigaction(n, ffi.ptr(action), null) !== 0) throw new Error("sigaction(" + n + ") failed");
-  };
-  const handlerOf = (action) => new DataView(action.buffer).getBigUint64(0, true);
-  const flagsOf = (action) => new DataView(action.buffer).getUint32(FLAGS, true);
-  const withFlags = (action, flags) => {
-    const copy = action.slice();
-    new DataView(copy.buffer).setUint32(FLAGS, flags >>> 0, true);
-    return copy;
-  };
-  const SIG_DFL = new Uint8Array(SIZE);
-  // Per signal: Bun's own action (to put back), and "armed" (RESETHAND set by us), "fired" (the kernel
-  // reset it: one delivery) or "forced" (we set SIG_DFL after a delivery elsewhere).
-  const tracked = signals.map((name) => ({ n: numbers[name], saved: null, state: "none" }));
-  const poll = () => {
-    if (Atomics.load(cells, ${WD_STATE}) === ${WD_STATE_STOPPED}) return;
-    const current = tracked.map((t) => read(t.n));
-    // First the deliveries: an armed action the kernel reset to SIG_DFL.
-    tracked.forEach((t, i) => {
-      if (t.state === "armed" && handlerOf(current[i]) === 0n) {
-        t.state = "fired";
-        delivered();
-      }
-    });
-    // Then every action that is Bun's handler again (installed, or re-installed by Bun): after a
-    // delivery anywhere, the next one must end the process, so SIG_DFL; before, arm it.
-    const after = seen() >= 1;
-    tracked.forEach((t, i) => {
-      const handler = handlerOf(current[i]);
-      if (handler === 0n || handler === 1n) return; // SIG_DFL, or SIG_IGN: someone wants it ignored
-      const flags = flagsOf(current[i]);
-      if ((flags & SA_RESETHAND) === 0) t.saved = current[i];
-      if (after) {
-        write(t.n, SIG_DFL);
-        t.state = "forced";
-      } else if ((flags & SA_RESETHAND) === 0) {
-        write(t.n, withFlags(current[i], flags | SA_RESETHAND));
-        t.state = "armed";
-      }
-    });
-  };
-  poll();
-  const timer = setInterval(poll, ${WD_BUN_POLL_MS});
-  cleanups.push(() => {
-    clearInterval(timer);
-    for (const t of tracked) {
-      if (t.saved && t.state !== "none") write(t.n, t.saved);
-    }
-  });
-  return 3;
+  // Too late if the main thread already gave up waiting (it then reported the failure).
+  Atomics.compareExchange(cells, L.READY, L.READY_BOOTING, L.READY_UP);
+  Atomics.notify(cells, L.READY);
+  step();
 }
-
-let armGen = -1;
-let deadline = Infinity;
-
-function step() {
-  for (;;) {
-    const wake = Atomics.load(cells, ${WD_WAKE});
-    const state = Atomics.load(cells, ${WD_STATE});
-    if (state === ${WD_STATE_STOPPED}) {
-      clearInterval(keepAlive);
-      if (secondTimer !== null) clearTimeout(secondTimer);
-      try {
-        for (const cleanup of cleanups) cleanup();
-      } finally {
-        Atomics.store(cells, ${WD_READY}, ${WD_READY_STOPPED});
-        Atomics.notify(cells, ${WD_READY});
-      }
-      return;
-    }
-    if (exitOnSecond && seen() >= 2) secondSignal();
-    const gen = Atomics.load(cells, ${WD_ARM_GEN});
-    if (gen !== armGen) {
-      armGen = gen;
-      if (state === ${WD_STATE_ARMED}) {
-        const ms = floats[${WD_ARM_MS}];
-        const latency = Math.min(Math.max(Date.now() - floats[${WD_ARMED_AT}], 0), ms);
-        deadline = performance.now() + ms - latency;
-      } else {
-        deadline = Infinity;
-      }
-    }
-    const left = deadline - performance.now();
-    if (left <= 0) die();
-    const result = Atomics.waitAsync(cells, ${WD_WAKE}, wake, left);
-    if (result.async) {
-      result.value.then(step);
-      return;
-    }
-  }
-}
-
-try {
-  Atomics.store(cells, ${WD_SIGNALS}, listen());
-} catch (error) {
-  Atomics.store(cells, ${WD_READY}, ${WD_READY_FAILED});
-  Atomics.notify(cells, ${WD_READY});
-  throw error;
-}
-// Too late if the main thread already gave up waiting (it then reported the failure).
-Atomics.compareExchange(cells, ${WD_READY}, ${WD_READY_BOOTING}, ${WD_READY_UP});
-Atomics.notify(cells, ${WD_READY});
-step();
-`;
 
 // --- Exit hook and signal listener count
 
@@ -3571,6 +3883,65 @@ export function onExit(handler: () => void): () => void {
     subscribed = false;
     if (deno) target.removeEventListener("unload", listener);
     else process.off("exit", listener);
+  };
+}
+
+/**
+ * Calls `handler` for an uncaught exception or an unhandled promise rejection instead of the runtime's
+ * default (printing it and ending the process with status 1). While subscribed, the process keeps
+ * running after such an error: the handler decides how it ends. Deno reports them as the `error` and
+ * `unhandledrejection` events of `globalThis` (cancelled here), Node and Bun as the `process` events
+ * `uncaughtException` and `unhandledRejection`.
+ *
+ * @param handler Called with the thrown value or the rejection reason, and which of the two it was.
+ * @returns A function that unsubscribes (idempotent).
+ *
+ * @example Log a stray rejection, then end the process the usual way
+ * ```ts
+ * import { exit, onUncaught } from "./platform.ts";
+ * const off = onUncaught((error, kind) => {
+ *   console.error(`uncaught ${kind}:`, error);
+ *   exit(1);
+ * });
+ * off();
+ * ```
+ */
+export function onUncaught(handler: (error: unknown, kind: "exception" | "rejection") => void): () => void {
+  let unsubscribe: () => void;
+  if (deno) {
+    const target = globalThis as unknown as {
+      addEventListener(type: string, listener: (event: Event) => void): void;
+      removeEventListener(type: string, listener: (event: Event) => void): void;
+    };
+    const onError = (event: Event) => {
+      event.preventDefault();
+      handler((event as ErrorEvent).error, "exception");
+    };
+    const onRejection = (event: Event) => {
+      event.preventDefault();
+      handler((event as PromiseRejectionEvent).reason, "rejection");
+    };
+    target.addEventListener("error", onError);
+    target.addEventListener("unhandledrejection", onRejection);
+    unsubscribe = () => {
+      target.removeEventListener("error", onError);
+      target.removeEventListener("unhandledrejection", onRejection);
+    };
+  } else {
+    const onException = (error: unknown) => handler(error, "exception");
+    const onRejection = (reason: unknown) => handler(reason, "rejection");
+    process.on("uncaughtException", onException);
+    process.on("unhandledRejection", onRejection);
+    unsubscribe = () => {
+      process.off("uncaughtException", onException);
+      process.off("unhandledRejection", onRejection);
+    };
+  }
+  let subscribed = true;
+  return () => {
+    if (!subscribed) return;
+    subscribed = false;
+    unsubscribe();
   };
 }
 
@@ -3706,12 +4077,19 @@ export function statIdentity(path: string): FileIdentity | null {
 // ---------------------------------------------------------------------------------------------------
 
 /**
- * Replaces credentials in an argv with `***`, argument by argument (before anything joins or cuts it): the
- * value of `--name VALUE`, `--name=VALUE` and `NAME=VALUE` when the name contains token, secret, password,
- * passwd, key, auth or credential (any case), the user-info of URLs (`https://user:pass@host` →
- * `https://***@host`) and such query parameters (`?token=…`). An argument with spaces (a `sh -c` script) is
- * redacted word by word. After a bare `--token`-like flag the next argument is taken as its value unless it
- * starts with `--`.
+ * Replaces credentials in an argv with `***`, argument by argument (before anything joins or cuts it).
+ *
+ * Redacted: the value of `--name VALUE`, `--name=VALUE`, `-name VALUE` and `NAME=VALUE` when the name is
+ * sensitive; header arguments (`Authorization: Bearer X` → `Authorization: ***`, also after `Bearer`/
+ * `Basic` anywhere); sensitive members of JSON blobs (`{"password":"x"}` → `{"password":"***"}`); the
+ * user-info of URLs (`https://user:pass@host` → `https://***@host`); sensitive query, fragment and
+ * `;`-separated parameters (`?token=…`, `#access_token=…`, `Password=…;`); the password of `user:pass`
+ * after `-u`, `--user`, `--proxy-user` (curl); openssl's `pass:…` / `env:…` forms. A name is sensitive
+ * when it contains token, secret, passw(ord), passphrase, credential, apikey or authoriz, or when one of
+ * its parts (split at `-`, `_`, `.` and case changes) is key, keys, keyfile, auth, pass, pw, pwd, cred,
+ * creds, cookie, session, bearer, passin or passout. So `--monkey`, `--author` and `sort --key 2` (a
+ * sort key, not a secret) stay as they are. An argument with spaces (a `sh -c` script) is redacted word
+ * by word. After a bare sensitive flag the next argument is its value unless it starts with `--`.
  *
  * @param argv The arguments.
  * @returns A redacted copy.
@@ -3726,67 +4104,178 @@ export function statIdentity(path: string): FileIdentity | null {
  * @example Log a child's command line without its secrets
  * ```ts
  * import { redactArgv } from "./platform.ts";
- * const argv = ["deploy", "AWS_SECRET_ACCESS_KEY=abc", "--auth-token", "xyz", "--region", "eu-west-1"];
+ * const argv = ["curl", "-u", "ops:hunter2", "-H", "Authorization: Bearer abc", "https://x/?sig=1#access_token=t"];
  * console.log(redactArgv(argv).join(" "));
- * // deploy AWS_SECRET_ACCESS_KEY=*** --auth-token *** --region eu-west-1
+ * // curl -u ops:*** -H Authorization: *** https://x/?sig=1#access_token=***
  * ```
  */
 export function redactArgv(argv: readonly string[]): string[] {
   const out: string[] = [];
-  let valueNext = false;
+  let pending: PendingValue = null;
   for (const arg of argv) {
     const text = String(arg);
-    if (valueNext && !text.startsWith("--")) {
-      out.push(REDACTED);
-      valueNext = false;
+    if (pending !== null && !text.startsWith("--")) {
+      out.push(redactPendingValue(pending, text));
+      pending = null;
+      continue;
+    }
+    pending = null;
+    const header = redactHeader(text);
+    if (header !== null) {
+      out.push(header);
       continue;
     }
     if (/\s/.test(text)) {
-      out.push(redactWords(text));
-      valueNext = false;
+      out.push(redactWords(redactJsonMembers(text)));
       continue;
     }
-    const word = redactWord(text);
+    const word = redactWord(redactJsonMembers(text));
     out.push(word.text);
-    valueNext = word.valueNext;
+    pending = word.pending;
   }
   return out;
 }
 
 const REDACTED = "***";
-const SENSITIVE_NAME = /token|secret|password|passwd|key|auth|credential/i;
-const URL_USERINFO = /([A-Za-z][A-Za-z0-9+.-]*:\/\/)[^/?#\s]*@/g;
-const SENSITIVE_QUERY =
-  /([?&;][^=&#\s]*(?:token|secret|password|passwd|key|auth|credential)[^=&#\s]*=)[^&#\s]*/gi;
+/** Names that are sensitive wherever they appear inside a longer name (`X_API_TOKEN`, `clientsecret`). */
+const SENSITIVE_INSIDE = /token|secret|passw|passphrase|credential|apikey|authoriz/i;
+/** Names that are sensitive only as a whole part of a name (`--api-key`, not `--monkey` or `--author`). */
+const SENSITIVE_PARTS = new Set([
+  "key",
+  "keys",
+  "keyfile",
+  "auth",
+  "pass",
+  "pw",
+  "pwd",
+  "cred",
+  "creds",
+  "cookie",
+  "session",
+  "bearer",
+  "passin",
+  "passout",
+]);
+/** curl's flags whose value is `user:password`: only the password is redacted. */
+const USER_PASSWORD_FLAGS = new Set(["-u", "--user", "-U", "--proxy-user"]);
+/** `sort -k`/`--key` KEYDEF (`2`, `2,3`, `1.3n,1.5`): a field spec, not a secret. */
+const SORT_KEYDEF = /^\d+(\.\d+)?[bdfghiMnRrV]*(,\d+(\.\d+)?[bdfghiMnRrV]*)?$/;
+const URL_USERINFO = /([A-Za-z][A-Za-z0-9+.-]*:\/\/)[^/?#\s@]*@/g;
+/** `?name=value`, `&name=value`, `#name=value`, `;name=value`: query, fragment, connection strings. */
+const URL_PARAM = /([?&#;])([^=&#;?\s]+)=([^&#;\s]*)/g;
+/** A JSON member `"name": value` (string, number, literal). */
+const JSON_MEMBER = /("((?:[^"\\]|\\.)*)"\s*:\s*)("(?:[^"\\]|\\.)*"|[-+.\w]+)/g;
+/** `Name: value` as in an HTTP header argument (`-H "Authorization: Bearer x"`). */
+const HEADER = /^([A-Za-z][A-Za-z0-9-]*)\s*:\s*(\S.*)$/s;
+/** HTTP auth schemes: the word after one of them is the credential. */
+const AUTH_SCHEMES = new Set(["bearer", "basic", "token", "digest", "negotiate", "apikey"]);
+
+/** What the argument after a bare flag is: a secret, `user:password`, or a sort key or secret. */
+type PendingValue = "secret" | "user-password" | "key" | null;
+
+function isSensitiveName(name: string): boolean {
+  if (SENSITIVE_INSIDE.test(name)) return true;
+  const parts = name
+    .replace(/([a-z0-9])([A-Z])/g, "$1 $2")
+    .toLowerCase()
+    .split(/[^a-z0-9]+/);
+  return parts.some((part) => SENSITIVE_PARTS.has(part));
+}
+
+function redactPendingValue(pending: Exclude<PendingValue, null>, value: string): string {
+  if (pending === "user-password") return redactUserPassword(value);
+  if (pending === "key" && SORT_KEYDEF.test(value)) return value;
+  return REDACTED;
+}
+
+function redactUserPassword(value: string): string {
+  const colon = value.indexOf(":");
+  return colon < 0 ? value : `${value.slice(0, colon)}:${REDACTED}`;
+}
+
+function redactHeader(text: string): string | null {
+  const match = HEADER.exec(text);
+  if (!match || match[1] === undefined || !isSensitiveName(match[1])) return null;
+  return `${match[1]}: ${REDACTED}`;
+}
+
+function redactJsonMembers(text: string): string {
+  if (!text.includes('"')) return text;
+  return text.replace(
+    JSON_MEMBER,
+    (whole, head: string, name: string) => isSensitiveName(name) ? `${head}"${REDACTED}"` : whole,
+  );
+}
+
+function redactUrlParts(text: string): string {
+  return text
+    .replace(URL_USERINFO, `$1${REDACTED}@`)
+    .replace(
+      URL_PARAM,
+      (whole, separator: string, name: string) =>
+        isSensitiveName(name) ? `${separator}${name}=${REDACTED}` : whole,
+    );
+}
 
 function redactWords(text: string): string {
   const parts = text.split(/(\s+)/);
-  let valueNext = false;
+  let pending: PendingValue = null;
+  let afterScheme = false;
   for (let i = 0; i < parts.length; i += 2) {
     const part = parts[i];
-    if (part === "") continue;
-    if (valueNext && !part.startsWith("--")) {
-      parts[i] = REDACTED;
-      valueNext = false;
+    if (part === undefined || part === "") continue;
+    const bare = part.replace(/^["']+|["']+$/g, "");
+    if (afterScheme) {
+      parts[i] = part.replace(bare, REDACTED);
+      afterScheme = false;
+      continue;
+    }
+    if (pending !== null && !part.startsWith("--")) {
+      parts[i] = part.replace(bare, redactPendingValue(pending, bare));
+      pending = null;
+      continue;
+    }
+    pending = null;
+    // `Authorization: Bearer x` split into words: the header name, then (after a scheme) the credential.
+    if (bare.endsWith(":") && !part.endsWith('":') && isSensitiveName(bare.slice(0, -1))) {
+      const next = parts[i + 2];
+      const nextBare = next?.replace(/^["']+|["']+$/g, "") ?? "";
+      afterScheme = AUTH_SCHEMES.has(nextBare.toLowerCase());
+      if (!afterScheme && next !== undefined) parts[i + 2] = next.replace(nextBare, REDACTED);
+      if (afterScheme) i += 2; // keep the scheme word, redact the one after it
+      continue;
+    }
+    if (AUTH_SCHEMES.has(bare.toLowerCase()) && bare.toLowerCase() !== "token") {
+      afterScheme = true;
       continue;
     }
     const word = redactWord(part);
     parts[i] = word.text;
-    valueNext = word.valueNext;
+    pending = word.pending;
   }
   return parts.join("");
 }
 
-function redactWord(word: string): { text: string; valueNext: boolean } {
-  let text = word.replace(URL_USERINFO, `$1${REDACTED}@`).replace(SENSITIVE_QUERY, `$1${REDACTED}`);
+function redactWord(word: string): { text: string; pending: PendingValue } {
+  let text = redactUrlParts(word);
+  if (/^pass:/i.test(text)) return { text: `pass:${REDACTED}`, pending: null }; // openssl -passin pass:x
   const equals = text.indexOf("=");
   if (equals > 0) {
     const name = text.slice(0, equals);
-    if (!name.includes("://") && !name.includes("?") && SENSITIVE_NAME.test(name)) {
-      text = `${name}=${REDACTED}`;
+    const value = text.slice(equals + 1);
+    if (!name.includes("://") && !/[?#&]/.test(name)) {
+      if (USER_PASSWORD_FLAGS.has(name)) {
+        return { text: `${name}=${redactUserPassword(value)}`, pending: null };
+      }
+      const flagName = name.replace(/^-+/, "");
+      if (flagName.toLowerCase() === "key" && SORT_KEYDEF.test(value)) return { text, pending: null };
+      if (isSensitiveName(name.replace(/^["']+/, ""))) text = `${name}=${REDACTED}`;
     }
-    return { text, valueNext: false };
+    return { text, pending: null };
   }
-  const valueNext = /^-{1,2}[^-]/.test(text) && SENSITIVE_NAME.test(text);
-  return { text, valueNext };
+  if (USER_PASSWORD_FLAGS.has(text)) return { text, pending: "user-password" };
+  if (!/^-{1,2}[^-]/.test(text)) return { text, pending: null };
+  const flagName = text.replace(/^-+/, "");
+  if (flagName.toLowerCase() === "key") return { text, pending: "key" }; // sort --key 2, or a real key
+  return { text, pending: isSensitiveName(flagName) ? "secret" : null };
 }

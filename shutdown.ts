@@ -17,15 +17,21 @@ import {
   closeFd,
   exit as platformExit,
   fstat,
+  ftruncate,
   getEnv,
   getPid,
   getPpid,
+  HANDLED_SIGNALS,
+  ignoreSignalRepeats,
   isLinux,
   judgeIdentity,
   loadAverage,
+  MAX_WATCHDOG_MS,
+  mkdirp,
   onSignal,
-  openAppend,
-  readFile,
+  onUncaught,
+  openOwnedAppend,
+  readAt,
   readProcCmdline,
   readProcStatus,
   readTextFileOrNull,
@@ -39,11 +45,12 @@ import {
   type Watchdog,
   type WatchdogCapabilities,
   writeAll,
-  writeFileAtomic,
 } from "./platform.ts";
 
-// The one argv redaction (also used for PID records) is public API of this module.
+// The one argv redaction (also used for PID records) is public API of this module, and so is the type
+// of `ShutdownHandle.watchdog`.
 export { redactArgv } from "./platform.ts";
+export type { WatchdogCapabilities } from "./platform.ts";
 
 // ---------------------------------------------------------------------------------------------------
 // Public types
@@ -181,29 +188,11 @@ export interface ShutdownContext {
  */
 export type CmdlineMode = "redacted" | "full" | "none";
 
-/**
- * Default of {@linkcode SnapshotOptions.cmdline}.
- *
- * @example Say in the log which mode was in effect
- * ```ts
- * import { DEFAULT_CMDLINE_MODE, type SnapshotOptions } from "./shutdown.ts";
- * const options: SnapshotOptions = { pidFile: "/tmp/example.pid" };
- * console.log(`cmdline=${options.cmdline ?? DEFAULT_CMDLINE_MODE}`); // cmdline=redacted
- * ```
- */
-export const DEFAULT_CMDLINE_MODE: CmdlineMode = "redacted";
+/** Default of `SnapshotOptions.cmdline`. */
+const DEFAULT_CMDLINE_MODE: CmdlineMode = "redacted";
 
-/**
- * Command lines in a snapshot are cut to this many characters.
- *
- * @example Show that a command line may have been cut
- * ```ts
- * import { CMDLINE_MAX_CHARS, snapshotShutdownContext } from "./shutdown.ts";
- * const cmdline = snapshotShutdownContext("SIGTERM").parent.cmdline ?? "";
- * console.log(cmdline.length === CMDLINE_MAX_CHARS ? `${cmdline}…` : cmdline);
- * ```
- */
-export const CMDLINE_MAX_CHARS = 300;
+/** Command lines in a snapshot are cut to this many characters (documented on `ProcessSummary.cmdline`). */
+const CMDLINE_MAX_CHARS = 300;
 
 /**
  * Options for {@linkcode snapshotShutdownContext}.
@@ -257,51 +246,14 @@ export interface StopTimeoutCheck {
   mismatch: boolean;
 }
 
-/**
- * Default of {@linkcode CheckStopTimeoutOptions.headroomSeconds}.
- *
- * @example The stop timeout that a 60 s drain needs
- * ```ts
- * import { DEFAULT_STOP_HEADROOM_SECONDS } from "./shutdown.ts";
- * const drainSeconds = 60;
- * console.log(`TimeoutStopSec=${drainSeconds + DEFAULT_STOP_HEADROOM_SECONDS}`); // TimeoutStopSec=90
- * ```
- */
-export const DEFAULT_STOP_HEADROOM_SECONDS = 30;
-/**
- * Default of {@linkcode CheckStopTimeoutOptions.timeoutMs}.
- *
- * @example Give a slow D-Bus twice the default time
- * ```ts
- * import { checkSystemdStopTimeout, DEFAULT_SYSTEMCTL_TIMEOUT_MS } from "./shutdown.ts";
- * const check = await checkSystemdStopTimeout(30, { timeoutMs: 2 * DEFAULT_SYSTEMCTL_TIMEOUT_MS });
- * console.log(check?.timeoutStopSec ?? "unknown");
- * ```
- */
-export const DEFAULT_SYSTEMCTL_TIMEOUT_MS = 2000;
-/**
- * Default of {@linkcode CheckStopTimeoutOptions.cgroupPath}.
- *
- * @example Say where the unit name was looked for
- * ```ts
- * import { checkSystemdStopTimeout, DEFAULT_CGROUP_PATH } from "./shutdown.ts";
- * const check = await checkSystemdStopTimeout(30, { cgroupPath: DEFAULT_CGROUP_PATH }); // as if left out
- * console.log(check?.unit ?? `no .service in ${DEFAULT_CGROUP_PATH}`);
- * ```
- */
-export const DEFAULT_CGROUP_PATH = "/proc/self/cgroup";
-/**
- * Default of {@linkcode CheckStopTimeoutOptions.systemctl}.
- *
- * @example Ask the system's systemctl whatever PATH says
- * ```ts
- * import { checkSystemdStopTimeout, DEFAULT_SYSTEMCTL } from "./shutdown.ts";
- * const systemctl = `/usr/bin/${DEFAULT_SYSTEMCTL}`;
- * const check = await checkSystemdStopTimeout(30, { systemctl });
- * console.log(check?.timeoutStopSec ?? `no answer from ${systemctl}`);
- * ```
- */
-export const DEFAULT_SYSTEMCTL = "systemctl";
+/** Default of `CheckStopTimeoutOptions.headroomSeconds`. */
+const DEFAULT_STOP_HEADROOM_SECONDS = 30;
+/** Default of `CheckStopTimeoutOptions.timeoutMs`. */
+const DEFAULT_SYSTEMCTL_TIMEOUT_MS = 2000;
+/** Default of `CheckStopTimeoutOptions.cgroupPath`. */
+const DEFAULT_CGROUP_PATH = "/proc/self/cgroup";
+/** Default of `CheckStopTimeoutOptions.systemctl`. */
+const DEFAULT_SYSTEMCTL = "systemctl";
 
 /**
  * Options for {@linkcode checkSystemdStopTimeout}.
@@ -337,45 +289,18 @@ export interface CheckStopTimeoutOptions {
    */
   env?: Record<string, string | undefined>;
   /**
-   * Kill `systemctl` and answer `null` after this many milliseconds.
+   * Kill `systemctl` and answer `null` after this many milliseconds (at most 2^31−1 − 250).
    * @default 2000
    */
   timeoutMs?: number;
 }
 
-/**
- * Default of {@linkcode DiagnosticOptions.timeoutSeconds}.
- *
- * @example Give the child on a loaded host twice the default time
- * ```ts
- * import { DEFAULT_DIAGNOSTIC_TIMEOUT_SECONDS, spawnShutdownDiagnostic } from "./shutdown.ts";
- * const timeoutSeconds = 2 * DEFAULT_DIAGNOSTIC_TIMEOUT_SECONDS;
- * spawnShutdownDiagnostic("/tmp/example-shutdown-diag.log", "SIGTERM", { timeoutSeconds });
- * ```
- */
-export const DEFAULT_DIAGNOSTIC_TIMEOUT_SECONDS = 10;
-/**
- * Default of {@linkcode DiagnosticOptions.maxLogBytes}: 1 MiB.
- *
- * @example Keep more past shutdowns in the log
- * ```ts
- * import { DEFAULT_DIAGNOSTIC_MAX_BYTES, spawnShutdownDiagnostic } from "./shutdown.ts";
- * const maxLogBytes = 8 * DEFAULT_DIAGNOSTIC_MAX_BYTES; // 8 MiB
- * spawnShutdownDiagnostic("/tmp/example-shutdown-diag.log", "SIGTERM", { maxLogBytes });
- * ```
- */
-export const DEFAULT_DIAGNOSTIC_MAX_BYTES = 1024 * 1024;
-/**
- * The most one diagnostic run appends to its log: 256 KiB (the child caps itself with `head -c`).
- *
- * @example The smallest log limit that is accepted
- * ```ts
- * import { DIAGNOSTIC_RUN_MAX_BYTES, spawnShutdownDiagnostic } from "./shutdown.ts";
- * const maxLogBytes = 2 * DIAGNOSTIC_RUN_MAX_BYTES; // 512 KiB: room for two runs
- * spawnShutdownDiagnostic("/tmp/example-shutdown-diag.log", "SIGTERM", { maxLogBytes });
- * ```
- */
-export const DIAGNOSTIC_RUN_MAX_BYTES = 256 * 1024;
+/** Default of `DiagnosticOptions.timeoutSeconds`. */
+const DEFAULT_DIAGNOSTIC_TIMEOUT_SECONDS = 10;
+/** Default of `DiagnosticOptions.maxLogBytes`: 1 MiB. */
+const DEFAULT_DIAGNOSTIC_MAX_BYTES = 1024 * 1024;
+/** The most one diagnostic run appends to its log: 256 KiB (the child caps itself with `head -c`). */
+const DIAGNOSTIC_RUN_MAX_BYTES = 256 * 1024;
 
 /**
  * Options for {@linkcode spawnShutdownDiagnostic}.
@@ -395,8 +320,8 @@ export interface DiagnosticOptions {
    */
   timeoutSeconds?: number;
   /**
-   * The log never grows past this many bytes: the oldest part is dropped before each run. At least twice
-   * {@linkcode DIAGNOSTIC_RUN_MAX_BYTES}.
+   * The log never grows past this many bytes: the oldest part is dropped (counted in bytes, whatever
+   * they hold) before each run. At least 524288: twice the most one run appends (256 KiB).
    * @default 1048576 (1 MiB)
    */
   maxLogBytes?: number;
@@ -428,60 +353,20 @@ export interface ShutdownPhase {
   run: () => unknown | Promise<unknown>;
   /**
    * Give up on this phase after this many milliseconds (logged as `timeout`) and go on with the next.
+   * At most 2^31−1 (a RangeError at install above that).
    * @default 10000
    */
   timeoutMs?: number;
 }
 
-/**
- * Default of {@linkcode InstallShutdownOptions.signals}.
- *
- * @example Also shut down on SIGHUP
- * ```ts
- * import { DEFAULT_SHUTDOWN_SIGNALS, installShutdown } from "./shutdown.ts";
- * const handle = installShutdown({ signals: [...DEFAULT_SHUTDOWN_SIGNALS, "SIGHUP"] });
- * handle.dispose(); // a test or a hot reload unhooks it again
- * ```
- */
-export const DEFAULT_SHUTDOWN_SIGNALS: readonly string[] = Object.freeze(["SIGTERM", "SIGINT"]);
-/**
- * Default of {@linkcode InstallShutdownOptions.forceExitMs}.
- *
- * @example Check that systemd leaves the default deadline enough time
- * ```ts
- * import { checkSystemdStopTimeout, DEFAULT_FORCE_EXIT_MS } from "./shutdown.ts";
- * const check = await checkSystemdStopTimeout(DEFAULT_FORCE_EXIT_MS / 1000, { headroomSeconds: 1 });
- * if (check?.mismatch) console.error(`${check.unit} sends SIGKILL before our ${DEFAULT_FORCE_EXIT_MS} ms`);
- * ```
- */
-export const DEFAULT_FORCE_EXIT_MS = 30_000;
-/**
- * Default of {@linkcode ShutdownPhase.timeoutMs}.
- *
- * @example Give one slow phase three times the default
- * ```ts
- * import { DEFAULT_PHASE_TIMEOUT_MS, type ShutdownPhase } from "./shutdown.ts";
- * const phases: ShutdownPhase[] = [
- *   { name: "flush-metrics", run: () => {} },
- *   { name: "upload-logs", run: () => {}, timeoutMs: 3 * DEFAULT_PHASE_TIMEOUT_MS },
- * ];
- * console.log(phases.map((p) => `${p.name}: ${p.timeoutMs ?? DEFAULT_PHASE_TIMEOUT_MS} ms`));
- * ```
- */
-export const DEFAULT_PHASE_TIMEOUT_MS = 10_000;
-/**
- * How long the main thread gets to exit by itself before the watchdog kills it: after `forceExitMs`, and
- * after a second signal (so a free main thread logs `second-signal` and exits 128+n, while a blocked one
- * is killed 200 ms later; on Bun the kernel's default action ends it at once).
- *
- * @example The latest moment a stuck process is gone
- * ```ts
- * import { DEFAULT_FORCE_EXIT_MS, WATCHDOG_GRACE_MS } from "./shutdown.ts";
- * const worstCaseMs = DEFAULT_FORCE_EXIT_MS + WATCHDOG_GRACE_MS;
- * console.log(`gone at most ${worstCaseMs} ms after the first signal`); // 30200 ms
- * ```
- */
-export const WATCHDOG_GRACE_MS = 200;
+/** Default of `InstallShutdownOptions.signals`. */
+const DEFAULT_SHUTDOWN_SIGNALS: readonly string[] = Object.freeze(["SIGTERM", "SIGINT"]);
+/** Default of `InstallShutdownOptions.forceExitMs`. */
+const DEFAULT_FORCE_EXIT_MS = 30_000;
+/** Default of `ShutdownPhase.timeoutMs`. */
+const DEFAULT_PHASE_TIMEOUT_MS = 10_000;
+/** How long the main thread gets to exit by itself before the watchdog kills it: after `forceExitMs`, and after a second signal (a free main thread logs `second-signal` and exits its own way, a blocked one is killed this much later). */
+const WATCHDOG_GRACE_MS = 200;
 
 /**
  * Exit status after a clean run, or after a planned stop / takeover marker that names us.
@@ -525,13 +410,16 @@ export const EXIT_PHASE_FAILED = 1;
  */
 export interface InstallShutdownOptions {
   /**
-   * The signals that start the shutdown. A second one (any of them) ends the process at once.
+   * The signals that start the shutdown (each one of `HANDLED_SIGNALS` of platform.ts). A second one (any
+   * of them) ends the process at once; a repeat of the same signal within 100 ms (one Ctrl-C that
+   * `deno task` or `timeout` delivers twice) counts once.
    * @default ["SIGTERM", "SIGINT"]
    */
   signals?: string[];
   /**
-   * Milliseconds from the start of the shutdown until the process is ended whatever it is doing, by a
-   * watchdog outside the main thread when the main thread is stuck. `0` disables the deadline.
+   * Milliseconds from the start of the shutdown (the first signal, as heard by the watchdog thread) until
+   * the process is ended whatever it is doing: by the main thread when it is free, otherwise 200 ms later
+   * by the watchdog outside the main thread. `0` disables the deadline; above 2^31−1 is a RangeError.
    * @default 30000
    */
   forceExitMs?: number;
@@ -573,16 +461,25 @@ export interface InstallShutdownOptions {
    * @default {} (our own cgroup, `systemctl` on `PATH`)
    */
   systemd?: CheckStopTimeoutOptions | false;
+  /**
+   * Treat an uncaught exception or an unhandled promise rejection as a shutdown: the error is logged
+   * (`shutdown uncaught-exception error="…"`), the phases run, and the process exits 1. During a
+   * shutdown already under way such an error is logged and counts as a failed phase.
+   * @default false (the runtime's own handling: print and exit 1 at once, phases skipped)
+   */
+  catchUncaught?: boolean;
 }
 
 /**
- * What {@linkcode installShutdown} returns.
+ * What {@linkcode installShutdown} returns. Disposable: `using` unhooks it at the end of the scope.
  *
- * @example Shut down from code after a fatal error
+ * @example Readiness for a load balancer, and shutting down from code after a fatal error
  * ```ts ignore
  * import { installShutdown, type ShutdownHandle } from "./shutdown.ts";
  * const handle: ShutdownHandle = installShutdown({ forceExitMs: 10_000 });
+ * const ready = () => (handle.shuttingDown ? 503 : 200); // a /ready endpoint stops answering 200
  * if (!handle.watchdog.deadline) console.error("no watchdog: a blocked main thread outlives forceExitMs");
+ * console.log(ready(), handle.reason); // 200 null
  * await handle.shutdown("database connection lost"); // never settles: the process exits
  * ```
  */
@@ -591,6 +488,15 @@ export interface ShutdownHandle {
   shutdown(reason?: string): Promise<never>;
   /** Unhooks everything: the signal listeners, the watchdog, the timers. Idempotent. */
   dispose(): void;
+  /** The same as `dispose()`, so `using handle = installShutdown(…)` works. */
+  [Symbol.dispose](): void;
+  /** `true` from the first signal (or `shutdown()`, or a caught uncaught error) on: stop reporting ready. */
+  readonly shuttingDown: boolean;
+  /**
+   * Why the shutdown started: the signal name (`"SIGTERM"`), the `shutdown(reason)` text,
+   * `"uncaught exception"` or `"unhandled rejection"`; `null` before.
+   */
+  readonly reason: string | null;
   /**
    * What the watchdog can do on this runtime (`deadline: false` when it could not start, then only a
    * main thread that still runs its timers and handlers can end the shutdown).
@@ -647,8 +553,9 @@ export function snapshotShutdownContext(
 }
 
 /**
- * Formats a context as one scannable line of `key=value` pairs: `signal=` first, `parent_cmdline=` last and
- * always quoted. Values with spaces, quotes or control characters are quoted with JSON escaping, so a
+ * Formats a context as one scannable line of `key=value` pairs, with the key names of the tool this
+ * replaces (`signal=`, `signal_number=`, `pid=`, `parent_pid=`, `parent_name=`, …): `signal=` first,
+ * `parent_cmdline=` last and always quoted. Values with spaces, quotes or control characters are quoted with JSON escaping, so a
  * newline or a quote inside a command line cannot break the line.
  *
  * @param ctx A context from {@linkcode snapshotShutdownContext}.
@@ -658,7 +565,7 @@ export function snapshotShutdownContext(
  * ```ts
  * import { formatShutdownContext, snapshotShutdownContext } from "./shutdown.ts";
  * console.log(formatShutdownContext(snapshotShutdownContext(15)));
- * // signal=SIGTERM signal_number=15 pid=… ppid=… … parent_cmdline="bash"
+ * // signal=SIGTERM signal_number=15 pid=… parent_pid=… parent_name=… … parent_cmdline="bash"
  * ```
  */
 export function formatShutdownContext(ctx: ShutdownContext): string {
@@ -671,7 +578,7 @@ export function formatShutdownContext(ctx: ShutdownContext): string {
   add("signal_number", ctx.signalNumber);
   add("reason", ctx.reason);
   add("pid", ctx.pid);
-  add("ppid", ctx.ppid);
+  add("parent_pid", ctx.ppid);
   add("parent_name", ctx.parent?.name);
   add("parent_state", ctx.parent?.state);
   add("parent_ppid", ctx.parent?.ppid);
@@ -791,6 +698,11 @@ export async function checkSystemdStopTimeout(
   if (typeof timeoutMs !== "number" || !Number.isFinite(timeoutMs) || timeoutMs <= 0) {
     throw new RangeError(`Cannot check the stop timeout: timeoutMs ${String(timeoutMs)} is not > 0`);
   }
+  if (timeoutMs > MAX_TIMER_MS - SYSTEMCTL_GRACE_MS) {
+    throw new RangeError(
+      `Cannot check the stop timeout: timeoutMs ${timeoutMs} is above ${MAX_TIMER_MS - SYSTEMCTL_GRACE_MS}`,
+    );
+  }
   const unit = systemdUnitFromCgroup(options.cgroupPath ?? DEFAULT_CGROUP_PATH);
   if (!unit) return null;
   const args = [...(unit.user ? ["--user"] : []), "show", unit.name, "-p", "TimeoutStopUSec"];
@@ -829,18 +741,22 @@ export async function checkSystemdStopTimeout(
  * Starts a detached child (its own session, so it survives our death and our process group's signals)
  * that appends to `logPath`: a header, `ps` (top 60 by CPU), `pstree` of us, the load, and recent OOM /
  * kill lines from `dmesg` or the journal (best-effort: each tool only when present and permitted). Returns
- * at once. The child kills itself after `timeoutSeconds` and caps its output at
- * {@linkcode DIAGNOSTIC_RUN_MAX_BYTES} with `head -c`; the log is created `0600` (an existing one is
- * narrowed to `0600`) and its oldest part is dropped before each run so it stays under `maxLogBytes`,
- * whatever the number of shutdowns. Several runs at the very same time may exceed the limit by one run
- * each until the next run trims it.
+ * at once. The child kills itself after `timeoutSeconds` and caps its output at 256 KiB with `head -c`.
  *
- * @param logPath The log file (created when absent).
+ * The log is private and cannot be redirected: a missing folder is created (`0700`); the file is opened
+ * without following a symlink and must be a regular file with one link owned by us (anything else is
+ * refused and left untouched); it is created `0600` (an existing one is narrowed to `0600`). Its oldest
+ * part is dropped before each run, counted in bytes (whatever encoding the old lines have), so it stays
+ * under `maxLogBytes` whatever the number of shutdowns. Several runs at the very same time may exceed
+ * the limit by one run each until the next run trims it.
+ *
+ * @param logPath The log file (created when absent, with its folder).
  * @param signal The signal being handled, written in the header.
  * @param options The child's time limit, the log's size limit, the environment.
  * @returns The child's pid, or `null` when `sh` or `ps` is not on `PATH` or the child could not start.
- * @throws {TypeError | RangeError} For a bad argument; the file system's error when the log cannot be
- *   created, trimmed or opened (e.g. `EACCES`).
+ * @throws {TypeError | RangeError} For a bad argument; `NotOwnedFileError` (of platform.ts) when
+ *   `logPath` is not a regular file of ours; the file system's error when the log cannot be created or
+ *   opened (`ELOOP` for a symlink, `EACCES`, …).
  *
  * @example On SIGTERM, let a child record what the machine looked like
  * ```ts
@@ -873,13 +789,13 @@ export function spawnShutdownDiagnostic(
     );
   }
   const env = options.env ?? undefined;
-  const searchPath = env ? env.PATH : getEnv("PATH");
+  const searchPath = env ? env["PATH"] : getEnv("PATH");
   const sh = findOnPath("sh", searchPath);
   if (!sh || !findOnPath("ps", searchPath)) return null;
 
-  trimLogHead(logPath, maxLogBytes - DIAGNOSTIC_RUN_MAX_BYTES);
-  const fd = openAppend(logPath, { mode: 0o600 });
+  const fd = openDiagnosticLog(logPath);
   try {
+    trimLogHead(fd, maxLogBytes - DIAGNOSTIC_RUN_MAX_BYTES);
     const seconds = String(Math.max(1, Math.ceil(timeoutSeconds)));
     return spawnDetached(
       sh,
@@ -904,212 +820,358 @@ export function spawnShutdownDiagnostic(
 // ---------------------------------------------------------------------------------------------------
 
 /**
- * Hooks an orderly shutdown to the signals. On the first signal (or `shutdown(reason)`): the formatted
- * {@linkcode snapshotShutdownContext} line is logged at once, the optional diagnostic child starts, the
- * phases run in order, each logged as `+X.XXs phase=NAME ok|timeout|error` (seconds since the start of the
- * shutdown), then `+X.XXs shutdown total=… exit=N` and the process exits.
+ * Hooks an orderly shutdown to the signals. On the first signal (or `shutdown(reason)`, or with
+ * `catchUncaught` an uncaught error): the deadline is armed, the formatted
+ * {@linkcode snapshotShutdownContext} line is logged, the optional diagnostic child starts, the phases
+ * run in order, each logged as `+X.XXs phase=NAME ok|timeout|error` (seconds since the start of the
+ * shutdown), then `+X.XXs shutdown total=… exit=N` and the process exits. A repeat of the same signal
+ * within 100 ms (one Ctrl-C that `deno task` or `timeout` delivers twice) counts once; a different
+ * signal, or the same one later, is a second signal.
  *
- * Exit status: 0 ({@linkcode EXIT_CLEAN}) after a clean run, and also whenever a planned-stop or takeover
- * marker beside `pidFile` names us (the stop was intended, so a supervisor must not restart us); otherwise
- * 1 ({@linkcode EXIT_PHASE_FAILED}) when a phase threw or timed out or `forceExitMs` was reached; 128 + the
- * signal number (143 for SIGTERM) when a second signal ended it while the main thread still ran.
+ * Exit status: 0 ({@linkcode EXIT_CLEAN}) after a clean run, and whenever a planned-stop or takeover
+ * marker beside `pidFile` names us, however the shutdown ends (phases failed, `forceExitMs`, a second
+ * signal: the stop was intended, so a supervisor must not restart us); otherwise 1
+ * ({@linkcode EXIT_PHASE_FAILED}) when a phase threw or timed out, `forceExitMs` was reached or an
+ * uncaught error started it; 128 + the signal number (143 for SIGTERM) when a second signal ended it
+ * while the main thread still ran.
  *
- * A watchdog outside the main thread (`startWatchdog` of platform.ts) ends the process `forceExitMs`
- * (+ {@linkcode WATCHDOG_GRACE_MS}) after the start, and on a second signal, even while the main thread is
- * blocked in a synchronous write: then the status is "killed by SIGKILL" (137 in a shell), or on Bun, for
- * the second signal, "killed by" that signal (its default action). See `handle.watchdog` for what the
- * runtime allows (`secondSignalWhileBlocked`). Under systemd it warns once at install when `forceExitMs`
- * is not below the unit's `TimeoutStopSec` (systemd's SIGKILL would always come first and the forensics
- * would never run). Install it once per process.
+ * A watchdog outside the main thread (`startWatchdog` of platform.ts) hears the first signal itself and
+ * ends the process `forceExitMs` + 200 ms after it, and 200 ms after a second signal, even while the
+ * main thread is blocked in a synchronous write or a busy loop, also one that was stuck before the
+ * signal came: then the status is "killed by SIGKILL" (137 in a shell), whatever the markers say. It is
+ * armed before anything is written, so a full stderr pipe cannot hold the process past the deadline.
+ * See `handle.watchdog` for what the runtime allows (`secondSignalWhileBlocked`). Under systemd it warns
+ * once at install when `forceExitMs` is not below the unit's `TimeoutStopSec` (systemd's SIGKILL would
+ * always come first and the forensics would never run). Install it once per process.
  *
- * @param options Signals, phases, deadline, log, PID file.
- * @returns `shutdown(reason)` to start the same sequence from code, `dispose()` to unhook it all.
+ * @param options Signals, phases, deadline, log, PID file, uncaught errors.
+ * @returns The handle: `shutdown(reason)`, `dispose()` / `using`, `shuttingDown`, `reason`, `watchdog`.
+ * @throws {TypeError | RangeError} For a bad option (a timeout above 2^31−1 ms is a RangeError); nothing
+ *   is installed then.
  *
  * @example Drain an HTTP server on SIGTERM
  * ```ts
  * import { installShutdown } from "./shutdown.ts";
- * const handle = installShutdown({
+ * using handle = installShutdown({
  *   forceExitMs: 20_000,
+ *   catchUncaught: true,
  *   phases: [
  *     { name: "stop-accepting", run: () => {}, timeoutMs: 1000 },
  *     { name: "drain", run: () => new Promise((resolve) => setTimeout(resolve, 100)), timeoutMs: 15_000 },
  *   ],
  * });
- * handle.dispose(); // a test or a hot reload unhooks it again
+ * console.log(handle.shuttingDown); // false; `using` unhooks it at the end of the scope
  * ```
  */
 export function installShutdown(options: InstallShutdownOptions = {}): ShutdownHandle {
+  const fail = (what: string, error: "type" | "range" = "type"): never => {
+    const message = `Cannot install the shutdown: ${what}`;
+    throw error === "range" ? new RangeError(message) : new TypeError(message);
+  };
   if (options.signals !== undefined && (!Array.isArray(options.signals) || options.signals.length === 0)) {
-    throw new TypeError(
-      `Cannot install the shutdown: signals ${JSON.stringify(options.signals)} is not a non-empty array`,
-    );
+    fail(`signals ${JSON.stringify(options.signals)} is not a non-empty array`);
   }
   // One listener per signal: a name listed twice must not make one delivery count as two.
   const signals = [...new Set(options.signals ?? DEFAULT_SHUTDOWN_SIGNALS)];
+  for (const signal of signals) {
+    if (typeof signal !== "string" || !HANDLED_SIGNALS.includes(signal)) {
+      fail(`signal ${JSON.stringify(signal)} is not one of ${HANDLED_SIGNALS.join(", ")}`);
+    }
+  }
   const forceExitMs = options.forceExitMs ?? DEFAULT_FORCE_EXIT_MS;
   if (typeof forceExitMs !== "number" || !Number.isFinite(forceExitMs) || forceExitMs < 0) {
-    throw new RangeError(`Cannot install the shutdown: forceExitMs ${String(forceExitMs)} is not >= 0`);
+    fail(`forceExitMs ${String(forceExitMs)} is not >= 0`, "range");
   }
+  if (forceExitMs > MAX_TIMER_MS) fail(`forceExitMs ${forceExitMs} is above ${MAX_TIMER_MS}`, "range");
   const phases = [...(options.phases ?? [])];
   for (const [index, phase] of phases.entries()) {
     if (typeof phase !== "object" || phase === null || typeof phase.name !== "string" || phase.name === "") {
-      throw new TypeError(`Cannot install the shutdown: phases[${index}] has no name`);
+      fail(`phases[${index}] has no name`);
     }
-    if (typeof phase.run !== "function") {
-      throw new TypeError(
-        `Cannot install the shutdown: phases[${index}] (${phase.name}) has no run function`,
-      );
-    }
+    if (typeof phase.run !== "function") fail(`phases[${index}] (${phase.name}) has no run function`);
     const timeoutMs = phase.timeoutMs ?? DEFAULT_PHASE_TIMEOUT_MS;
     if (typeof timeoutMs !== "number" || !Number.isFinite(timeoutMs) || timeoutMs <= 0) {
-      throw new RangeError(
-        `Cannot install the shutdown: phases[${index}] (${phase.name}) timeoutMs ${
-          String(timeoutMs)
-        } is not > 0`,
-      );
+      fail(`phases[${index}] (${phase.name}) timeoutMs ${String(timeoutMs)} is not > 0`, "range");
+    }
+    if (timeoutMs > MAX_TIMER_MS) {
+      fail(`phases[${index}] (${phase.name}) timeoutMs ${timeoutMs} is above ${MAX_TIMER_MS}`, "range");
     }
   }
-  if (options.log !== undefined && typeof options.log !== "function") {
-    throw new TypeError(`Cannot install the shutdown: log ${String(options.log)} is not a function`);
-  }
-  if (options.exit !== undefined && typeof options.exit !== "function") {
-    throw new TypeError(`Cannot install the shutdown: exit ${String(options.exit)} is not a function`);
-  }
-  const cmdline = cmdlineModeOf(options);
-  const userLog = options.log ?? writeStderrLine;
-  const log = (line: string) => {
-    try {
-      userLog(line);
-    } catch {
-      // Documented: a failing log must never stop or break the shutdown.
+  for (const name of ["log", "exit"] as const) {
+    if (options[name] !== undefined && typeof options[name] !== "function") {
+      fail(`${name} ${String(options[name])} is not a function`);
     }
-  };
-  const exitWith = options.exit ?? ((code: number) => platformExit(code));
+  }
+  if (options.catchUncaught !== undefined && typeof options.catchUncaught !== "boolean") {
+    fail(`catchUncaught ${String(options.catchUncaught)} is not a boolean`);
+  }
+  return new ShutdownSequence({
+    signals,
+    forceExitMs,
+    phases,
+    log: options.log ?? writeStderrLine,
+    exit: options.exit ?? ((code: number) => platformExit(code)),
+    snapshot: { pidFile: options.pidFile, cmdline: cmdlineModeOf(options) },
+    diagnosticLog: options.diagnosticLog,
+    systemd: options.systemd ?? {},
+    catchUncaught: options.catchUncaught ?? false,
+  }).install();
+}
 
-  // Subscribing first validates every name before anything else is started.
-  const unsubscribe: Array<() => void> = [];
-  try {
-    for (const signal of signals) unsubscribe.push(onSignal(signal, (name) => onSignalReceived(name)));
-  } catch (error) {
-    for (const off of unsubscribe) off();
-    throw error;
+/**
+ * How long a main-thread handler of a later delivery waits for the watchdog worker to count it as a
+ * second signal; if the worker counted none, the delivery was a repeat of the first.
+ */
+const SECOND_SIGNAL_CONFIRM_MS = 150;
+/** Timers clamp a delay above this to 1 ms on every runtime: a larger timeout is refused. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+interface ShutdownSettings {
+  signals: string[];
+  forceExitMs: number;
+  phases: ShutdownPhase[];
+  log: (line: string) => void;
+  exit: (code: number) => void;
+  snapshot: SnapshotOptions;
+  diagnosticLog: string | undefined;
+  systemd: CheckStopTimeoutOptions | false;
+  catchUncaught: boolean;
+}
+
+/** One installed shutdown: the listeners, the watchdog, and the sequence they start. */
+class ShutdownSequence {
+  readonly #settings: ShutdownSettings;
+  #watchdog: Watchdog | null = null;
+  #unsubscribe: Array<() => void> = [];
+  #disposed = false;
+  #started: Promise<never> | null = null;
+  #reason: string | null = null;
+  #startMs = 0;
+  #currentPhase: string | null = null;
+  #forceTimer: ReturnType<typeof setTimeout> | undefined;
+  #exited = false;
+  #intended = false;
+  #failures = 0;
+
+  constructor(settings: ShutdownSettings) {
+    this.#settings = settings;
   }
-  const watchdog: Watchdog | null = safely(
-    () =>
-      startWatchdog({
+
+  install(): ShutdownHandle {
+    this.#startWatchdog();
+    this.#subscribe();
+    this.#warnAboutDeadline();
+    return this.#handle();
+  }
+
+  /**
+   * Started before our own listeners: its main-thread listener then runs first and arms the deadline
+   * before our handler writes anything (and its worker arms it anyway when our main thread is stuck).
+   */
+  #startWatchdog(): void {
+    const { signals, forceExitMs } = this.#settings;
+    try {
+      this.#watchdog = startWatchdog({
         signals,
         secondSignalExit: true,
         secondSignalGraceMs: WATCHDOG_GRACE_MS,
-        onError: (error) => log(`shutdown warning: the watchdog failed: ${describeError(error)}`),
-      }),
-    null,
-  );
+        armOnFirstSignalMs: forceExitMs > 0 ? Math.min(forceExitMs + WATCHDOG_GRACE_MS, MAX_WATCHDOG_MS) : 0,
+        onError: (error) => this.#log(`shutdown warning: the watchdog failed: ${describeError(error)}`),
+      });
+    } catch (error) {
+      // Fail-open: the shutdown still works on a free main thread; the reason is logged here.
+      this.#log(`shutdown warning: the watchdog could not start: ${describeError(error)}`);
+    }
+  }
 
-  let disposed = false;
-  let started: Promise<never> | null = null;
-  let startMs = 0;
-  let currentPhase: string | null = null;
-  let forceTimer: ReturnType<typeof setTimeout> | undefined;
-  let exited = false;
+  #subscribe(): void {
+    const onDelivery = ignoreSignalRepeats((name) => this.#onSignal(name));
+    try {
+      for (const signal of this.#settings.signals) this.#unsubscribe.push(onSignal(signal, onDelivery));
+      if (this.#settings.catchUncaught) {
+        this.#unsubscribe.push(onUncaught((error, kind) => this.#onUncaught(error, kind)));
+      }
+    } catch (error) {
+      this.dispose();
+      throw error;
+    }
+  }
 
-  const elapsed = () => `+${((performance.now() - startMs) / 1000).toFixed(2)}s`;
-  const finish = (code: number) => {
-    if (exited) return;
-    exited = true;
-    clearTimeout(forceTimer);
-    exitWith(code);
-    // Only an embedding `exit` returns: it wants to go on living, so the deadline must not kill it.
-    safely(() => watchdog?.disarm(), undefined);
-  };
+  #warnAboutDeadline(): void {
+    const { forceExitMs, systemd } = this.#settings;
+    if (forceExitMs > 0 && !this.#watchdog?.capabilities.deadline) {
+      this.#log("shutdown warning: no watchdog thread here; forceExitMs cannot end a blocked main thread");
+    }
+    if (forceExitMs > 0 && systemd !== false) {
+      void warnAboutStopTimeout(forceExitMs, systemd, (line) => this.#log(line), () => this.#disposed);
+    }
+  }
 
-  function onSignalReceived(name: string): void {
-    if (disposed) return;
-    if (started === null) {
-      // The watchdog counts this delivery itself; from here on, a second one ends the process.
-      void begin(name, undefined);
+  #handle(): ShutdownHandle {
+    const shuttingDown = () => this.#started !== null;
+    const reason = () => this.#reason;
+    const capabilities = (): WatchdogCapabilities =>
+      this.#watchdog?.capabilities ?? { deadline: false, secondSignalWhileBlocked: false, mechanism: "none" };
+    return {
+      shutdown: (text?: string) => this.#shutdownFromCode(text),
+      dispose: () => this.dispose(),
+      [Symbol.dispose]: () => this.dispose(),
+      get shuttingDown(): boolean {
+        return shuttingDown();
+      },
+      get reason(): string | null {
+        return reason();
+      },
+      get watchdog(): WatchdogCapabilities {
+        return capabilities();
+      },
+    };
+  }
+
+  dispose(): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    for (const off of this.#unsubscribe) off();
+    this.#unsubscribe = [];
+    clearTimeout(this.#forceTimer);
+    safely(() => this.#watchdog?.stop(), undefined);
+  }
+
+  #log(line: string): void {
+    try {
+      this.#settings.log(line);
+    } catch {
+      // Documented: a failing log must never stop or break the shutdown.
+    }
+  }
+
+  #onSignal(name: string): void {
+    if (this.#disposed) return;
+    if (this.#started === null) {
+      // The watchdog's own listener ran first: the deadline is armed already.
+      void this.#begin(name, name);
       return;
     }
-    const number = signalNumber(name) ?? 0;
-    log(`${elapsed()} shutdown second-signal=${name} exit=${128 + number}`);
-    finish(128 + number);
+    const watchdog = this.#watchdog;
+    if (!watchdog?.capabilities.secondSignalWhileBlocked) {
+      this.#secondSignal(name);
+      return;
+    }
+    // The worker stamped each delivery as it came; this handler may run late on a busy main thread, far
+    // from the first one even for one Ctrl-C delivered twice. Its count decides (it may lag a little).
+    const since = performance.now();
+    const confirm = () => {
+      if (this.#exited || this.#disposed) return;
+      if (watchdog.signalsSeen >= 2) this.#secondSignal(name);
+      else if (performance.now() - since < SECOND_SIGNAL_CONFIRM_MS) setTimeout(confirm, 10);
+      // else: the worker counted one delivery, this was its repeat.
+    };
+    confirm();
   }
 
-  function begin(signal: string | undefined, reason: string | undefined): Promise<never> {
-    if (started) return started;
-    startMs = performance.now();
-    const ctx = snapshotShutdownContext(signal, { pidFile: options.pidFile, cmdline });
-    if (reason !== undefined) ctx.reason = reason;
-    log(formatShutdownContext(ctx));
-    if (forceExitMs > 0) {
-      safely(() => watchdog?.arm(forceExitMs + WATCHDOG_GRACE_MS), undefined);
-      forceTimer = setTimeout(() => {
-        log(`${elapsed()} shutdown force-exit after=${forceExitMs}ms phase=${currentPhase ?? "-"} exit=1`);
-        finish(EXIT_PHASE_FAILED);
-      }, forceExitMs);
+  #secondSignal(name: string): void {
+    const code = this.#intended ? EXIT_CLEAN : 128 + (signalNumber(name) ?? 0);
+    this.#log(`${this.#elapsed()} shutdown second-signal=${name} exit=${code}`);
+    this.#finish(code);
+  }
+
+  #shutdownFromCode(reason: string | undefined): Promise<never> {
+    if (this.#started) return this.#started;
+    if (this.#disposed) return new Promise<never>(() => {});
+    // Counts as the first signal (a signal during this shutdown is a second one) and arms the deadline.
+    safely(() => this.#watchdog?.noteSignal(), undefined);
+    const text = reason ?? "shutdown() called";
+    return this.#begin(undefined, text, text);
+  }
+
+  #onUncaught(error: unknown, kind: "exception" | "rejection"): void {
+    if (this.#disposed) return;
+    const started = this.#started !== null;
+    if (!started) safely(() => this.#watchdog?.noteSignal(), undefined); // arm before writing
+    const what = kind === "exception" ? "uncaught-exception" : "unhandled-rejection";
+    this.#log(`${started ? this.#elapsed() + " " : ""}shutdown ${what} error=${quote(describeError(error))}`);
+    this.#failures += 1;
+    if (!started) {
+      const reason = kind === "exception" ? "uncaught exception" : "unhandled rejection";
+      void this.#begin(undefined, reason, reason);
     }
-    if (options.diagnosticLog) {
-      const diagnosticLog = options.diagnosticLog;
-      try {
-        const pid = spawnShutdownDiagnostic(diagnosticLog, ctx.signal);
-        log(`${elapsed()} shutdown diagnostic=${pid === null ? "unavailable" : `pid:${pid}`}`);
-      } catch (error) {
-        log(`${elapsed()} shutdown diagnostic=failed error=${quote(describeError(error))}`);
-      }
-    }
-    started = new Promise<never>(() => {
-      void runPhases(ctx);
+  }
+
+  #begin(signal: string | undefined, reason: string, ctxReason?: string): Promise<never> {
+    if (this.#started) return this.#started;
+    this.#startMs = performance.now();
+    this.#reason = reason;
+    this.#armForceExit();
+    const ctx = snapshotShutdownContext(signal, this.#settings.snapshot);
+    if (ctxReason !== undefined) ctx.reason = ctxReason;
+    this.#intended = ctx.plannedStopMarkerForSelf === true || ctx.takeoverMarkerForSelf === true;
+    this.#log(formatShutdownContext(ctx));
+    this.#startDiagnostic(ctx.signal);
+    this.#started = new Promise<never>(() => {
+      void this.#runPhases();
     });
-    return started;
+    return this.#started;
   }
 
-  async function runPhases(ctx: ShutdownContext): Promise<void> {
-    let failed = 0;
+  /** The main thread's own deadline: while it runs, it logs the force exit and exits its own way. */
+  #armForceExit(): void {
+    const { forceExitMs } = this.#settings;
+    if (forceExitMs <= 0) return;
+    this.#forceTimer = setTimeout(() => {
+      const code = this.#intended ? EXIT_CLEAN : EXIT_PHASE_FAILED;
+      this.#log(
+        `${this.#elapsed()} shutdown force-exit after=${forceExitMs}ms phase=${
+          formatValue(this.#currentPhase ?? "-")
+        }${this.#intended ? " intended=true" : ""} exit=${code}`,
+      );
+      this.#finish(code);
+    }, forceExitMs);
+  }
+
+  #startDiagnostic(signal: string): void {
+    const { diagnosticLog } = this.#settings;
+    if (!diagnosticLog) return;
+    try {
+      const pid = spawnShutdownDiagnostic(diagnosticLog, signal);
+      this.#log(`${this.#elapsed()} shutdown diagnostic=${pid === null ? "unavailable" : `pid:${pid}`}`);
+    } catch (error) {
+      this.#log(`${this.#elapsed()} shutdown diagnostic=failed error=${quote(describeError(error))}`);
+    }
+  }
+
+  async #runPhases(): Promise<void> {
+    const { phases } = this.#settings;
     for (const phase of phases) {
-      if (exited) return;
-      currentPhase = phase.name;
+      if (this.#exited) return;
+      this.#currentPhase = phase.name;
       const outcome = await runPhase(phase);
       const detail = outcome.error === undefined ? "" : ` error=${quote(describeError(outcome.error))}`;
-      log(`${elapsed()} phase=${formatValue(phase.name)} ${outcome.status}${detail}`);
-      if (outcome.status !== "ok") failed += 1;
+      this.#log(`${this.#elapsed()} phase=${formatValue(phase.name)} ${outcome.status}${detail}`);
+      if (outcome.status !== "ok") this.#failures += 1;
     }
-    currentPhase = null;
-    const intended = ctx.plannedStopMarkerForSelf === true || ctx.takeoverMarkerForSelf === true;
-    const code = intended || failed === 0 ? EXIT_CLEAN : EXIT_PHASE_FAILED;
-    const total = ((performance.now() - startMs) / 1000).toFixed(2);
-    log(
-      `${elapsed()} shutdown total=${total}s phases=${phases.length} failed=${failed}` +
-        `${intended ? " intended=true" : ""} exit=${code}`,
+    this.#currentPhase = null;
+    const failed = this.#failures;
+    const code = this.#intended || failed === 0 ? EXIT_CLEAN : EXIT_PHASE_FAILED;
+    const total = ((performance.now() - this.#startMs) / 1000).toFixed(2);
+    this.#log(
+      `${this.#elapsed()} shutdown total=${total}s phases=${phases.length} failed=${failed}` +
+        `${this.#intended ? " intended=true" : ""} exit=${code}`,
     );
-    finish(code);
+    this.#finish(code);
   }
 
-  if (forceExitMs > 0 && !watchdog?.capabilities.deadline) {
-    log("shutdown warning: no watchdog thread here; forceExitMs cannot end a blocked main thread");
-  }
-  if (forceExitMs > 0 && options.systemd !== false) {
-    void warnAboutStopTimeout(forceExitMs, options.systemd ?? {}, log, () => disposed);
+  #finish(code: number): void {
+    if (this.#exited) return;
+    this.#exited = true;
+    clearTimeout(this.#forceTimer);
+    this.#settings.exit(code);
+    // Only an embedding `exit` returns: it wants to go on living, so the deadline must not kill it.
+    safely(() => this.#watchdog?.disarm(), undefined);
   }
 
-  return {
-    shutdown(reason?: string): Promise<never> {
-      if (started) return started;
-      if (disposed) return new Promise<never>(() => {});
-      // Counts as the first signal: a signal during this shutdown ends the process at once.
-      safely(() => watchdog?.noteSignal(), undefined);
-      return begin(undefined, reason ?? "shutdown() called");
-    },
-    dispose(): void {
-      if (disposed) return;
-      disposed = true;
-      for (const off of unsubscribe) off();
-      clearTimeout(forceTimer);
-      safely(() => watchdog?.stop(), undefined);
-    },
-    get watchdog(): WatchdogCapabilities {
-      return watchdog?.capabilities ??
-        { deadline: false, secondSignalWhileBlocked: false, mechanism: "none" };
-    },
-  };
+  #elapsed(): string {
+    return `+${((performance.now() - this.#startMs) / 1000).toFixed(2)}s`;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -1523,23 +1585,31 @@ function findOnPath(name: string, searchPath: string | undefined): string | null
   return null;
 }
 
-/** Drops the oldest part of `path` (at a line boundary) so that at most `keepBytes` remain. */
-function trimLogHead(path: string, keepBytes: number): void {
-  const info = statOrNull(path);
-  if (!info || info.size <= keepBytes) return;
-  const bytes = readFile(path);
+/** Creates the log's folder (0700) and opens the log through the checks of `openOwnedAppend`. */
+function openDiagnosticLog(path: string): number {
+  const slash = path.lastIndexOf("/");
+  const folder = slash < 0 ? "." : slash === 0 ? "/" : path.slice(0, slash);
+  if (statOrNull(folder) === null) mkdirp(folder, 0o700);
+  return openOwnedAppend(path, 0o600);
+}
+
+/**
+ * Drops the oldest part of the log (at a line boundary) so that at most `keepBytes` remain. Bytes only:
+ * a log holding Latin-1 `ps` output must keep its bytes as they are, never round-trip through UTF-8.
+ */
+function trimLogHead(fd: number, keepBytes: number): void {
+  const size = fstat(fd).size;
+  if (size <= keepBytes) return;
   const notice = encoder.encode(`[keelson: older diagnostics dropped to keep this log under its limit]\n`);
-  let from = bytes.length - (keepBytes - notice.length);
-  const newline = bytes.indexOf(0x0a, from);
-  from = newline >= 0 ? newline + 1 : bytes.length;
-  const kept = new TextDecoder().decode(bytes.subarray(from));
-  writeFileAtomic(path, new TextDecoder().decode(notice) + kept, { mode: 0o600 });
-  const fd = openAppend(path, { mode: 0o600 });
-  try {
-    if (fstat(fd).size > keepBytes) throw new RangeError(`Cannot trim ${path} below ${keepBytes} bytes`);
-  } finally {
-    closeFd(fd);
-  }
+  const room = keepBytes - notice.length;
+  const tail = readAt(fd, room, size - room);
+  const newline = tail.indexOf(0x0a);
+  const kept = newline >= 0 ? tail.subarray(newline + 1) : tail.subarray(tail.length);
+  const bytes = new Uint8Array(notice.length + kept.length);
+  bytes.set(notice, 0);
+  bytes.set(kept, notice.length);
+  ftruncate(fd, 0);
+  writeAll(fd, bytes); // O_APPEND: lands at the new end, 0
 }
 
 /**

@@ -8,8 +8,13 @@
  * 2. Signal to log line: milliseconds from `kill -TERM` of a child that called `installShutdown()` to the
  *    arrival of its snapshot line on our end of its stderr pipe (the child is this file with `--child`).
  *
+ * 3. Wedged before the signal: a child that is stuck in a busy loop before SIGTERM (forceExitMs 500) must
+ *    be gone 500 ms + the 200 ms grace after it; the overshoot past that is the watchdog's own latency.
+ * 4. Redaction: `redactArgv` of a 12-argument command line versus a plain `join(" ")` of it.
+ *
  * Prints `p50 shutdown/snapshot X us`, `p99 shutdown/snapshot X us`, `ratio shutdown/raw-proc-reads X`
- * (median of per-round p50 ratios) and `p50 shutdown/kill-to-snapshot X ms`.
+ * (median of per-round p50 ratios), `p50 shutdown/kill-to-snapshot X ms`,
+ * `max shutdown/wedged-overshoot X ms` and `ratio redactArgv/join X`.
  */
 
 import * as fs from "node:fs";
@@ -19,12 +24,30 @@ import process from "node:process";
 import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { runtime, runtimeVersion, scriptCommand } from "../platform.ts";
-import { installShutdown, snapshotShutdownContext } from "../shutdown.ts";
+import { installShutdown, redactArgv, snapshotShutdownContext } from "../shutdown.ts";
 
 const ROUNDS = 7;
 const ITERATIONS = 1500;
 const WARMUP = 300;
 const KILL_RUNS = 8;
+const WEDGED_RUNS = 4;
+const WEDGED_FORCE_EXIT_MS = 500;
+/** The watchdog's grace after forceExitMs (documented on installShutdown). */
+const WEDGED_GRACE_MS = 200;
+const SAMPLE_ARGV = [
+  "curl",
+  "-sS",
+  "-u",
+  "ops:hunter2",
+  "-H",
+  "Authorization: Bearer abc.def",
+  "--retry",
+  "3",
+  "--config",
+  '{"timeout": 5, "password": "x"}',
+  "https://api.example/v1/items?limit=10&token=t",
+  "--output=/tmp/out.json",
+];
 
 function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
@@ -138,5 +161,55 @@ async function main(): Promise<void> {
   }
 }
 
+function wedgedChild(): void {
+  installShutdown({ forceExitMs: WEDGED_FORCE_EXIT_MS, systemd: false, log: () => {} });
+  fs.writeSync(2, "ready\n");
+  for (;;) Math.sqrt(Math.random()); // stuck before any signal: no handler of ours can ever run
+}
+
+/** Milliseconds past forceExitMs + grace at which a child wedged before SIGTERM was gone. */
+function wedgedOvershootMs(): Promise<number> {
+  const { command, args } = scriptCommand(fileURLToPath(import.meta.url), ["--wedged"]);
+  const childProcess = spawn(command, args, { stdio: ["ignore", "ignore", "pipe"] });
+  return new Promise((resolve) => {
+    let sentAt = 0;
+    childProcess.on(
+      "close",
+      () => resolve(performance.now() - sentAt - WEDGED_FORCE_EXIT_MS - WEDGED_GRACE_MS),
+    );
+    childProcess.stderr!.setEncoding("utf8");
+    childProcess.stderr!.on("data", (chunk: string) => {
+      if (sentAt !== 0 || !chunk.includes("ready")) return;
+      setTimeout(() => {
+        sentAt = performance.now();
+        process.kill(childProcess.pid!, "SIGTERM");
+      }, 100);
+    });
+  });
+}
+
+function redactionRatio(): number {
+  const ratios: number[] = [];
+  let sink = 0;
+  for (let round = 0; round < ROUNDS; round++) {
+    const ours = sample(() => void (sink += redactArgv(SAMPLE_ARGV).length), ITERATIONS);
+    const base = sample(() => void (sink += SAMPLE_ARGV.join(" ").length), ITERATIONS);
+    ratios.push(percentile(ours, 50) / Math.max(percentile(base, 50), 0.001));
+  }
+  if (sink < 0) console.log(sink);
+  return median(ratios);
+}
+
+async function extra(): Promise<void> {
+  const overshoots: number[] = [];
+  for (let run = 0; run < WEDGED_RUNS; run++) overshoots.push(await wedgedOvershootMs());
+  console.log(`max shutdown/wedged-overshoot ${Math.max(...overshoots).toFixed(1)} ms`);
+  console.log(`ratio redactArgv/join ${redactionRatio().toFixed(2)}`);
+}
+
 if (process.argv.includes("--child")) child();
-else await main();
+else if (process.argv.includes("--wedged")) wedgedChild();
+else {
+  await main();
+  await extra();
+}

@@ -26,11 +26,8 @@ const EXPECTED: Record<string, WatchdogCapabilities> = {
   node: { deadline: true, secondSignalWhileBlocked: true, mechanism: "node-internal-signal-wrap" },
   bun: { deadline: true, secondSignalWhileBlocked: true, mechanism: "bun-ffi-sigaction" },
 };
-/**
- * How a second termination signal ends the process: the worker's SIGKILL, or on Bun the signal's own
- * default action (the kernel reset the action to SIG_DFL after the first delivery).
- */
-const SECOND_SIGNAL_ENDING = runtime === "bun" ? "SIGTERM" : "SIGKILL";
+/** How a second termination signal ends the process: the worker's SIGKILL, on every runtime. */
+const SECOND_SIGNAL_ENDING = "SIGKILL";
 const expected = EXPECTED[runtime];
 const NOT_WHILE_BLOCKED = expected.secondSignalWhileBlocked
   ? false
@@ -209,13 +206,14 @@ describe("startWatchdog() signals", () => {
 
   it(
     "startWatchdog() with secondSignalGraceMs lets a free main thread end the process its own way",
-    { ...SLOW, skip: runtime === "bun" ? "Bun's second signal is the kernel's default action" : false },
+    SLOW,
     async () => {
       const r = run("second-signal-grace-free");
       try {
         await r.line("ready");
         process.kill(r.child.pid!, "SIGTERM");
         await r.line("handled 1");
+        await sleep(250); // past the window in which a repeat counts once
         process.kill(r.child.pid!, "SIGTERM");
         assert.deepEqual(await r.ended, { code: 7, signal: null });
         assert.match(r.stderr(), /handled 2/);
@@ -254,8 +252,7 @@ describe("startWatchdog() signals", () => {
         process.kill(r.child.pid!, "SIGTERM");
         await sleep(300);
         process.kill(r.child.pid!, "SIGINT");
-        // Bun: SIGINT had been set to SIG_DFL once the first SIGTERM was seen.
-        assert.deepEqual(await r.ended, { code: null, signal: runtime === "bun" ? "SIGINT" : "SIGKILL" });
+        assert.deepEqual(await r.ended, { code: null, signal: "SIGKILL" });
       } finally {
         killChild(r.child);
       }
@@ -311,6 +308,67 @@ describe("startWatchdog() signals", () => {
       await r.line("ready");
       process.kill(r.child.pid!, "SIGTERM");
       assert.deepEqual(await r.ended, { code: null, signal: "SIGTERM" });
+    } finally {
+      killChild(r.child);
+    }
+  });
+});
+
+/** Sends `signal` twice, `gapMs` apart, spinning in between (a timer could take far longer). */
+function signalTwice(pid: number, signal: NodeJS.Signals, gapMs: number): void {
+  process.kill(pid, signal);
+  const until = performance.now() + gapMs;
+  while (performance.now() < until) {
+    // spin
+  }
+  process.kill(pid, signal);
+}
+
+describe("startWatchdog() first signal and repeats", () => {
+  for (const scenario of ["first-signal-blocked", "first-signal-busy"]) {
+    it(
+      `startWatchdog() armOnFirstSignalMs ends a main thread wedged before the signal (${scenario})`,
+      { ...SLOW, skip: NOT_WHILE_BLOCKED },
+      async () => {
+        const r = run(scenario);
+        try {
+          await r.line("ready");
+          await sleep(300); // let the write fill the pipe and block, or the loop spin
+          const sentAt = performance.now();
+          process.kill(r.child.pid!, "SIGTERM");
+          assert.deepEqual(await r.ended, { code: null, signal: "SIGKILL" });
+          // The guarantee is a bound: 500 ms armed from the signal, plus 1 s.
+          assert.ok(
+            performance.now() - sentAt < 1_500,
+            `ended ${performance.now() - sentAt} ms after SIGTERM`,
+          );
+        } finally {
+          killChild(r.child);
+        }
+      },
+    );
+  }
+
+  it("startWatchdog() counts one signal delivered twice 3 ms apart once", SLOW, async () => {
+    const r = run("repeat");
+    try {
+      await r.line("ready");
+      signalTwice(r.child.pid!, "SIGTERM", 3);
+      assert.deepEqual(await r.ended, { code: 0, signal: null }, r.stderr());
+      assert.match(r.stderr(), /handled 1/);
+    } finally {
+      killChild(r.child);
+    }
+  });
+
+  it("startWatchdog() still counts the same signal 300 ms later as a second one", SLOW, async () => {
+    const r = run("repeat");
+    try {
+      await r.line("ready");
+      process.kill(r.child.pid!, "SIGTERM");
+      await sleep(300);
+      process.kill(r.child.pid!, "SIGTERM");
+      assert.deepEqual(await r.ended, { code: null, signal: "SIGKILL" }, r.stderr());
     } finally {
       killChild(r.child);
     }
