@@ -1530,8 +1530,9 @@ function takeOver(
     else closeFd(writeExclusive(guard, ours.text, undefined));
   } catch (error) {
     if (errorCode(error) !== "EEXIST") throw error;
-    clearDeadGuard(guard, staleMs);
-    return "busy";
+    // A taker killed mid-takeover: try again at once (an open that does not wait must not give up
+    // on a dead holder's rollover because of the guard its dead taker left).
+    return clearDeadGuard(guard, staleMs) ? "not-stale" : "busy";
   }
   const probe = tempPathBeside(lockPath);
   const aside = tempPathBeside(lockPath);
@@ -1543,7 +1544,7 @@ function takeOver(
       if (code === "ENOENT") return "not-stale"; // released meanwhile
       if (!NO_LINK_CODES.has(code ?? "")) throw error;
     }
-    // Without hard links the probe is a copy of the text; the rename below still checks it again.
+    // Without hard links there is no probe: the lock itself is read (the rename below checks again).
     if (readTextFileOrNull(statOrNull(probe) === null ? lockPath : probe) !== judged.text) {
       return "not-stale";
     }
@@ -1571,15 +1572,22 @@ function takeOver(
   }
 }
 
-/** A takeover guard whose taker died (or that is older than a takeover could take) is removed. */
-function clearDeadGuard(guard: string, staleMs: number): void {
+/**
+ * A takeover guard whose taker died (or that is older than a takeover could take) is removed. Returns
+ * whether the guard is gone (try the takeover again now).
+ */
+function clearDeadGuard(guard: string, staleMs: number): boolean {
   try {
     const text = readTextFileOrNull(guard);
     const seen = statOrNull(guard);
-    if (text === null || seen === null) return;
-    if (holderIsGone(text, seen.mtimeMs) || Date.now() - seen.mtimeMs > staleMs) unlinkIfExists(guard);
+    if (text === null || seen === null) return true;
+    if (holderIsGone(text, seen.mtimeMs) || Date.now() - seen.mtimeMs > staleMs) {
+      unlinkIfExists(guard);
+      return true;
+    }
+    return false;
   } catch {
-    // Judged again on the next try.
+    return false; // judged again on the next try
   }
 }
 
