@@ -917,7 +917,8 @@ class RotatingFileHandle implements RotatingFile {
    * adjacent names: the lower name goes (the move was under way).
    */
   #keepOneNamePerBackup(): void {
-    const slots = this.#backupSlots();
+    // Every slot, beyond our own `backups` too: a sibling configured with more may have been killed.
+    const slots = this.#backupSlots(Infinity);
     for (const i of [...slots].sort((a, b) => b - a)) {
       if (!slots.has(i + 1)) continue;
       const lower = statOrNull(`${this.path}.${i}`);
@@ -1028,8 +1029,8 @@ class RotatingFileHandle implements RotatingFile {
     }
   }
 
-  /** The backup numbers (1 … backups) present in the folder now. */
-  #backupSlots(): Set<number> {
+  /** The backup numbers (1 … `upTo`, by default `backups`) present in the folder now. */
+  #backupSlots(upTo: number = this.#settings.backups): Set<number> {
     const prefix = `${this.#base}.`;
     const slots = new Set<number>();
     for (const name of readDir(this.#dir)) {
@@ -1037,7 +1038,7 @@ class RotatingFileHandle implements RotatingFile {
       const rest = name.slice(prefix.length);
       if (!/^[1-9]\d*$/.test(rest)) continue;
       const slot = Number(rest);
-      if (slot <= this.#settings.backups) slots.add(slot);
+      if (slot <= upTo) slots.add(slot);
     }
     return slots;
   }

@@ -721,6 +721,21 @@ describe("openRotatingFile() rollover", () => {
     assert.deepEqual(errors, []);
   });
 
+  it("openRotatingFile() with fewer backups than the chain still drops a second name a killed shift left", () => {
+    // A sibling configured with more backups was killed between the link and the unlink of a move.
+    const file = freshLog();
+    for (let i = 1; i <= 7; i++) fs.writeFileSync(`${file}.${i}`, `b${i}\n`);
+    fs.linkSync(`${file}.7`, `${file}.8`);
+    const gone = spawnSync("true").pid!; // exited and reaped: its lock is a dead holder's
+    fs.writeFileSync(`${file}.lock`, JSON.stringify({ pid: gone, startTime: null, token: "killed", at: "" }));
+    const { log, errors } = open(file, { backups: 5 });
+    log.close();
+    assert.equal(fs.existsSync(`${file}.7`), false);
+    assert.equal(read(`${file}.8`), "b7\n");
+    assert.equal(fs.existsSync(`${file}.lock`), false);
+    assert.deepEqual(errors, []);
+  });
+
   it("openRotatingFile() never takes over as stale a new lock on a reused inode with the same size and mtime", () => {
     // ext4 hands a freed inode to the next file, and a file's mtime has the kernel clock's coarse
     // granularity: a lock released and taken again can look like the one seen before by inode, size
