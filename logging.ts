@@ -168,7 +168,8 @@ export interface RotatingFileOptions {
    * A lock that this process has seen unchanged for this long (on a monotonic clock, across its tries)
    * is taken over even when its holder seems alive (a holder stopped or frozen mid-rollover, one in
    * another PID namespace). A rollover takes milliseconds. A wall-clock step neither steals a young
-   * lock nor keeps an old one.
+   * lock nor keeps an old one. A holder that was taken over and resumes checks the lock before each
+   * file it moves and stops (reported to `onError`); what it left half-done is finished by the next.
    * @default 10000 ({@linkcode DEFAULT_LOCK_STALE_MS})
    */
   lockStaleMs?: number;
