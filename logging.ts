@@ -168,7 +168,8 @@ export interface RotatingFileOptions {
    * A lock that this process has seen unchanged for this long (on a monotonic clock, across its tries)
    * is taken over even when its holder seems alive (a holder stopped or frozen mid-rollover, one in
    * another PID namespace). A rollover takes milliseconds. A wall-clock step neither steals a young
-   * lock nor keeps an old one.
+   * lock nor keeps an old one. A holder that was taken over and resumes checks the lock before each
+   * file it moves and stops (reported to `onError`); what it left half-done is finished by the next.
    * @default 10000 ({@linkcode DEFAULT_LOCK_STALE_MS})
    */
   lockStaleMs?: number;
@@ -589,6 +590,8 @@ class RotatingFileHandle implements RotatingFile {
   #depth = 0;
   /** `true` while onError runs: a failure inside it is not reported again (no loop). */
   #reporting = false;
+  /** The token of the rollover lock while this handle holds it (see #checkHeld). */
+  #lockToken: string | null = null;
   /** Failures met while the rollover lock is held: reported after it is released (onError may log). */
   #held: RotatingFileError[] | null = null;
 
@@ -831,7 +834,8 @@ class RotatingFileHandle implements RotatingFile {
       const lock = this.#takeLock(force);
       if (lock === null) return;
       token = lock.token;
-      this.#finishLeftovers(lock.tookOver);
+      this.#lockToken = token;
+      this.#finishLeftovers();
       if (!this.#recheck(incoming, force)) return;
       if (!this.#shiftBackups()) return;
       const aside = this.#moveAside();
@@ -839,8 +843,10 @@ class RotatingFileHandle implements RotatingFile {
       this.#publish(aside);
       this.#open("rollover", false);
     } catch (error) {
-      this.#fail("rollover", "rollover failed", error, false);
+      // A lost lock is reported by the release below; what this handle moved aside stays for the holder.
+      if (!(error instanceof LockLost)) this.#fail("rollover", "rollover failed", error, false);
     } finally {
+      this.#lockToken = null;
       if (token !== null) {
         const released = releaseLock(this.#lockPath, token);
         if (released !== null) this.#fail("rollover", released, undefined, false);
@@ -855,7 +861,7 @@ class RotatingFileHandle implements RotatingFile {
    * Step "lock". A rollover due to a write waits at most `lockTimeoutMs`, once: while the same lock
    * stays busy afterwards, later tries only look (a frozen holder must not stall every write).
    */
-  #takeLock(force: boolean): { token: string; tookOver: boolean } | null {
+  #takeLock(force: boolean): { token: string } | null {
     const waitMs = force || !this.#lockWaitedOut ? this.#settings.lockTimeoutMs : 0;
     const before = this.#lockSeen.current;
     const lock = acquireLock(this.#lockPath, this.#settings, waitMs, this.#lockSeen);
@@ -874,12 +880,14 @@ class RotatingFileHandle implements RotatingFile {
   }
 
   /**
-   * Step "finish leftovers" (under the lock): after taking over a dead holder's lock, a backup that
-   * its killed shift left under two names keeps one; a live file it moved aside is published into
-   * the chain; the temporary files of dead lock waiters are removed.
+   * Step "finish leftovers" (under the lock): a backup that a killed shift left under two names keeps
+   * one; a live file it moved aside is published into the chain; the temporary files of dead lock
+   * waiters are removed. Looked for on every take, not only after a takeover: the process that
+   * removed a killed holder's lock may have given up or been killed before it took the lock, and the
+   * holder after it cannot tell.
    */
-  #finishLeftovers(tookOver: boolean): void {
-    if (tookOver) this.#keepOneNamePerBackup();
+  #finishLeftovers(): void {
+    this.#keepOneNamePerBackup();
     let names: string[];
     try {
       names = readDir(this.#dir);
@@ -910,18 +918,22 @@ class RotatingFileHandle implements RotatingFile {
    * adjacent names: the lower name goes (the move was under way).
    */
   #keepOneNamePerBackup(): void {
-    const slots = this.#backupSlots();
+    // Every slot, beyond our own `backups` too: a sibling configured with more may have been killed.
+    const slots = this.#backupSlots(Infinity);
     for (const i of [...slots].sort((a, b) => b - a)) {
       if (!slots.has(i + 1)) continue;
       const lower = statOrNull(`${this.path}.${i}`);
       const upper = statOrNull(`${this.path}.${i + 1}`);
       if (lower === null || upper === null || lower.ino === null) continue;
-      if (lower.ino === upper.ino && lower.dev === upper.dev) unlinkIfExists(`${this.path}.${i}`);
+      if (lower.ino !== upper.ino || lower.dev !== upper.dev) continue;
+      this.#checkHeld();
+      unlinkIfExists(`${this.path}.${i}`);
     }
   }
 
   /** Puts a live file that a killed rollover left aside into the chain, or drops a second name of it. */
   #finishAside(aside: string): void {
+    this.#checkHeld();
     const seen = statOrNull(aside);
     if (seen === null) return;
     const live = statOrNull(this.path);
@@ -973,6 +985,7 @@ class RotatingFileHandle implements RotatingFile {
         const clobber = attempt >= SHIFT_ATTEMPTS;
         // One listing instead of a stat per possible slot: only the backups that exist are visited.
         const slots = this.#backupSlots();
+        this.#checkHeld();
         if (slots.has(backups)) unlinkIfExists(`${this.path}.${backups}`);
         let occupied = false;
         let above: number | null = null; // inode that was at slot i+1 before it moved to i+2
@@ -987,12 +1000,14 @@ class RotatingFileHandle implements RotatingFile {
             above = null;
             continue;
           }
+          this.#checkHeld(); // before each move: a holder taken over while frozen stops here
           if (above !== null && seen.ino === above) {
             unlinkIfExists(from); // the same file as the one just moved: a shift killed mid-move
             above = null;
             continue;
           }
-          occupied = moveNoClobber(from, `${this.path}.${i + 1}`, clobber) === "occupied";
+          const to = `${this.path}.${i + 1}`;
+          occupied = moveNoClobber(from, to, clobber, () => this.#checkHeld()) === "occupied";
           above = seen.ino;
           if (++moved % HEARTBEAT_EVERY_SLOTS === 0) this.#heartbeat();
         }
@@ -1009,13 +1024,14 @@ class RotatingFileHandle implements RotatingFile {
         // Something filled a slot we had just freed (an external rotator): start over from the end.
       }
     } catch (error) {
+      if (error instanceof LockLost) throw error;
       this.#fail("rollover", "shifting the backups failed; the live file stays", error, false);
       return false;
     }
   }
 
-  /** The backup numbers (1 … backups) present in the folder now. */
-  #backupSlots(): Set<number> {
+  /** The backup numbers (1 … `upTo`, by default `backups`) present in the folder now. */
+  #backupSlots(upTo: number = this.#settings.backups): Set<number> {
     const prefix = `${this.#base}.`;
     const slots = new Set<number>();
     for (const name of readDir(this.#dir)) {
@@ -1023,9 +1039,28 @@ class RotatingFileHandle implements RotatingFile {
       const rest = name.slice(prefix.length);
       if (!/^[1-9]\d*$/.test(rest)) continue;
       const slot = Number(rest);
-      if (slot <= this.#settings.backups) slots.add(slot);
+      if (slot <= upTo) slots.add(slot);
     }
     return slots;
+  }
+
+  /**
+   * Before each step that moves or removes a file: throws {@linkcode LockLost} when the lock no longer
+   * holds our token. A holder frozen (stopped, starved) for `lockStaleMs` is taken over by design; when
+   * it resumes it must not move files under the new holder (a second, concurrent shift unlinks names
+   * that the other one has just filled: records lost). A step is one `link`/`unlink`/`rename`, so a
+   * holder resumed after a takeover does at most the one it was about to do.
+   */
+  #checkHeld(): void {
+    const token = this.#lockToken;
+    if (token === null) return;
+    let text: string | null;
+    try {
+      text = readTextFileOrNull(this.#lockPath);
+    } catch {
+      text = null; // cannot tell: stopping is safe, going on is not
+    }
+    if (text === null || !text.includes(token)) throw new LockLost();
   }
 
   /** A long shift shows waiters that the lock's holder is alive: they judge it by an unchanged mtime. */
@@ -1044,6 +1079,7 @@ class RotatingFileHandle implements RotatingFile {
    */
   #moveAside(): string | null {
     const aside = tempPathBeside(`${this.path}${ASIDE_INFIX.slice(0, -1)}`);
+    this.#checkHeld();
     try {
       rename(this.path, aside);
     } catch (error) {
@@ -1081,7 +1117,8 @@ class RotatingFileHandle implements RotatingFile {
       return;
     }
     for (let attempt = 1;; attempt++) {
-      const result = moveNoClobber(aside, first, attempt >= SHIFT_ATTEMPTS);
+      this.#checkHeld(); // a file left aside is published by whoever holds the lock next
+      const result = moveNoClobber(aside, first, attempt >= SHIFT_ATTEMPTS, () => this.#checkHeld());
       if (result !== "occupied") return; // "vanished": a sibling that took our lock over finished it
       if (!this.#shiftBackups()) return; // the file stays aside; the next rollover publishes it
     }
@@ -1111,10 +1148,14 @@ class RotatingFileHandle implements RotatingFile {
       const lock = acquireLock(this.#lockPath, this.#settings, 0, this.#lockSeen);
       if (!("token" in lock)) return; // a live holder: it finishes them
       token = lock.token;
-      this.#finishLeftovers(lock.tookOver);
+      this.#lockToken = token;
+      this.#finishLeftovers();
     } catch (error) {
-      this.#fail("open", "finishing an interrupted rollover failed", error, false);
+      if (!(error instanceof LockLost)) {
+        this.#fail("open", "finishing an interrupted rollover failed", error, false);
+      }
     } finally {
+      this.#lockToken = null;
       if (token !== null) {
         const released = releaseLock(this.#lockPath, token);
         if (released !== null) this.#fail("open", released, undefined, false);
@@ -1147,6 +1188,13 @@ class RotatingFileHandle implements RotatingFile {
     } finally {
       this.#reporting = false;
     }
+  }
+}
+
+/** Thrown inside a rollover whose lock was taken over: every later step is skipped. */
+class LockLost extends Error {
+  constructor() {
+    super("the rollover lock was taken over");
   }
 }
 
@@ -1274,12 +1322,19 @@ function endsWithNewline(path: string, ino: number | null): boolean {
  * Moves `from` to `to` without replacing anything at `to` (`link` then `unlink`). `"vanished"` when
  * `from` is gone (a sibling moved it), `"occupied"` when another file is at `to`; when `to` is already
  * the same file (a move killed between its two steps), `from` is just unlinked. `clobber` (the last
- * attempt) and filesystems without hard links use `rename(2)`.
+ * attempt) and filesystems without hard links use `rename(2)`. `beforeUnlink` runs between the
+ * two steps (a rollover checks that it still holds the lock: the name may have been refilled since).
  */
-function moveNoClobber(from: string, to: string, clobber: boolean): "moved" | "vanished" | "occupied" {
+function moveNoClobber(
+  from: string,
+  to: string,
+  clobber: boolean,
+  beforeUnlink: () => void = () => {},
+): "moved" | "vanished" | "occupied" {
   if (!clobber) {
     try {
       link(from, to);
+      beforeUnlink();
       unlinkIfExists(from);
       return "moved";
     } catch (error) {
@@ -1292,6 +1347,7 @@ function moveNoClobber(from: string, to: string, clobber: boolean): "moved" | "v
         if (
           target !== null && source.ino !== null && source.ino === target.ino && source.dev === target.dev
         ) {
+          beforeUnlink();
           unlinkIfExists(from);
           return "moved";
         }
@@ -1328,11 +1384,14 @@ interface LockObservation {
   ino: number | null;
   mtimeMs: number;
   size: number;
+  /** The record read: its token is unique, so a new lock that reuses the inode never looks the same. */
+  text: string;
   since: number;
 }
 
 function sameObservation(a: LockObservation, b: LockObservation): boolean {
-  return a.dev === b.dev && a.ino === b.ino && a.mtimeMs === b.mtimeMs && a.size === b.size;
+  return a.dev === b.dev && a.ino === b.ino && a.mtimeMs === b.mtimeMs && a.size === b.size &&
+    a.text === b.text;
 }
 
 /**
@@ -1340,15 +1399,14 @@ function sameObservation(a: LockObservation, b: LockObservation): boolean {
  * a lock exists). A lock whose holder is dead is taken over at once; one whose holder cannot be
  * judged dead is taken over once it has looked unchanged for `lockStaleMs` of monotonic time, as seen
  * by this process across its tries (`seen`), so a stepped wall clock neither steals a young lock nor
- * keeps an old one. Waits at most `waitMs`. Returns the token (`tookOver`: a dead or stale holder's
- * lock was removed first, so a rollover may have been cut short), or the error (`busy`: a live holder).
+ * keeps an old one. Waits at most `waitMs`. Returns the token, or the error (`busy`: a live holder).
  */
 function acquireLock(
   lockPath: string,
   settings: { lockStaleMs: number; mode: number | undefined },
   waitMs: number,
   seen: { current: LockObservation | null },
-): { token: string; tookOver: boolean } | { error: unknown; busy: boolean } {
+): { token: string } | { error: unknown; busy: boolean } {
   const me = selfIdentity();
   const token = `${me.pid}-${Date.now()}-${Math.random().toString(36).slice(2)}`;
   const record: LockRecord = { ...me, token, at: new Date().toISOString() };
@@ -1356,7 +1414,6 @@ function acquireLock(
   const fileOptions = settings.mode === undefined ? {} : { mode: settings.mode };
   const deadline = monotonicMs() + waitMs;
   let sleepMs = LOCK_SLEEP_MIN_MS;
-  let tookOver = false;
   let tmp: string | null = tempPathBeside(lockPath);
   try {
     writeTextFile(tmp, text, fileOptions);
@@ -1369,7 +1426,7 @@ function acquireLock(
       try {
         if (tmp !== null) link(tmp, lockPath);
         else closeFd(writeExclusive(lockPath, text, settings.mode));
-        return { token, tookOver };
+        return { token };
       } catch (error) {
         const code = errorCode(error);
         if (tmp !== null && NO_LINK_CODES.has(code ?? "")) {
@@ -1389,7 +1446,6 @@ function acquireLock(
         const outcome = takeOver(lockPath, seen.current, { tmp, text }, settings.lockStaleMs);
         if (outcome !== "busy") {
           seen.current = null;
-          tookOver ||= outcome === "removed";
           continue;
         }
         // Another process is taking it over right now: wait for its outcome like for a holder.
@@ -1430,15 +1486,16 @@ function judgeLock(
 ): "gone" | "dead" | "stale" | "live" {
   const now = statOrNull(lockPath);
   if (now === null) return "gone";
+  const text = readTextFileOrNull(lockPath);
+  if (text === null) return "gone";
   const observed: LockObservation = {
     dev: now.dev,
     ino: now.ino,
     mtimeMs: now.mtimeMs,
     size: now.size,
+    text,
     since: monotonicMs(),
   };
-  const text = readTextFileOrNull(lockPath);
-  if (text === null) return "gone";
   if (holderIsGone(text, now.mtimeMs)) {
     seen.current = observed;
     return "dead";
@@ -1452,12 +1509,15 @@ function judgeLock(
 }
 
 /**
- * Removes the lock judged dead or stale. Takeovers go one at a time, under `<path>.lock.takeover`
- * (published like the lock: our record's temporary file linked, or its text created exclusively
- * where there are no hard links): the stale file is renamed aside and checked to be the one judged (`judged`), and a
- * fresh lock found instead is put back. Serialising takeovers means that only a holder's own release
- * can make the lock change under a taker, so the put-back never races another taker's removal.
- * `"busy"` when another process is taking over.
+ * Removes the lock judged dead or stale, and only that one: the record judged (`judged.text`, whose
+ * token is unique) must still be the lock. Takeovers go one at a time, under `<path>.lock.takeover`
+ * (published like the lock: our record's temporary file linked, or its text created exclusively where
+ * there are no hard links). The lock is first given a second, private name and that is read: a lock
+ * that is not the one judged (released and taken again since, maybe on the same inode) is never
+ * touched, so the path is never empty under a live holder. Only then is the lock renamed aside; a
+ * record found there that is not the judged one (its holder released it in between and a sibling took
+ * the lock: only possible for a live holder judged stale) is put back. `"busy"` when another process
+ * is taking over.
  */
 function takeOver(
   lockPath: string,
@@ -1465,50 +1525,71 @@ function takeOver(
   ours: { tmp: string | null; text: string },
   staleMs: number,
 ): "removed" | "not-stale" | "busy" {
+  if (judged === null) return "not-stale";
   const guard = `${lockPath}.takeover`;
   try {
     if (ours.tmp !== null) link(ours.tmp, guard);
     else closeFd(writeExclusive(guard, ours.text, undefined));
   } catch (error) {
     if (errorCode(error) !== "EEXIST") throw error;
-    clearDeadGuard(guard, staleMs);
-    return "busy";
+    // A taker killed mid-takeover: try again at once (an open that does not wait must not give up
+    // on a dead holder's rollover because of the guard its dead taker left).
+    return clearDeadGuard(guard, staleMs) ? "not-stale" : "busy";
   }
+  const probe = tempPathBeside(lockPath);
+  const aside = tempPathBeside(lockPath);
   try {
-    const aside = tempPathBeside(lockPath);
+    try {
+      link(lockPath, probe);
+    } catch (error) {
+      const code = errorCode(error);
+      if (code === "ENOENT") return "not-stale"; // released meanwhile
+      if (!NO_LINK_CODES.has(code ?? "")) throw error;
+    }
+    // Without hard links there is no probe: the lock itself is read (the rename below checks again).
+    if (readTextFileOrNull(statOrNull(probe) === null ? lockPath : probe) !== judged.text) {
+      return "not-stale";
+    }
     try {
       rename(lockPath, aside);
     } catch (error) {
       if (errorCode(error) === "ENOENT") return "not-stale"; // released meanwhile
       throw error;
     }
-    const taken = stat(aside);
-    if (judged !== null && taken.ino !== null && judged.ino !== null && taken.ino !== judged.ino) {
-      // Not the file we judged: its holder released it and a sibling took it. Put it back.
+    if (readTextFileOrNull(aside) !== judged.text) {
+      // Released and taken again between the two steps: put it back. Should yet another sibling hold
+      // the lock already, theirs stands; the holder put aside finds out before its next step.
       try {
         link(aside, lockPath);
       } catch {
-        // Yet another sibling holds the lock already; theirs stands (the one put aside was released).
+        // See above.
       }
-      unlinkIfExists(aside);
       return "not-stale";
     }
-    unlinkIfExists(aside);
     return "removed";
   } finally {
+    unlinkQuietly(probe);
+    unlinkQuietly(aside);
     unlinkQuietly(guard);
   }
 }
 
-/** A takeover guard whose taker died (or that is older than a takeover could take) is removed. */
-function clearDeadGuard(guard: string, staleMs: number): void {
+/**
+ * A takeover guard whose taker died (or that is older than a takeover could take) is removed. Returns
+ * whether the guard is gone (try the takeover again now).
+ */
+function clearDeadGuard(guard: string, staleMs: number): boolean {
   try {
     const text = readTextFileOrNull(guard);
     const seen = statOrNull(guard);
-    if (text === null || seen === null) return;
-    if (holderIsGone(text, seen.mtimeMs) || Date.now() - seen.mtimeMs > staleMs) unlinkIfExists(guard);
+    if (text === null || seen === null) return true;
+    if (holderIsGone(text, seen.mtimeMs) || Date.now() - seen.mtimeMs > staleMs) {
+      unlinkIfExists(guard);
+      return true;
+    }
+    return false;
   } catch {
-    // Judged again on the next try.
+    return false; // judged again on the next try
   }
 }
 

@@ -4,7 +4,16 @@ import { spawn, spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { getUid, processStartTime, readProcStat, runtime, scriptCommand, statIdentity } from "../platform.ts";
+import {
+  getUid,
+  processStartTime,
+  readProcStat,
+  runtime,
+  scriptCommand,
+  selfIdentity,
+  sleepSync,
+  statIdentity,
+} from "../platform.ts";
 import {
   createLogger,
   DEFAULT_BACKUPS,
@@ -711,6 +720,142 @@ describe("openRotatingFile() rollover", () => {
     assert.equal(fs.existsSync(`${file}.lock`), false);
     assert.deepEqual(errors, []);
   });
+
+  it("openRotatingFile() with fewer backups than the chain still drops a second name a killed shift left", () => {
+    // A sibling configured with more backups was killed between the link and the unlink of a move.
+    const file = freshLog();
+    for (let i = 1; i <= 7; i++) fs.writeFileSync(`${file}.${i}`, `b${i}\n`);
+    fs.linkSync(`${file}.7`, `${file}.8`);
+    const gone = spawnSync("true").pid!; // exited and reaped: its lock is a dead holder's
+    fs.writeFileSync(`${file}.lock`, JSON.stringify({ pid: gone, startTime: null, token: "killed", at: "" }));
+    const { log, errors } = open(file, { backups: 5 });
+    log.close();
+    assert.equal(fs.existsSync(`${file}.7`), false);
+    assert.equal(read(`${file}.8`), "b7\n");
+    assert.equal(fs.existsSync(`${file}.lock`), false);
+    assert.deepEqual(errors, []);
+  });
+
+  it("openRotatingFile() never takes over as stale a new lock on a reused inode with the same size and mtime", () => {
+    // ext4 hands a freed inode to the next file, and a file's mtime has the kernel clock's coarse
+    // granularity: a lock released and taken again can look like the one seen before by inode, size
+    // and mtime. Only its record (a unique token) tells them apart.
+    const file = freshLog();
+    const lock = `${file}.lock`;
+    const record = (token: string) => JSON.stringify({ ...selfIdentity(), token, at: "" }); // alive
+    fs.writeFileSync(lock, record("first-holder"));
+    fs.utimesSync(lock, 1_700_000_000, 1_700_000_000);
+    const { log, errors } = open(file, { lockStaleMs: 300, lockTimeoutMs: 100 });
+    log.write("a");
+    log.rotate(); // waits 100 ms: busy, the lock is now seen
+    assert.equal(errors.length, 1);
+    const ino = fs.statSync(lock).ino;
+    fs.writeFileSync(lock, record("other-holder")); // same inode, same size
+    fs.utimesSync(lock, 1_700_000_000, 1_700_000_000);
+    assert.equal(fs.statSync(lock).ino, ino);
+    sleepSync(400);
+    log.rotate(); // the lock seen 400 ms ago is gone: this one is young and its holder lives
+    log.close();
+    assert.equal(read(lock), record("other-holder"));
+    assert.equal(fs.existsSync(`${file}.1`), false);
+    assert.equal(read(file), "a\n");
+    assert.equal(errors.length, 2);
+    assert.match(errors[1]!.message, /cannot take the rollover lock/);
+  });
+
+  it(
+    "openRotatingFile() with its holder stopped mid-rollover, taken over and resumed: every record once",
+    { timeout: 180_000 },
+    async () => {
+      // A holder frozen (SIGSTOP, a starved machine) longer than lockStaleMs is taken over by design.
+      // When it resumes it must notice before its next move: two shifts at once unlink names the other
+      // one has just filled.
+      const dir = freshDir();
+      const file = path.join(dir, "app.log");
+      const count = 4000; // a long shift: the holder is stopped in the middle of it
+      for (let i = 1; i <= count; i++) fs.writeFileSync(`${file}.${i}`, `b${i} backup\n`);
+      const writer = (id: string, records: number, extra: string[] = []) =>
+        startFixture(WRITER, [
+          "--path",
+          file,
+          "--id",
+          id,
+          "--count",
+          String(records),
+          "--rotate-every",
+          "1",
+          "--backups",
+          "10000",
+          ...extra,
+        ]);
+      const holder = writer("h", 2);
+      let stopped = false;
+      try {
+        await waitFor("the holder's rollover lock", () => {
+          let text = "";
+          try {
+            text = fs.readFileSync(`${file}.lock`, "utf8");
+          } catch {
+            return false;
+          }
+          if (!text.includes(`"pid":${holder.pid},`)) return false;
+          process.kill(holder.pid, "SIGSTOP");
+          stopped = true;
+          return true;
+        }, 60_000);
+        assert.match(fs.readFileSync(`${file}.lock`, "utf8"), new RegExp(`"pid":${holder.pid},`));
+        const taker = await writer("t", 3, ["--lock-stale-ms", "500", "--lock-timeout-ms", "120000"]).done;
+        assert.equal(taker.code, 0, taker.stderr);
+      } finally {
+        if (stopped) process.kill(holder.pid, "SIGCONT");
+      }
+      const resumed = await holder.done;
+      assert.equal(resumed.code, 0, resumed.stderr);
+      assert.match(resumed.stderr, /taken over while held/);
+      const last = await runFixture(WRITER, [
+        "--path",
+        file,
+        "--id",
+        "z",
+        "--count",
+        "0",
+        "--backups",
+        "10000",
+      ]);
+      assert.equal(last.code, 0, last.stderr);
+      const seen = new Map<string, number>();
+      const byIno = new Map<number, string[]>();
+      for (const name of fs.readdirSync(dir)) {
+        const full = path.join(dir, name);
+        const ino = fs.statSync(full).ino;
+        byIno.set(ino, [...(byIno.get(ino) ?? []), name]);
+        for (const line of read(full).split("\n")) {
+          if (line === "") continue;
+          const key = line.split(" ").slice(0, 2).join(" ");
+          seen.set(key, (seen.get(key) ?? 0) + 1);
+        }
+      }
+      assert.deepEqual(
+        [...byIno.values()].filter((names) => names.length > 1),
+        [],
+        "one file under two names",
+      );
+      assert.deepEqual(fs.readdirSync(dir).filter((name) => name.endsWith(".tmp")), []);
+      const expected = [
+        ...Array.from({ length: count }, (_, i) => `b${i + 1} backup`),
+        "h 000000",
+        "h 000001",
+        "t 000000",
+        "t 000001",
+        "t 000002",
+      ];
+      const wrong = expected.filter((key) => seen.get(key) !== 1).map((key) =>
+        `${key}: ${seen.get(key) ?? 0}`
+      );
+      assert.deepEqual(wrong, [], "records lost or duplicated");
+      assert.equal(seen.size, expected.length);
+    },
+  );
 });
 
 // ---------------------------------------------------------------------------------------------------
