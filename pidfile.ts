@@ -308,48 +308,48 @@ export interface AcquirePidFileOptions {
    * another host or PID namespace, this process, or a process that took the holder's PID meanwhile.
    * @default false
    */
-  replace?: boolean;
+  replace?: boolean | undefined;
   /**
    * How long `replace` waits after SIGTERM before it sends SIGKILL, in milliseconds.
    * @default 5000
    */
-  replaceTimeoutMs?: number;
+  replaceTimeoutMs?: number | undefined;
   /**
    * Permission bits of the PID file, whatever the umask. The record holds nothing secret (its command
    * line is redacted), so it is readable by all by default, for status tools and supervisors.
    * @default 0o644
    */
-  mode?: number;
+  mode?: number | undefined;
   /**
    * Release at normal exit (event loop done, `exit()`, `process.exit()`, `Deno.exit()`).
    * @default true
    */
-  releaseOnExit?: boolean;
+  releaseOnExit?: boolean | undefined;
   /**
    * Signals on which the file is released and the signal re-raised, when nobody else listens to them
    * (when someone does, the file is released at their exit instead). `[]` opts out.
    * @default ["SIGTERM", "SIGINT"]
    */
-  releaseOnSignals?: readonly string[];
+  releaseOnSignals?: readonly string[] | undefined;
   /**
    * How long to wait for another live starter that is replacing the same stale file before reporting
    * it as the holder ({@linkcode PidFileLockedError} with `acquiring: true`), in milliseconds.
    * @default 3000
    */
-  contentionTimeoutMs?: number;
+  contentionTimeoutMs?: number | undefined;
   /**
    * How often the held file's mtime is refreshed, in milliseconds (an unref'd timer, stopped by
    * `release()`). Starters in another PID namespace or on another host judge the file by it: stale once
    * not refreshed for 3 × this period (the period is stored in the record, so they use ours).
    * @default 10000
    */
-  heartbeatMs?: number;
+  heartbeatMs?: number | undefined;
   /**
    * Receives failures that cannot be thrown: a release at exit or on a signal, the sweep of litter, a
    * failed heartbeat.
    * @default writes the error to the console
    */
-  onError?: (error: unknown) => void;
+  onError?: ((error: unknown) => void) | undefined;
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -198,29 +198,29 @@ export interface OpenOptions {
    * existing file gets them with `fchmod` too.
    * @default undefined (0o666 narrowed by the umask on create, existing bits kept)
    */
-  mode?: number;
+  mode?: number | undefined;
   /**
    * Create the file when it is missing ({@linkcode openAppend} only; `false` throws `ENOENT` instead).
    * @default true
    */
-  create?: boolean;
+  create?: boolean | undefined;
   /**
    * Fail with `EEXIST` when the file exists (`O_EXCL`, {@linkcode openAppend} only): the caller then
    * knows it created the file.
    * @default false
    */
-  exclusive?: boolean;
+  exclusive?: boolean | undefined;
   /**
    * Refuse a symbolic link at the path (`O_NOFOLLOW`): the open fails with `ELOOP`.
    * @default false
    */
-  noFollow?: boolean;
+  noFollow?: boolean | undefined;
   /**
    * Open with `O_NONBLOCK`, so a FIFO without a reader fails at once (`ENXIO`) instead of hanging.
    * Regular files ignore the flag.
    * @default false
    */
-  nonBlocking?: boolean;
+  nonBlocking?: boolean | undefined;
 }
 
 const { O_WRONLY, O_RDONLY, O_APPEND, O_CREAT, O_EXCL } = fs.constants;
@@ -1303,7 +1303,7 @@ export interface WriteFileOptions {
    * makes them exact whatever the umask.
    * @default undefined (0o666 narrowed by the umask)
    */
-  mode?: number;
+  mode?: number | undefined;
 }
 
 /**
@@ -2585,13 +2585,13 @@ export function ignoreSignalRepeats(handler: (signal: string) => void): (signal:
  */
 export interface SpawnDetachedOptions {
   /** Descriptor for the child's stdout. @default undefined (discarded) */
-  stdoutFd?: number;
+  stdoutFd?: number | undefined;
   /** Descriptor for the child's stderr. @default the same as `stdoutFd` */
-  stderrFd?: number;
+  stderrFd?: number | undefined;
   /** Environment of the child. @default this process's environment */
-  env?: Record<string, string | undefined>;
+  env?: Record<string, string | undefined> | undefined;
   /** Working directory. @default this process's */
-  cwd?: string;
+  cwd?: string | undefined;
 }
 
 /**
@@ -2649,13 +2649,13 @@ export function spawnDetached(
  */
 export interface RunCommandOptions {
   /** Kill the command (SIGKILL) after this many milliseconds. @default 10000 */
-  timeoutMs?: number;
+  timeoutMs?: number | undefined;
   /** Bytes or text for its stdin. @default undefined (stdin is /dev/null) */
-  input?: string | Uint8Array;
+  input?: string | Uint8Array | undefined;
   /** Environment of the command. @default this process's environment */
-  env?: Record<string, string | undefined>;
+  env?: Record<string, string | undefined> | undefined;
   /** Working directory. @default this process's */
-  cwd?: string;
+  cwd?: string | undefined;
 }
 
 /**
@@ -3029,7 +3029,7 @@ export interface WatchdogOptions {
    * delivers twice); a different signal, or the same one later, is a second signal.
    * @default ["SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT"] ({@linkcode DEFAULT_WATCHDOG_SIGNALS})
    */
-  signals?: string[];
+  signals?: string[] | undefined;
   /**
    * When a second delivery of any of `signals` arrives (counted from the first, whether or not the main
    * thread handled the first), end the process, even while the main thread is blocked in a synchronous
@@ -3040,14 +3040,14 @@ export interface WatchdogOptions {
    * first delivery comes while the main thread is blocked, the program survives it until the second.
    * @default true ({@linkcode DEFAULT_WATCHDOG_SECOND_SIGNAL_EXIT})
    */
-  secondSignalExit?: boolean;
+  secondSignalExit?: boolean | undefined;
   /**
    * After a second signal, how long the main thread gets to end the process by itself (a handler that
    * logs and exits) before the watchdog kills it. While the main thread is free its own exit then
    * decides the exit status; while it is blocked the watchdog acts once the grace is over.
    * @default 0 ({@linkcode DEFAULT_WATCHDOG_SECOND_SIGNAL_GRACE_MS}: at once)
    */
-  secondSignalGraceMs?: number;
+  secondSignalGraceMs?: number | undefined;
   /**
    * Arm the deadline this many milliseconds after the first delivery of any of `signals` (or the first
    * `noteSignal()`), as heard by the worker itself: a main thread that was already wedged in a blocking
@@ -3055,13 +3055,13 @@ export interface WatchdogOptions {
    * explicit `arm()` or `disarm()` before the first signal takes precedence.
    * @default 0
    */
-  armOnFirstSignalMs?: number;
+  armOnFirstSignalMs?: number | undefined;
   /**
    * Called when the worker fails (it could not start, or died). The watchdog then does nothing more;
    * `capabilities.deadline` turns `false`.
    * @default writes one line to stderr
    */
-  onError?: (error: unknown) => void;
+  onError?: ((error: unknown) => void) | undefined;
 }
 
 /**
@@ -3588,6 +3588,16 @@ interface WatchdogWorkerBunFfi {
  * with Atomics.waitAsync so its own event loop keeps running signal listeners; an interval keeps that
  * loop alive (the Worker itself is unref'd by the main thread).
  */
+/** `Atomics.waitAsync` (ES2024), typed here so the source also compiles under an ES2022/ES2023 lib. */
+type AtomicsWithWaitAsync = {
+  waitAsync(
+    array: Int32Array,
+    index: number,
+    value: number,
+    timeout?: number,
+  ): { async: false; value: "not-equal" | "timed-out" } | { async: true; value: Promise<"ok" | "timed-out"> };
+};
+
 function watchdogWorker(require: (id: string) => unknown, data: WatchdogWorkerData): void {
   const L = data.layout;
   const cells = new Int32Array(data.shared, 0, L.CELLS);
@@ -3825,7 +3835,7 @@ function watchdogWorker(require: (id: string) => unknown, data: WatchdogWorkerDa
       }
       const left = deadline - performance.now();
       if (left <= 0) die();
-      const result = Atomics.waitAsync(cells, L.WAKE, wakeValue, left);
+      const result = (Atomics as unknown as AtomicsWithWaitAsync).waitAsync(cells, L.WAKE, wakeValue, left);
       if (result.async) {
         void result.value.then(step);
         return;

@@ -211,13 +211,13 @@ export interface SnapshotOptions {
    * are read beside it.
    * @default undefined (no markers are read)
    */
-  pidFile?: string;
+  pidFile?: string | undefined;
   /**
    * `"redacted"` replaces credentials in command lines with `***` (see {@linkcode redactArgv}); `"full"`
    * keeps them as they are; `"none"` leaves command lines out.
    * @default "redacted"
    */
-  cmdline?: CmdlineMode;
+  cmdline?: CmdlineMode | undefined;
 }
 
 /**
@@ -271,17 +271,17 @@ export interface CheckStopTimeoutOptions {
    * Seconds on top of the drain that the stop timeout must leave (forensics, flushing, slow disks).
    * @default 30
    */
-  headroomSeconds?: number;
+  headroomSeconds?: number | undefined;
   /**
    * The cgroup file that names our unit.
    * @default "/proc/self/cgroup"
    */
-  cgroupPath?: string;
+  cgroupPath?: string | undefined;
   /**
    * The `systemctl` program to ask.
    * @default "systemctl"
    */
-  systemctl?: string;
+  systemctl?: string | undefined;
   /**
    * Environment of the `systemctl` call (`PATH`, and `XDG_RUNTIME_DIR` / `DBUS_SESSION_BUS_ADDRESS` for a
    * user unit).
@@ -292,7 +292,7 @@ export interface CheckStopTimeoutOptions {
    * Kill `systemctl` and answer `null` after this many milliseconds (at most 2^31−1 − 250).
    * @default 2000
    */
-  timeoutMs?: number;
+  timeoutMs?: number | undefined;
 }
 
 /** Default of `DiagnosticOptions.timeoutSeconds`. */
@@ -318,13 +318,13 @@ export interface DiagnosticOptions {
    * The child kills itself (and everything it started) after this many seconds.
    * @default 10
    */
-  timeoutSeconds?: number;
+  timeoutSeconds?: number | undefined;
   /**
    * The log never grows past this many bytes: the oldest part is dropped (counted in bytes, whatever
    * they hold) before each run. At least 524288: twice the most one run appends (256 KiB).
    * @default 1048576 (1 MiB)
    */
-  maxLogBytes?: number;
+  maxLogBytes?: number | undefined;
   /**
    * Environment of the child; its `PATH` is also where `sh`, `ps` and the optional tools are looked up.
    * @default this process's environment
@@ -415,59 +415,59 @@ export interface InstallShutdownOptions {
    * `deno task` or `timeout` delivers twice) counts once.
    * @default ["SIGTERM", "SIGINT"]
    */
-  signals?: string[];
+  signals?: string[] | undefined;
   /**
    * Milliseconds from the start of the shutdown (the first signal, as heard by the watchdog thread) until
    * the process is ended whatever it is doing: by the main thread when it is free, otherwise 200 ms later
    * by the watchdog outside the main thread. `0` disables the deadline; above 2^31−1 is a RangeError.
    * @default 30000
    */
-  forceExitMs?: number;
+  forceExitMs?: number | undefined;
   /**
    * Where the lines go. Exceptions it throws are swallowed (logging must never stop a shutdown).
    * @default a synchronous write of the line to stderr (fd 2) that ignores every error
    */
-  log?: (line: string) => void;
+  log?: ((line: string) => void) | undefined;
   /**
    * The steps, run in order, each with its own time limit.
    * @default []
    */
-  phases?: ShutdownPhase[];
+  phases?: ShutdownPhase[] | undefined;
   /**
    * The PID file: planned-stop / takeover markers beside it are reported, and when they name us the
    * exit status is 0.
    * @default undefined
    */
-  pidFile?: string;
+  pidFile?: string | undefined;
   /**
    * How command lines appear in the snapshot line.
    * @default "redacted"
    */
-  cmdline?: CmdlineMode;
+  cmdline?: CmdlineMode | undefined;
   /**
    * A log file for {@linkcode spawnShutdownDiagnostic}, started on the first signal.
    * @default undefined (no diagnostic child)
    */
-  diagnosticLog?: string;
+  diagnosticLog?: string | undefined;
   /**
    * Ends the process with the status. Replace it to embed the sequence (the returned promise of
    * `shutdown()` then never settles).
    * @default the runtime's exit
    */
-  exit?: (code: number) => void;
+  exit?: ((code: number) => void) | undefined;
   /**
    * Where the install-time check of the unit's `TimeoutStopSec` looks (see
    * {@linkcode checkSystemdStopTimeout}); `false` skips the check.
    * @default {} (our own cgroup, `systemctl` on `PATH`)
    */
-  systemd?: CheckStopTimeoutOptions | false;
+  systemd?: CheckStopTimeoutOptions | false | undefined;
   /**
    * Treat an uncaught exception or an unhandled promise rejection as a shutdown: the error is logged
    * (`shutdown uncaught-exception error="…"`), the phases run, and the process exits 1. During a
    * shutdown already under way such an error is logged and counts as a failed phase.
    * @default false (the runtime's own handling: print and exit 1 at once, phases skipped)
    */
-  catchUncaught?: boolean;
+  catchUncaught?: boolean | undefined;
 }
 
 /**
@@ -719,7 +719,7 @@ export async function checkSystemdStopTimeout(
   if (result === null || result.code !== 0 || result.timedOut) return null;
   const match = /^TimeoutStopUSec=(.*)$/m.exec(result.stdout);
   if (!match) return null;
-  const value = match[1].trim();
+  const value = (match[1] ?? "").trim();
   const usec = /^\d+$/.test(value) ? Number(value) : parseSystemdTimespan(value);
   if (usec === null) return null;
   const timeoutStopSec = usec / 1e6;
@@ -1194,7 +1194,7 @@ function gatherContext(signal: string | number | undefined, options: SnapshotOpt
   const pid = safely(getPid, 0);
 
   const selfStatus = isLinux ? safely(() => readProcStatus(pid), null) : null;
-  const statusPpid = selfStatus ? Number.parseInt(selfStatus.PPid ?? "", 10) : NaN;
+  const statusPpid = selfStatus ? Number.parseInt(selfStatus["PPid"] ?? "", 10) : NaN;
   const ppid = Number.isInteger(statusPpid) ? statusPpid : safely(getPpid, 0);
 
   const ctx: ShutdownContext = {
@@ -1218,8 +1218,8 @@ function gatherContext(signal: string | number | undefined, options: SnapshotOpt
   const load = safely(loadAverage, null);
   if (load && Number.isFinite(load[0])) ctx.loadavg1m = load[0];
 
-  if (selfStatus && selfStatus.TracerPid !== undefined) {
-    const tracerPid = Number.parseInt(selfStatus.TracerPid, 10);
+  if (selfStatus && selfStatus["TracerPid"] !== undefined) {
+    const tracerPid = Number.parseInt(selfStatus["TracerPid"], 10);
     if (Number.isInteger(tracerPid)) {
       ctx.tracerPid = tracerPid;
       if (tracerPid > 0) {
@@ -1259,7 +1259,7 @@ function writtenInOurLifetime(at: string): boolean {
   return safely(() => judgeIdentity({ pid: getPid() }, { writtenAtMs }).self, false);
 }
 
-function cmdlineModeOf(options: { cmdline?: CmdlineMode }): CmdlineMode {
+function cmdlineModeOf(options: { cmdline?: CmdlineMode | undefined }): CmdlineMode {
   const mode = options.cmdline ?? DEFAULT_CMDLINE_MODE;
   return mode === "full" || mode === "none" ? mode : "redacted";
 }
@@ -1281,16 +1281,16 @@ function resolveSignal(signal: string | number | undefined): { name: string; num
 function summarize(pid: number, status: Record<string, string> | null, mode: CmdlineMode): ProcessSummary {
   const summary: ProcessSummary = { pid };
   if (!status) return summary;
-  if (status.Name !== undefined) summary.name = status.Name;
+  if (status["Name"] !== undefined) summary.name = status["Name"];
   // Node names its main thread "MainThread", which hides the program: name it after argv[0] instead.
   if (summary.name === "MainThread") {
     const program = safely(() => readProcCmdline(pid), null)?.[0];
     if (program) summary.name = program.slice(program.lastIndexOf("/") + 1);
   }
-  if (status.State !== undefined) summary.state = status.State.charAt(0);
-  const ppid = Number.parseInt(status.PPid ?? "", 10);
+  if (status["State"] !== undefined) summary.state = status["State"].charAt(0);
+  const ppid = Number.parseInt(status["PPid"] ?? "", 10);
   if (Number.isInteger(ppid)) summary.ppid = ppid;
-  const uid = Number.parseInt(status.Uid ?? "", 10);
+  const uid = Number.parseInt(status["Uid"] ?? "", 10);
   if (Number.isInteger(uid)) summary.uid = uid;
   if (mode !== "none") {
     const argv = safely(() => readProcCmdline(pid), null);
@@ -1311,8 +1311,8 @@ function readTakeoverMarker(path: string): TakeoverMarker | undefined {
 
 function readPlannedStopMarker(path: string): PlannedStopMarker | undefined {
   const data = readJsonObject(path);
-  if (!data || !Number.isInteger(data.pid)) return undefined;
-  return { ...data, pid: data.pid as number, at: typeof data.at === "string" ? data.at : "" };
+  if (!data || !Number.isInteger(data["pid"])) return undefined;
+  return { ...data, pid: data["pid"] as number, at: typeof data["at"] === "string" ? data["at"] : "" };
 }
 
 function readJsonObject(path: string): Record<string, unknown> | null {
@@ -1431,7 +1431,7 @@ function isDigit(c: string | undefined): boolean {
 }
 
 function skipChars(text: string, at: number, set: string): number {
-  while (at < text.length && set.includes(text[at])) at += 1;
+  while (at < text.length && set.includes(text[at] ?? "")) at += 1;
   return at;
 }
 
@@ -1529,10 +1529,11 @@ function systemdUnitFromCgroup(cgroupPath: string): { name: string; user: boolea
   if (!path) return null;
   const parts = path.split("/").filter((part) => part !== "");
   for (let i = parts.length - 1; i >= 0; i -= 1) {
-    if (!parts[i].endsWith(".service")) continue;
-    if (/^user@\d+\.service$/.test(parts[i])) return null; // the user manager's own subtree, not a unit of ours
-    const user = parts.slice(0, i).some((part) => /^user@\d+\.service$/.test(part));
-    return { name: parts[i], user };
+    const part = parts[i] ?? "";
+    if (!part.endsWith(".service")) continue;
+    if (/^user@\d+\.service$/.test(part)) return null; // the user manager's own subtree, not a unit of ours
+    const user = parts.slice(0, i).some((above) => /^user@\d+\.service$/.test(above));
+    return { name: part, user };
   }
   return null;
 }

@@ -136,13 +136,13 @@ export interface ApplyWalOptions {
    * throws propagates to the caller of `applyWal`.
    * @default undefined (the `"delete"` result is the only report)
    */
-  onFallback?: (error: unknown) => void;
+  onFallback?: ((error: unknown) => void) | undefined;
   /**
    * Throw {@linkcode WalUnsupportedError} instead of falling back when only DELETE is possible. Nothing
    * is sent to the database then.
    * @default false
    */
-  requireWal?: boolean;
+  requireWal?: boolean | undefined;
   /**
    * Milliseconds to wait out another connection's lock ("database is locked", `SQLITE_BUSY`,
    * `SQLITE_LOCKED`) on the journal pragmas, counted on the monotonic clock from the first lock error,
@@ -152,18 +152,18 @@ export interface ApplyWalOptions {
    * inside each attempt too. `0` re-throws the first lock error at once.
    * @default 5000
    */
-  lockTimeoutMs?: number;
+  lockTimeoutMs?: number | undefined;
   /**
    * How many times to retry the pragmas after a transient error (busy, locked, I/O error) once the lock
    * wait is over, before re-throwing the last one. Permanent markers and other errors are never retried.
    * @default 0
    */
-  retries?: number;
+  retries?: number | undefined;
   /**
    * Milliseconds to sleep (synchronously, without burning a core) between two of those `retries`.
    * @default 50
    */
-  retryDelayMs?: number;
+  retryDelayMs?: number | undefined;
   /**
    * How `path` names the file, when you know better than the connection: `true` reads it with SQLite's
    * URI rules (`file:x.db?mode=ro` is `x.db`; `file::memory:`, `mode=memory` and `vfs=memdb` are in
@@ -174,7 +174,7 @@ export interface ApplyWalOptions {
    *   stand-in that cannot answer it gets `path` read literally, as `sqlite3_open_v2` reads a name
    *   without `SQLITE_OPEN_URI`.
    */
-  uri?: boolean;
+  uri?: boolean | undefined;
 }
 
 /**
@@ -193,7 +193,7 @@ export interface CheckJournalModeOptions {
    * How `path` names the file, as for {@linkcode ApplyWalOptions.uri}.
    * @default undefined (the connection says which file it opened)
    */
-  uri?: boolean;
+  uri?: boolean | undefined;
 }
 
 /**
@@ -1017,7 +1017,7 @@ function checkMilliseconds(name: string, value: unknown): void {
   }
 }
 
-function checkUri(options: { uri?: boolean }, action: string): boolean | undefined {
+function checkUri(options: { uri?: boolean | undefined }, action: string): boolean | undefined {
   if (typeof options !== "object" || options === null) {
     throw new TypeError(mustBe(action, "options", "an object", options));
   }

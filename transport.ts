@@ -93,7 +93,7 @@ export interface StdioTransportOptions {
    * socket, a file, a tty).
    * @default 1
    */
-  fd?: number;
+  fd?: number | undefined;
   /**
    * `fsync(2)` after every frame, so `write` returns only once the frame is on the device. Frames are
    * never buffered in this process (each one goes to the kernel before `write` returns), so `flush`
@@ -102,14 +102,14 @@ export interface StdioTransportOptions {
    * nothing. A failing `fsync` (e.g. `EIO`) throws like a failing write.
    * @default false
    */
-  flush?: boolean;
+  flush?: boolean | undefined;
   /**
    * Close the descriptor in {@linkcode Transport.close}, so the peer sees end-of-file. Off for 0, 1 and
    * 2 by default: the process's stdio stays open for the runtime and other code, and a closed fd 1 could
    * be reused by the next file opened, which stray `console.log` calls would then write into.
    * @default false for descriptors 0, 1 and 2, true for any other descriptor
    */
-  closeFd?: boolean;
+  closeFd?: boolean | undefined;
   /**
    * The longest a write may make no progress (the reader stopped reading but did not close) before
    * the peer counts as wedged: `write` then returns `false`, as for a gone peer, and so does every
@@ -119,14 +119,14 @@ export interface StdioTransportOptions {
    * one-line warning on stderr says so (`Infinity` asks for no bound, and no warning).
    * @default 10000
    */
-  writeTimeoutMs?: number;
+  writeTimeoutMs?: number | undefined;
   /**
    * While the transport is open, send `console.log`, `console.info`, `console.debug` and
    * `console.warn` to stderr, so a stray print cannot corrupt the protocol stream. `close()` puts them
    * back. Writes that bypass `console` (`process.stdout.write`) are not redirected.
    * @default true for fd 1, false for any other descriptor
    */
-  redirectConsole?: boolean;
+  redirectConsole?: boolean | undefined;
 }
 
 /**
@@ -291,13 +291,13 @@ export interface ReadFramesOptions {
    * past (it is never held in memory whole) and reported as a `too-large` {@linkcode FrameError}.
    * @default 16 MiB (16777216)
    */
-  maxFrameBytes?: number;
+  maxFrameBytes?: number | undefined;
   /**
    * Receives each line that is not a frame (invalid UTF-8, invalid JSON, too large); the iteration goes
    * on with the next line. Without it, each such line is reported as one line on stderr and skipped.
    * @default undefined (report on stderr)
    */
-  onInvalid?: (error: FrameError) => void;
+  onInvalid?: ((error: FrameError) => void) | undefined;
 }
 
 // ---------------------------------------------------------------------------------------------------
