@@ -1,3 +1,4 @@
+/// <reference lib="esnext.disposable" preserve="true" />
 /**
  * A log file that many processes can share and rotate without losing, splitting or clobbering it.
  * A plain rotating handler keeps its descriptor on the old inode: after a sibling or `logrotate` renames
@@ -1894,10 +1895,10 @@ function errorToJson(error: Error, ancestors: unknown[], depth: number): Record<
     }
   }
   if ("cause" in error && error.cause !== undefined) {
-    out.cause = toJsonValue(error.cause, ancestors, depth + 1);
+    out["cause"] = toJsonValue(error.cause, ancestors, depth + 1);
   }
   if (error instanceof AggregateError && Array.isArray(error.errors)) {
-    out.errors = error.errors.map((item: unknown) => toJsonValue(item, ancestors, depth + 1) ?? null);
+    out["errors"] = error.errors.map((item: unknown) => toJsonValue(item, ancestors, depth + 1) ?? null);
   }
   return out;
 }

@@ -1,3 +1,4 @@
+/// <reference lib="esnext.disposable" preserve="true" />
 /**
  * PID files that never crash-loop a supervisor and never let two instances run. Without this module a
  * service killed by SIGKILL, the OOM killer or a power cut leaves a PID file naming a dead or reused PID,

@@ -1,3 +1,4 @@
+/// <reference lib="esnext.disposable" preserve="true" />
 /**
  * The only runtime shim of keelson. Deno, Bun and Node differ in how they expose descriptors, signals,
  * child processes and threads; every module above this file is written once against the small, honest

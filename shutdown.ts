@@ -1,3 +1,4 @@
+/// <reference lib="esnext.disposable" preserve="true" />
 /**
  * Shutdown forensics and an orderly shutdown that always ends. Without it "the service keeps dying" leaves
  * a log that says "Stopping..." and then nothing: nobody knows who sent the signal, which shutdown phase

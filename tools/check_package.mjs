@@ -118,17 +118,20 @@ try {
     join(project, "typed.ts"),
     CONSUMER.replace(/^import \{ mkdtempSync[^\n]*\n[^\n]*\n[^\n]*\n/m, DECLARE_NODE_BITS()),
   );
-  // Two consumers: a Node project (node16, ES2023 with @types/node) and a bundler/Bun-style one (ESNext and
-  // DOM libs, no node types at all).
+  // Four consumers: a Node project (node16, ES2023 with @types/node), a bundler/Bun-style one (ESNext and
+  // DOM libs, no node types), a bare one (ES2022 lib only, no node types: keelson's declarations must bring
+  // what they use), and an old-style node10 one (subpaths through typesVersions, never the .ts sources).
   const nodeTypes = { lib: ["ES2023"], types: ["node"], typeRoots: [join(root, "node_modules", "@types")] };
   const webTypes = { lib: ["ESNext", "DOM"], types: [] };
-  for (
-    const [module, moduleResolution, libs] of [["node16", "node16", nodeTypes], [
-      "ESNext",
-      "bundler",
-      webTypes,
-    ]]
-  ) {
+  const bareTypes = { lib: ["ES2022"], types: [] };
+  const node10 = { ...nodeTypes, esModuleInterop: true };
+  const consumers = [
+    ["node16", "node16", nodeTypes],
+    ["ESNext", "bundler", webTypes],
+    ["nodenext", "nodenext", bareTypes],
+    ["commonjs", "node10", node10],
+  ];
+  for (const [module, moduleResolution, libs] of consumers) {
     const compilerOptions = { ...STRICT, ...libs, module, moduleResolution };
     const config = { compilerOptions, files: ["typed.ts"] };
     writeFileSync(join(project, "tsconfig.json"), JSON.stringify(config, null, 2));
