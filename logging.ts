@@ -15,6 +15,9 @@
  * re-check is never moved; every step leaves each file under one name, so a process killed at any
  * step never makes a record appear twice, and the next rollover finishes what it left.
  *
+ * Deno permissions: `--allow-read --allow-write`. With `-A` a dead rollover-lock holder is recognised at
+ * once by its process identity (`/proc`); without it, its lock is taken over after `lockStaleMs`.
+ *
  * @module
  */
 

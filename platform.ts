@@ -1861,7 +1861,7 @@ export function hostname(): string {
 }
 
 /**
- * The real user id, or `null` where the OS has none (Windows).
+ * The real user id, or `null` where it cannot be known (Windows; Deno without `--allow-sys`).
  *
  * @example
  * ```ts
@@ -1870,7 +1870,11 @@ export function hostname(): string {
  * ```
  */
 export function getUid(): number | null {
-  return typeof process.getuid === "function" ? process.getuid() : null;
+  try {
+    return typeof process.getuid === "function" ? process.getuid() : null;
+  } catch {
+    return null; // Deno without --allow-sys: unknown, like on a platform without uids
+  }
 }
 
 /**
@@ -2281,14 +2285,31 @@ export function identityPermissionProblem(): string | null {
 
 function warnIdentityDegraded(): void {
   if (identityWarned) return;
+  identityWarned = true;
+  warnIfProcRefused("process identities cannot be read, so a reused PID may be judged alive");
+}
+
+const procRefusalWarnings = new Set<string>();
+
+/**
+ * Says once per `consequence`, on stderr, what a module loses where `/proc` is refused (Deno without
+ * `-A`), so a weaker guarantee is never silent. Does nothing where `/proc` reads work.
+ *
+ * @param consequence What the caller cannot do, e.g. "the shutdown snapshot lacks the parent's name".
+ *
+ * @example Warn once at start-up
+ * ```ts
+ * import { warnIfProcRefused } from "./platform.ts";
+ * warnIfProcRefused("the snapshot lacks the parent's name and command line");
+ * ```
+ */
+export function warnIfProcRefused(consequence: string): void {
+  if (procRefusalWarnings.has(consequence)) return;
   const problem = identityPermissionProblem();
   if (problem === null) return;
-  identityWarned = true;
+  procRefusalWarnings.add(consequence);
   try {
-    fs.writeSync(
-      2,
-      `keelson: process identities cannot be read, so a reused PID may be judged alive: ${problem}\n`,
-    );
+    fs.writeSync(2, `keelson: ${consequence}: ${problem}\n`);
   } catch {
     // stderr is gone: there is nowhere left to report to.
   }

@@ -11,6 +11,10 @@
  * at once, runs the phases in order with their own time limits, and relies on a watchdog outside the main
  * thread so that a second signal or the force-exit deadline ends the process whatever the main thread does.
  *
+ * Deno permissions: `--allow-read --allow-write` to install; `-A` for a snapshot that names the sender
+ * (Deno reads `/proc` only with all permissions; without it `installShutdown` says so once on stderr);
+ * `--allow-run` for {@linkcode checkSystemdStopTimeout} and {@linkcode spawnShutdownDiagnostic}.
+ *
  * @module
  */
 
@@ -45,6 +49,7 @@ import {
   statOrNull,
   type Watchdog,
   type WatchdogCapabilities,
+  warnIfProcRefused,
   writeAll,
 } from "./platform.ts";
 
@@ -906,6 +911,8 @@ export function installShutdown(options: InstallShutdownOptions = {}): ShutdownH
   if (options.catchUncaught !== undefined && typeof options.catchUncaught !== "boolean") {
     fail(`catchUncaught ${String(options.catchUncaught)} is not a boolean`);
   }
+  // Said now, not in the signal path: a snapshot taken without /proc would silently lack the sender.
+  warnIfProcRefused("the shutdown snapshot cannot name the sender (parent, tracer, start times)");
   return new ShutdownSequence({
     signals,
     forceExitMs,

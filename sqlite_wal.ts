@@ -16,6 +16,8 @@
  * read a `file:` name differently: node:sqlite opens with URI rules (`file:x.db` is `x.db`), bun:sqlite
  * and better-sqlite3 open `file:x.db` as a literal file name.
  *
+ * Deno permissions: `--allow-read --allow-write` (and what the SQLite driver itself needs).
+ *
  * @module
  */
 

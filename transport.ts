@@ -9,6 +9,9 @@
  * one synchronous loop of `write(2)` calls, so frames never interleave. Readers accept `\r\n`, ignore
  * blank lines, and report an invalid or oversized line without losing the lines around it.
  *
+ * Deno permissions: `--allow-read --allow-write`; `-A` (or `--allow-ffi`) for exact writes to a
+ * non-blocking socket and bounded waits on a blocking pipe (without it a one-line warning says what is lost).
+ *
  * @module
  */
 
