@@ -47,9 +47,9 @@ import {
   spawnDetached,
   startWatchdog,
   statOrNull,
+  warnIfProcRefused,
   type Watchdog,
   type WatchdogCapabilities,
-  warnIfProcRefused,
   writeAll,
 } from "./platform.ts";
 
