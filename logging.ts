@@ -1085,14 +1085,15 @@ class RotatingFileHandle implements RotatingFile {
   #compressing = false;
   #compressAgain = false;
 
-  /** Compresses plain backups soon, on the event loop: never inside `write()`. */
+  /** Compresses plain backups soon, on the event loop: never inside `write()`, never blocking it. */
   #scheduleCompression(): void {
     if (this.#compressing) {
       this.#compressAgain = true;
       return;
     }
     this.#compressing = true;
-    setUnrefTimeout(() => {
+    // A plain timer: a short-lived process still compresses before it ends (unless it calls exit()).
+    setTimeout(() => {
       this.#compressBackups().finally(() => {
         this.#compressing = false;
         if (this.#compressAgain) {
@@ -1345,20 +1346,28 @@ function compressClaimPath(path: string, ino: number): string {
   return `${path}.gz-claim.${ino}`;
 }
 
-/** Removes `<backup>.<ino>.gz.tmp` files whose compressor died (their claim can be taken). */
+/**
+ * Clears what killed compressors left: `<backup>.<ino>.gz.tmp` files and `<path>.gz-claim.<ino>` claims
+ * whose holder is gone (the claim can be taken), and the temporaries of claims being published by a
+ * dead process.
+ */
 function removeOrphanTemporaries(path: string, lockStaleMs: number): void {
   const { dir, base } = splitPath(path);
+  const staleMs = Math.max(lockStaleMs, COMPRESS_CLAIM_STALE_MS);
   for (const name of readDir(dir)) {
-    const match = /\.(\d+)\.gz\.tmp$/.exec(name);
-    if (!name.startsWith(`${base}.`) || match === null) continue;
+    if (!name.startsWith(`${base}.`)) continue;
+    const claimTemp = /^\.gz-claim\.\d+\.(\d+)\.\d+\.\w+\.tmp$/.exec(name.slice(base.length));
+    if (claimTemp !== null) {
+      if (!isAlive(Number(claimTemp[1]))) unlinkIfExists(`${dir}/${name}`);
+      continue;
+    }
+    const match = /\.(\d+)\.gz\.tmp$/.exec(name) ?? /^\.gz-claim\.(\d+)$/.exec(name.slice(base.length));
+    if (match === null) continue;
     const claimPath = compressClaimPath(path, Number(match[1]));
-    const claim = acquireLock(claimPath, {
-      lockTimeoutMs: 0,
-      lockStaleMs: Math.max(lockStaleMs, COMPRESS_CLAIM_STALE_MS),
-    });
+    const claim = acquireLock(claimPath, { lockTimeoutMs: 0, lockStaleMs: staleMs });
     if (typeof claim !== "string") continue; // its compressor is alive
     try {
-      unlinkIfExists(`${dir}/${name}`);
+      if (name.endsWith(".tmp")) unlinkIfExists(`${dir}/${name}`);
     } finally {
       releaseLock(claimPath, claim);
     }
