@@ -8,8 +8,11 @@
  * a write (every record by default) the `(dev, ino)` of the open file is compared with one `stat` of the
  * path, which also gives the live size; a different or missing file is reopened. A rollover takes the
  * lock file `<path>.lock` (published with `link(2)`, holding pid and start time, recovered when its
- * holder is dead or it is stale) and checks again under it: a file someone else already rotated is
- * reopened, never renamed.
+ * holder is dead or it has looked unchanged for `lockStaleMs`) and checks again under it: a file
+ * someone else already rotated is reopened, never renamed. The live file is then renamed to a private
+ * name and checked to be ours before it joins the backups, so a file created by someone else after the
+ * re-check is never moved; every step leaves each file under one name, so a process killed at any
+ * step never makes a record appear twice, and the next rollover finishes what it left.
  *
  * @module
  */
@@ -20,14 +23,22 @@ import {
   createExclusive,
   errorCode,
   fchmod,
+  fchown,
   fstat,
   getPid,
+  getUid,
   gzipFile,
+  handleFileSizeSignal,
   isAlive,
   link,
+  lstatOrNull,
+  mkdirp,
+  monotonicMs,
   onExit,
   openAppend,
+  openRead,
   processStartTime,
+  readAt,
   readDir,
   readProcStat,
   readTextFileOrNull,
@@ -44,7 +55,7 @@ import {
   writeOnce,
   writeTextFile,
 } from "./platform.ts";
-import type { FileIdentity } from "./platform.ts";
+import type { FileIdentity, FileStat } from "./platform.ts";
 
 // ---------------------------------------------------------------------------------------------------
 // Public types
@@ -130,9 +141,11 @@ export interface RotatingFileOptions {
    */
   backups?: number;
   /**
-   * Permission bits (e.g. `0o640`) for every file the handle creates, rolls over to or reopens, applied
-   * with `fchmod` so the umask cannot change them.
-   * @default undefined (new files get 0o666 narrowed by the umask; existing bits are kept)
+   * Permission bits (e.g. `0o640`) for every file the handle creates, rolls over to or reopens. A new
+   * file is created with these bits (never wider for an instant, whatever the umask), then `fchmod`
+   * restores what the umask removed; an existing file it reopens gets them with `fchmod`.
+   * @default undefined (a first file gets 0o666 narrowed by the umask; a file replacing another one
+   *   gets that one's bits, and, when created by root, its owner; existing bits are kept)
    */
   mode?: number;
   /**
@@ -143,20 +156,25 @@ export interface RotatingFileOptions {
   checkEvery?: number;
   /**
    * Receives every failure: `write`, `rotate`, `reopen` and `close` never throw. Usually a
-   * {@linkcode RotatingFileError}. It may write to the same file; a failure while it runs is not
+   * {@linkcode RotatingFileError}. It may write to the same file: it never runs while the rollover
+   * lock is held, a write from inside it never starts a rollover, and a failure while it runs is not
    * reported again (no loop).
    * @default one line on stderr, at most one every 5 seconds (with a count of the lines held back)
    */
   onError?: (error: unknown) => void;
   /**
    * How long a rollover waits for the lock held by a live sibling before it gives up (reported to
-   * `onError`; the record still goes into the current file, and the rollover is tried again later).
+   * `onError`; the record still goes into the current file, and the rollover is tried again a second
+   * later). A `write()` waits at most once for a given holder: while the same lock stays held, later
+   * tries only look, so a frozen holder does not stall every write. Measured on a monotonic clock.
    * @default 5000 ({@linkcode DEFAULT_LOCK_TIMEOUT_MS})
    */
   lockTimeoutMs?: number;
   /**
-   * A lock file older than this is taken over even when its holder seems alive (a holder stopped or
-   * frozen mid-rollover, a pid reused in another namespace). A rollover takes milliseconds.
+   * A lock that this process has seen unchanged for this long (on a monotonic clock, across its tries)
+   * is taken over even when its holder seems alive (a holder stopped or frozen mid-rollover, one in
+   * another PID namespace). A rollover takes milliseconds. A wall-clock step neither steals a young
+   * lock nor keeps an old one.
    * @default 10000 ({@linkcode DEFAULT_LOCK_STALE_MS})
    */
   lockStaleMs?: number;
@@ -211,22 +229,23 @@ export interface RotatingFileOptions {
 /**
  * What a {@linkcode RotatingFile} was doing when it failed.
  *
- * @example Tell failed rollovers from lost writes
+ * @example Tell failed opens from lost writes
  * ```ts
  * import { openRotatingFile, RotatingFileError, type RotatingFileOperation } from "./logging.ts";
  * const failures: RotatingFileOperation[] = [];
- * const log = openRotatingFile("/dev/full", {
+ * const log = openRotatingFile("/etc/hostname/app.log", {
  *   onError: (error) => error instanceof RotatingFileError && failures.push(error.operation),
  * });
  * log.write("x");
- * console.log(failures); // ["write"]
+ * console.log(failures); // ["open", "check"]
  * ```
  */
 export type RotatingFileOperation = "open" | "check" | "write" | "rollover" | "close";
 
 /**
  * A failure of a {@linkcode RotatingFile}, handed to `onError`. It tells whether the record at hand was
- * dropped (`lost`) or still written to the current descriptor.
+ * dropped (`lost`) or still written to the current descriptor. Also thrown by
+ * {@linkcode openRotatingFile} for a path that is a symbolic link or not a regular file.
  *
  * @example Count dropped records
  * ```ts
@@ -421,13 +440,17 @@ export type LogFields = Record<string, unknown>;
 export interface Logger {
   /** The lowest level written. */
   readonly level: LogLevel;
-  /** Writes a `debug` record. */
+  /**
+   * Writes a `debug` record. Fields whose value is `undefined`, a function or a symbol are left out
+   * (at every depth); a field named like a record key (`msg`) is kept as `_msg` (`__msg` if taken).
+   * Throws `TypeError` when `fields` is not an object (a string would spread into "0", "1", …).
+   */
   debug(msg: string, fields?: LogFields): void;
-  /** Writes an `info` record. */
+  /** Writes an `info` record (fields as for {@linkcode Logger.debug}). */
   info(msg: string, fields?: LogFields): void;
-  /** Writes a `warn` record. */
+  /** Writes a `warn` record (fields as for {@linkcode Logger.debug}). */
   warn(msg: string, fields?: LogFields): void;
-  /** Writes an `error` record. */
+  /** Writes an `error` record (fields as for {@linkcode Logger.debug}). */
   error(msg: string, fields?: LogFields): void;
   /** A logger writing to the same sink with these fields added to (and overriding) this one's. */
   child(fields: LogFields): Logger;
@@ -441,18 +464,26 @@ export interface Logger {
 
 /**
  * Opens a log file that survives external rotation and rolls over safely with many processes writing
- * it. Only bad options throw (`TypeError`, `RangeError`); a path that cannot be opened now is reported
- * to `onError` and retried on each write.
+ * it. A path that cannot be opened now (a full disk, no permission) is reported to `onError` and
+ * retried on each write; a missing folder is created (also when it is deleted later: the records
+ * that cannot be saved are reported `lost`).
  *
- * With logrotate, `nocreate` fits best: the writers recreate the file at once, with `mode`. `create`
- * works too, but a writer may recreate the path between logrotate's rename and its create; logrotate
- * then renames that file to `<path>-YYYYMMDDHH.backup` (nothing is lost) and exits non-zero.
- * `copytruncate` also works (no NUL hole here), but logrotate itself loses what is written between its
- * copy and its truncate.
+ * Symbolic links are refused, not followed: a rotation renames names, so rotating through a link would
+ * rename the link and leave its target growing. Point `path` at the real file (a linked folder on the
+ * way is fine). A FIFO, device or folder at the path is refused too, without ever blocking on it.
  *
- * @param path The live log file.
+ * Rotation: prefer keelson's own (`maxBytes`); every writer then agrees under one lock. With logrotate,
+ * use `nocreate` and `maxBytes: 0`: logrotate only renames, and the writers recreate the path with
+ * `mode` before their next record. Do not use `create`: a writer may recreate the path between
+ * logrotate's rename and its create; logrotate then renames that file to `<path>-YYYYMMDDHH.backup`,
+ * and a second such conflict within the hour renames over the first backup, losing its records.
+ * `copytruncate` loses what is written between logrotate's copy and its truncate.
+ *
+ * @param path The live log file (a regular file or nothing yet; not a symbolic link).
  * @param options Size limit, backups, mode, check period, error callback.
  * @returns The open file.
+ * @throws {TypeError} For bad options (also `RangeError` for numbers out of range).
+ * @throws {RotatingFileError} When `path` is a symbolic link or not a regular file.
  *
  * @example Append records, rotated at 1 MiB with 3 backups
  * ```ts
@@ -560,42 +591,64 @@ interface Settings {
   flushMs: number;
 }
 
-/** After a rollover gave up waiting for the lock, writes go on for this long before the next try. */
+/** After a rollover could not take the lock, writes go on for this long before the next try. */
 const ROLLOVER_RETRY_MS = 1_000;
 /** Lock waits sleep from the first to the last value, doubling. */
 const LOCK_SLEEP_MIN_MS = 1;
 const LOCK_SLEEP_MAX_MS = 32;
-/** How often a backup shift starts over when siblings keep filling the slot it just freed. */
+/** How often a backup shift starts over when something keeps filling the slot it just freed. */
 const SHIFT_ATTEMPTS = 3;
 /** Errors of `link(2)` that mean "this filesystem has no hard links": fall back to `rename(2)`. */
 const NO_LINK_CODES = new Set(["EPERM", "ENOTSUP", "EOPNOTSUPP", "ENOSYS", "EXDEV", "EMLINK"]);
 /** Records up to this many UTF-16 units are encoded into one reused buffer (no allocation). */
 const SCRATCH_BYTES = 64 * 1024;
 const NEWLINE = 0x0a;
+/** How often an open retries when the path changes under it (created, removed) between two calls. */
+const OPEN_ATTEMPTS = 4;
 
 const encoder = new TextEncoder();
+
+/** Owner and permission bits of the open file: a file created to replace it gets the same. */
+interface Ownership {
+  uid: number;
+  gid: number;
+  mode: number;
+}
 
 class RotatingFileHandle implements RotatingFile {
   readonly path: string;
   readonly #settings: Settings;
   readonly #lockPath: string;
+  readonly #dir: string;
+  readonly #base: string;
   /** The open descriptor, or -1 when none could be opened. */
   #fd = -1;
   /** Identity of the open file; `ino` null = unknown (never taken as a change). */
   #dev = 0;
   #ino: number | null = null;
+  #ownership: Ownership | null = null;
   /** The live file's size as last seen by a stat, plus what this handle wrote since. */
   #size = 0;
   /** Writes left before the next external-rotation check; 0 = check before the next write. */
   #untilCheck = 0;
+  /** Records written since the last check that found the file in place (lost if it was deleted). */
+  #sinceCheck = 0;
   #closed = false;
-  /** `Date.now()` before which no size rollover is tried again (after a lock timeout). */
+  /** `monotonicMs()` before which no size rollover is tried again (after the lock was busy). */
   #rolloverRetryAt = 0;
+  /** A lock seen busy: how long it has been seen unchanged, across tries (see judgeLock). */
+  readonly #lockSeen: { current: LockObservation | null } = { current: null };
+  /** `true` once a wait for the lock seen in `#lockSeen` timed out: later tries do not wait again. */
+  #lockWaitedOut = false;
+  /** A write failed: the file may end in a fragment, so the next record must start on a fresh line. */
+  #mayBeTorn = false;
   #scratch = new Uint8Array(SCRATCH_BYTES);
   /** Nesting of write() calls: an onError that writes to this file must not reuse the scratch buffer. */
   #depth = 0;
   /** `true` while onError runs: a failure inside it is not reported again (no loop). */
   #reporting = false;
+  /** Failures met while the rollover lock is held: reported after it is released (onError may log). */
+  #held: RotatingFileError[] | null = null;
   /** Buffered mode: the batch being gathered (`null` when unbuffered) and its used length. */
   #batch: Uint8Array | null = null;
   #used = 0;
@@ -611,11 +664,16 @@ class RotatingFileHandle implements RotatingFile {
     this.path = path;
     this.#settings = settings;
     this.#lockPath = `${path}.lock`;
+    this.#dir = dirname(path);
+    this.#base = path.slice(this.#dir.length + 1);
+    refuseUnusablePath(path);
+    handleFileSizeSignal();
     if (settings.bufferBytes > 0) {
       this.#batch = new Uint8Array(settings.bufferBytes);
       registerForExitFlush(this);
     }
     this.#open("open", false);
+    this.#finishInterruptedRollovers();
     if (settings.compress !== null) this.#scheduleCompression();
   }
 
@@ -725,7 +783,7 @@ class RotatingFileHandle implements RotatingFile {
 
   /**
    * The external-rotation check: one stat of the path gives its identity and its size. A missing or
-   * different file is reopened; on failure the current descriptor is kept.
+   * different file is reopened; on failure the current descriptor is kept while it still has a name.
    */
   #check(incoming: number): void {
     let seen: FileIdentity | null;
@@ -740,9 +798,45 @@ class RotatingFileHandle implements RotatingFile {
     }
     if (seen !== null && this.#fd >= 0 && !this.#isOtherFile(seen)) {
       this.#size = seen.size;
+      this.#sinceCheck = 0;
       return;
     }
+    if (seen === null) this.#reportDeletedRecords();
     if (!this.#open("check", incoming > 0) && this.#fd < 0) this.#untilCheck = 0;
+  }
+
+  /**
+   * The path is gone. If the open file has no name left either (deleted, alone or with its folder),
+   * the records written to it since the last check went with it: say so, and stop writing there.
+   */
+  #reportDeletedRecords(): void {
+    if (this.#fd < 0) return;
+    let nlink: number;
+    try {
+      nlink = fstat(this.#fd).nlink;
+    } catch {
+      return; // unknown: the reopen below decides
+    }
+    if (nlink > 0) return; // renamed away (a rotation), not deleted
+    // The record written right after the last check found the file in place; the ones after it
+    // (checkEvery > 1) may have gone to the file after it was deleted.
+    const unseen = this.#sinceCheck - 1;
+    if (unseen > 0) {
+      this.#fail(
+        "check",
+        `up to ${unseen} record(s) written since the last check may have gone to the file after it was deleted`,
+        undefined,
+        true,
+      );
+    }
+    this.#sinceCheck = 0;
+    const fd = this.#fd;
+    this.#fd = -1; // a deleted file is no place for the next record: it is reported lost instead
+    try {
+      closeFd(fd);
+    } catch {
+      // The descriptor of a deleted file: nothing in it can be saved.
+    }
   }
 
   /** `true` when `seen` is known to be another file than the open one (unknown inodes never are). */
@@ -752,13 +846,14 @@ class RotatingFileHandle implements RotatingFile {
   }
 
   /**
-   * Opens (creating) the path, applies `mode`, and swaps it in for the current descriptor. On failure
-   * the current descriptor stays; `recordAtStake` says whether a write is waiting for this open.
+   * Opens the path (creating it, and its folder, when missing) and swaps it in for the current
+   * descriptor. On failure the current descriptor stays; `recordAtStake` says whether a write is
+   * waiting for this open.
    */
   #open(operation: RotatingFileOperation, recordAtStake: boolean): boolean {
-    let fd: number;
+    let opened: OpenedFile;
     try {
-      fd = openAppend(this.path);
+      opened = openLiveFile(this.path, this.#settings.mode, this.#ownership);
     } catch (error) {
       const keeps = this.#fd >= 0;
       const lost = recordAtStake && !keeps;
@@ -766,32 +861,17 @@ class RotatingFileHandle implements RotatingFile {
       this.#fail(operation, what, error, lost);
       return false;
     }
-    let opened;
-    try {
-      opened = fstat(fd);
-    } catch (error) {
-      try {
-        closeFd(fd);
-      } catch {
-        // The fstat error below is the one that matters; this descriptor is unusable either way.
-      }
-      this.#fail(operation, "fstat failed", error, recordAtStake && this.#fd < 0);
-      return false;
-    }
-    const { mode } = this.#settings;
-    if (mode !== undefined && (opened.mode & 0o7777) !== mode) {
-      try {
-        fchmod(fd, mode);
-      } catch (error) {
-        this.#fail(operation, `cannot set mode ${mode.toString(8)}; writing anyway`, error, false);
-      }
-    }
+    for (const problem of opened.problems) this.#fail(operation, problem.what, problem.cause, false);
     const previous = this.#fd;
-    this.#fd = fd;
-    this.#dev = opened.dev;
-    this.#ino = opened.ino;
-    this.#size = opened.size;
-    if (this.#settings.interval !== null) this.#learnPeriod(opened.size, opened.mtimeMs);
+    this.#fd = opened.fd;
+    this.#dev = opened.stat.dev;
+    this.#ino = opened.stat.ino;
+    this.#size = opened.stat.size;
+    this.#ownership = { uid: opened.stat.uid, gid: opened.stat.gid, mode: opened.stat.mode & 0o7777 };
+    this.#sinceCheck = 0;
+    this.#lockWaitedOut = false; // a new file: its rollover is a new question
+    this.#rolloverRetryAt = 0;
+    if (this.#settings.interval !== null) this.#learnPeriod(opened.stat.size, opened.stat.mtimeMs);
     if (previous >= 0) {
       try {
         closeFd(previous);
@@ -802,90 +882,297 @@ class RotatingFileHandle implements RotatingFile {
     return true;
   }
 
-  /** One `write(2)`; a short write (full disk) is completed with `writeAll`, never dropped silently. */
+  /**
+   * One `write(2)`. A short or failed write (full disk, file-size limit) leaves a fragment without a
+   * newline: the record is reported lost, and the next record starts on a fresh line.
+   */
   #append(bytes: Uint8Array): void {
+    if (this.#mayBeTorn) bytes = this.#onFreshLine(bytes);
     let written = 0;
     try {
       written = writeOnce(this.#fd, bytes);
       if (written < bytes.length) writeAll(this.#fd, bytes.subarray(written));
       this.#size += bytes.length;
+      this.#sinceCheck += 1;
+      this.#mayBeTorn = false;
     } catch (error) {
-      this.#fail("write", "write failed; the record was dropped", error, true);
+      this.#mayBeTorn = true; // some bytes may have gone out (Deno does not say how many)
+      this.#fail("write", "write failed; the record was dropped (any torn part is cut off)", error, true);
+    }
+  }
+
+  /** `bytes` preceded by a newline when the live file ends in the torn rest of a failed write. */
+  #onFreshLine(bytes: Uint8Array): Uint8Array {
+    if (endsWithNewline(this.path, this.#ino)) return bytes;
+    const out = new Uint8Array(bytes.length + 1);
+    out[0] = NEWLINE;
+    out.set(bytes, 1);
+    return out;
+  }
+
+  /**
+   * Rolls the live file over, as a sequence of small steps under the lock: lock → finish what a
+   * killed rollover left → re-check → shift backups → move the live file aside → publish it as
+   * `path.1` → reopen. Never from inside `onError` or another rollover (the lock is not re-entrant).
+   */
+  #rollover(incoming: number, force: boolean): void {
+    if (this.#held !== null || this.#reporting) return;
+    if (!force && monotonicMs() < this.#rolloverRetryAt) return;
+    this.#held = [];
+    let token: string | null = null;
+    try {
+      token = this.#takeLock(force);
+      if (token === null) return;
+      this.#finishLeftovers();
+      if (!this.#recheck(incoming, force)) return;
+      if (!this.#shiftBackups()) return;
+      const aside = this.#moveAside();
+      if (aside === null) return;
+      this.#publish(aside);
+      this.#open("rollover", false);
+      this.#afterRollover();
+    } catch (error) {
+      this.#fail("rollover", "rollover failed", error, false);
+    } finally {
+      if (token !== null) {
+        const released = releaseLock(this.#lockPath, token);
+        if (released !== null) this.#fail("rollover", released, undefined, false);
+      }
+      const held = this.#held;
+      this.#held = null;
+      for (const error of held) this.#report(error);
     }
   }
 
   /**
-   * Rolls the live file over under the lock. Under the lock, the path is checked again: a file that is
-   * no longer ours (rotated by someone else) is reopened, not renamed, and a size rollover happens only
-   * if the real size still calls for it.
+   * Step "lock". A rollover due to a write waits at most `lockTimeoutMs`, once: while the same lock
+   * stays busy afterwards, later tries only look (a frozen holder must not stall every write).
    */
-  #rollover(incoming: number, force: boolean): void {
-    if (!force && Date.now() < this.#rolloverRetryAt) return;
-    const lock = acquireLock(this.#lockPath, this.#settings);
-    if (typeof lock !== "string") {
-      this.#rolloverRetryAt = Date.now() + ROLLOVER_RETRY_MS;
-      this.#fail("rollover", "cannot take the rollover lock; writing to the current file", lock.error, false);
-      return;
+  #takeLock(force: boolean): string | null {
+    const waitMs = force || !this.#lockWaitedOut ? this.#settings.lockTimeoutMs : 0;
+    const before = this.#lockSeen.current;
+    const lock = acquireLock(this.#lockPath, this.#settings, waitMs, this.#lockSeen);
+    if (typeof lock === "string") {
+      this.#lockWaitedOut = false;
+      this.#lockSeen.current = null;
+      return lock;
     }
-    try {
-      let seen: FileIdentity | null;
-      try {
-        seen = statIdentity(this.path);
-      } catch (error) {
-        this.#fail("rollover", "stat failed; rollover skipped", error, false);
-        return;
-      }
-      if (seen === null || this.#isOtherFile(seen)) {
-        // Someone else rotated (or removed) it: adopt the live file instead of renaming it.
-        if (!this.#open("rollover", false) || force) return;
-      } else if (!seen.isFile) {
-        this.#fail("rollover", "not a regular file; rollover skipped", undefined, false);
-        return;
-      } else {
-        this.#size = seen.size;
-      }
-      const { maxBytes } = this.#settings;
-      const timeDue = this.#timeRolloverDue();
-      if (timeDue === "restamp") return;
-      if (!force && !timeDue && !(maxBytes > 0 && this.#size > 0 && this.#size + incoming > maxBytes)) return;
-      if (this.#settings.interval !== null) this.#moveToDated();
-      else {
-        if (this.#settings.compress !== null) this.#shiftCompressed();
-        this.#shiftBackups();
-      }
-      this.#open("rollover", false);
-      this.#afterRollover();
-    } finally {
-      const released = releaseLock(this.#lockPath, lock);
-      if (released !== null) this.#fail("rollover", released, undefined, false);
-    }
-    if (this.#settings.compress !== null) this.#scheduleCompression();
+    this.#rolloverRetryAt = monotonicMs() + ROLLOVER_RETRY_MS;
+    const sameLock = before !== null && this.#lockSeen.current !== null &&
+      sameObservation(before, this.#lockSeen.current);
+    if (lock.busy && this.#lockWaitedOut && sameLock) return null; // already reported for this holder
+    this.#lockWaitedOut = lock.busy;
+    this.#fail("rollover", "cannot take the rollover lock; writing to the current file", lock.error, false);
+    return null;
   }
 
-  /** `path.N` is removed, `path.i` becomes `path.i+1`, the live file becomes `path.1`. */
-  #shiftBackups(): void {
-    const { backups } = this.#settings;
+  /**
+   * Step "finish leftovers" (under the lock): a live file a killed rollover moved aside is published
+   * into the chain, and the temporary files of dead lock waiters are removed.
+   */
+  #finishLeftovers(): void {
+    let names: string[];
     try {
-      if (backups === 0) {
-        unlinkIfExists(this.path);
-        return;
+      names = readDir(this.#dir);
+    } catch (error) {
+      this.#fail("rollover", "cannot list the log folder to finish interrupted rollovers", error, false);
+      return;
+    }
+    const asidePrefix = `${this.#base}${ASIDE_INFIX}`;
+    const lockTmpPrefix = `${this.#base}.lock.`;
+    const asides: { path: string; mtimeMs: number }[] = [];
+    for (const name of names) {
+      if (!name.endsWith(".tmp")) continue;
+      const full = `${this.#dir}/${name}`;
+      if (name.startsWith(asidePrefix)) {
+        const seen = statOrNull(full);
+        if (seen !== null) asides.push({ path: full, mtimeMs: seen.mtimeMs });
+      } else if (name.startsWith(lockTmpPrefix)) {
+        sweepDeadWaiter(full, this.#settings);
       }
+    }
+    // Oldest first: each is published as path.1, pushing the older ones down the chain.
+    asides.sort((a, b) => a.mtimeMs - b.mtimeMs);
+    for (const aside of asides) this.#finishAside(aside.path);
+  }
+
+  /** Puts a live file that a killed rollover left aside into the chain, or drops a second name of it. */
+  #finishAside(aside: string): void {
+    const seen = statOrNull(aside);
+    if (seen === null) return;
+    const live = statOrNull(this.path);
+    const first = statOrNull(`${this.path}.1`);
+    if (seen.ino !== null && (live?.ino === seen.ino || first?.ino === seen.ino)) {
+      unlinkIfExists(aside); // killed after linking it back or publishing it: one name is enough
+      return;
+    }
+    if (this.#settings.backups === 0) {
+      unlinkIfExists(aside);
+      return;
+    }
+    if (this.#shiftBackups()) this.#publish(aside);
+  }
+
+  /**
+   * Step "re-check" (under the lock): a file someone else already rotated is adopted, never renamed;
+   * a size rollover goes on only if the real size still calls for it.
+   */
+  #recheck(incoming: number, force: boolean): boolean {
+    let seen: FileIdentity | null;
+    try {
+      seen = statIdentity(this.path);
+    } catch (error) {
+      this.#fail("rollover", "stat failed; rollover skipped", error, false);
+      return false;
+    }
+    if (seen === null || this.#isOtherFile(seen)) {
+      if (!this.#open("rollover", false) || force) return false;
+    } else if (!seen.isFile) {
+      this.#fail("rollover", "not a regular file; rollover skipped", undefined, false);
+      return false;
+    } else {
+      this.#size = seen.size;
+    }
+    const timeDue = this.#timeRolloverDue(); // also learns the live file's period (its backup's name)
+    const { maxBytes } = this.#settings;
+    return force || timeDue || (maxBytes > 0 && this.#size > 0 && this.#size + incoming > maxBytes);
+  }
+
+  /**
+   * Step "shift backups": `path.N` is removed and `path.i` becomes `path.i+1`, leaving `path.1` free.
+   * Each move is `link` then `unlink` (never clobbers); a name that a killed shift left as a second
+   * name of the next slot's file is removed instead of moved. Returns whether `path.1` is free.
+   */
+  #shiftBackups(): boolean {
+    const { backups } = this.#settings;
+    if (backups === 0 || this.#settings.interval !== null) return true; // dated backups never shift
+    if (this.#settings.compress !== null) this.#shiftCompressed();
+    try {
       for (let attempt = 1;; attempt++) {
+        const clobber = attempt >= SHIFT_ATTEMPTS;
         unlinkIfExists(`${this.path}.${backups}`);
         let occupied = false;
+        let above: number | null = null; // inode that was at slot i+1 before it moved to i+2
         for (let i = backups - 1; i >= 1 && !occupied; i--) {
-          occupied =
-            moveNoClobber(`${this.path}.${i}`, `${this.path}.${i + 1}`, attempt >= SHIFT_ATTEMPTS) ===
-              "occupied";
+          const from = `${this.path}.${i}`;
+          const seen = statOrNull(from);
+          if (seen === null) {
+            above = null;
+            continue;
+          }
+          if (above !== null && seen.ino === above) {
+            unlinkIfExists(from); // the same file as the one just moved: a shift killed mid-move
+            above = null;
+            continue;
+          }
+          occupied = moveNoClobber(from, `${this.path}.${i + 1}`, clobber) === "occupied";
+          above = seen.ino;
         }
-        if (!occupied) {
-          occupied = moveNoClobber(this.path, `${this.path}.1`, attempt >= SHIFT_ATTEMPTS) === "occupied";
+        if (!occupied && statOrNull(`${this.path}.1`) === null) return true;
+        if (clobber) {
+          this.#fail(
+            "rollover",
+            `"${this.path}.1" keeps being recreated; rollover skipped`,
+            undefined,
+            false,
+          );
+          return false;
         }
-        if (!occupied) return;
-        // A sibling filled a slot we had just freed: start over from the oldest end.
+        // Something filled a slot we had just freed (an external rotator): start over from the end.
       }
     } catch (error) {
-      this.#fail("rollover", "shifting the backups failed", error, false);
+      this.#fail("rollover", "shifting the backups failed; the live file stays", error, false);
+      return false;
+    }
+  }
+
+  /**
+   * Step "move aside": renames the live file to a private name, then verifies it is the file this
+   * handle writes. A file someone else put at the path after the re-check is put back and adopted.
+   * Returns the private name, or `null` when there is nothing of ours to publish.
+   */
+  #moveAside(): string | null {
+    const aside = tempPathBeside(`${this.path}${ASIDE_INFIX.slice(0, -1)}`);
+    try {
+      rename(this.path, aside);
+    } catch (error) {
+      if (errorCode(error) === "ENOENT") {
+        this.#open("rollover", false); // gone since the re-check: someone rotated it
+        return null;
+      }
+      throw error;
+    }
+    const moved = stat(aside);
+    if (moved.ino === null || this.#ino === null || (moved.ino === this.#ino && moved.dev === this.#dev)) {
+      return aside;
+    }
+    // Not ours: put it back without replacing anything, and write to it.
+    try {
+      link(aside, this.path);
+      unlinkIfExists(aside);
+    } catch (error) {
+      if (errorCode(error) !== "EEXIST") throw error;
+      this.#publish(aside); // a third file took the path meanwhile: keep this one as the newest backup
+    }
+    this.#open("rollover", false);
+    return null;
+  }
+
+  /**
+   * Step "publish": the file moved aside becomes `path.1` (`link` + `unlink`; a kill in between
+   * leaves two names of one file, which the next rollover reduces to one). With no backups, it is
+   * removed.
+   */
+  #publish(aside: string): void {
+    const first = `${this.path}.1`;
+    if (this.#settings.backups === 0) {
+      unlinkIfExists(aside);
+      return;
+    }
+    if (this.#settings.interval !== null) {
+      this.#publishDated(aside);
+      return;
+    }
+    for (let attempt = 1;; attempt++) {
+      const result = moveNoClobber(aside, first, attempt >= SHIFT_ATTEMPTS);
+      if (result !== "occupied") return; // "vanished": a sibling that took our lock over finished it
+      if (!this.#shiftBackups()) return; // the file stays aside; the next rollover publishes it
+    }
+  }
+
+  /**
+   * At open: when a killed rollover left a live file aside (or dead waiters left litter), finish it
+   * now if the lock is free, so its records are back in the chain without waiting for a rollover.
+   */
+  #finishInterruptedRollovers(): void {
+    let names: string[];
+    try {
+      names = readDir(this.#dir);
+    } catch {
+      return; // no folder (yet): nothing was left in it
+    }
+    const leftovers = names.some((name) =>
+      name.endsWith(".tmp") &&
+      (name.startsWith(`${this.#base}${ASIDE_INFIX}`) || name.startsWith(`${this.#base}.lock.`))
+    );
+    if (!leftovers) return;
+    this.#held = [];
+    let token: string | null = null;
+    try {
+      const lock = acquireLock(this.#lockPath, this.#settings, 0, this.#lockSeen);
+      if (typeof lock !== "string") return; // busy: its holder finishes them
+      token = lock;
+      this.#finishLeftovers();
+    } catch (error) {
+      this.#fail("open", "finishing an interrupted rollover failed", error, false);
+    } finally {
+      if (token !== null) {
+        const released = releaseLock(this.#lockPath, token);
+        if (released !== null) this.#fail("open", released, undefined, false);
+      }
+      const held = this.#held;
+      this.#held = null;
+      for (const error of held) this.#report(error);
     }
   }
 
@@ -991,9 +1278,9 @@ class RotatingFileHandle implements RotatingFile {
 
   /**
    * Under the lock: whether the open (live) file holds records of an earlier period. An empty file of
-   * an earlier period is only stamped with the current one (`"restamp"`: nothing to roll over).
+   * an earlier period is only stamped with the current one (nothing to roll over).
    */
-  #timeRolloverDue(): boolean | "restamp" {
+  #timeRolloverDue(): boolean {
     const { interval, utc, mode } = this.#settings;
     if (interval === null) return false;
     let opened;
@@ -1008,7 +1295,7 @@ class RotatingFileHandle implements RotatingFile {
     if (this.#period >= current) return false;
     if (opened.size > 0) return true;
     this.#stampPeriod(current, mode);
-    return "restamp";
+    return false;
   }
 
   #stampPeriod(period: number, mode: number | undefined): void {
@@ -1023,21 +1310,27 @@ class RotatingFileHandle implements RotatingFile {
     }
   }
 
-  /** Time-rollover naming: the live file becomes `path.<period>` (or `.1`, `.2`, … after it). */
-  #moveToDated(): void {
-    const { backups, interval, utc } = this.#settings;
-    try {
-      if (backups === 0) {
-        unlinkIfExists(this.path);
+  /**
+   * Step "publish" with `interval`: the file moved aside becomes `path.<period>` (or `.1`, `.2`, …
+   * after the backups that period already has), named after the period of its records. A file that a
+   * killed rollover had already published keeps that one name.
+   */
+  #publishDated(aside: string): void {
+    const { interval, utc } = this.#settings;
+    const seen = stat(aside);
+    const current = periodStart(Date.now(), interval!, utc);
+    let period = readPeriodStamp(this.path, seen.dev, seen.ino) ??
+      (seen.size === 0 ? current : periodStart(seen.mtimeMs, interval!, utc));
+    if (period > current) period = current;
+    const stamp = formatPeriod(period, interval!, utc);
+    for (let attempt = 1;; attempt++) {
+      const existing = listDatedBackups(this.path);
+      if (seen.ino !== null && existing.some((backup) => backup.ino === seen.ino)) {
+        unlinkIfExists(aside); // killed after publishing it: one name is enough
         return;
       }
-      const stamp = formatPeriod(this.#period, interval!, utc);
-      for (let attempt = 1;; attempt++) {
-        const to = nextDatedName(this.path, stamp);
-        if (moveNoClobber(this.path, to, false) !== "occupied" || attempt >= SHIFT_ATTEMPTS) return;
-      }
-    } catch (error) {
-      this.#fail("rollover", "moving the live file to its dated backup failed", error, false);
+      const to = nextDatedName(this.path, stamp, existing);
+      if (moveNoClobber(aside, to, attempt >= SHIFT_ATTEMPTS) !== "occupied") return;
     }
   }
 
@@ -1125,6 +1418,15 @@ class RotatingFileHandle implements RotatingFile {
     const reason = cause === undefined ? "" : `: ${describeCause(cause)}`;
     const message = `Log file "${this.path}" (${operation}): ${what}${reason}`;
     const error = new RotatingFileError(this.path, operation, message, { cause, lost });
+    if (this.#held !== null) {
+      this.#held.push(error); // the lock is held: onError runs once it is released
+      return;
+    }
+    this.#report(error);
+  }
+
+  #report(error: RotatingFileError): void {
+    if (this.#reporting) return;
     this.#reporting = true;
     try {
       this.#settings.onError(error);
@@ -1136,10 +1438,131 @@ class RotatingFileHandle implements RotatingFile {
   }
 }
 
+/** Private names of files a rollover moved aside: `<path>.aside.<pid>.<n>.<random>.tmp`. */
+const ASIDE_INFIX = ".aside.";
+
+/** The folder part of a path (`"."` for a bare name). */
+function dirname(path: string): string {
+  const slash = path.lastIndexOf("/");
+  if (slash < 0) return ".";
+  if (slash === 0) return "/";
+  return path.slice(0, slash);
+}
+
+/**
+ * Refuses, at open, a path that is a symbolic link (rotating it would rename the link away and leave
+ * the target growing) or not a regular file (a FIFO would hang the writer, a device cannot rotate).
+ */
+function refuseUnusablePath(path: string): void {
+  let seen: FileStat | null;
+  try {
+    seen = lstatOrNull(path);
+  } catch {
+    return; // cannot look (EACCES, …): the open reports it
+  }
+  if (seen === null || seen.isFile) return;
+  const what = seen.isSymbolicLink
+    ? "is a symbolic link; open its target instead (a rotation would rename the link, not the file)"
+    : "is not a regular file (a FIFO, device or folder cannot be rotated)";
+  throw new RotatingFileError(path, "open", `Cannot open log file "${path}": it ${what}`);
+}
+
+interface OpenedFile {
+  fd: number;
+  stat: FileStat;
+  /** Things that went wrong without stopping the open (a mode or owner that could not be set). */
+  problems: { what: string; cause: unknown }[];
+}
+
+/**
+ * Opens the live file for appending, never through a symlink and never blocking on a FIFO. A file it
+ * creates is created with `mode` (or the bits of the file it replaces), never wider for an instant,
+ * and as root it gets the owner of the file it replaces. A missing folder is created.
+ */
+function openLiveFile(path: string, mode: number | undefined, previous: Ownership | null): OpenedFile {
+  const flags = { noFollow: true, nonBlocking: true };
+  let fd = -1;
+  let created = false;
+  let madeFolder = false;
+  for (let attempt = 1; fd < 0; attempt++) {
+    try {
+      fd = openAppend(path, { ...flags, create: false });
+      break;
+    } catch (error) {
+      if (errorCode(error) !== "ENOENT" || attempt >= OPEN_ATTEMPTS) throw error;
+    }
+    try {
+      fd = openAppend(path, { ...flags, exclusive: true, mode: mode ?? previous?.mode ?? 0o666 });
+      created = true;
+    } catch (error) {
+      const code = errorCode(error);
+      if (code === "EEXIST") continue; // a sibling created it first: open theirs
+      if (code !== "ENOENT" || madeFolder) throw error;
+      mkdirp(dirname(path)); // the folder is missing (never made, or deleted): make it
+      madeFolder = true;
+    }
+  }
+  const problems: OpenedFile["problems"] = [];
+  let opened: FileStat;
+  try {
+    opened = fstat(fd);
+    if (!opened.isFile) throw new Error("not a regular file (a FIFO, device or folder cannot be rotated)");
+  } catch (error) {
+    closeFd(fd);
+    throw error;
+  }
+  const wanted = mode ?? (created ? previous?.mode : undefined);
+  if (wanted !== undefined && (opened.mode & 0o7777) !== wanted) {
+    try {
+      fchmod(fd, wanted); // the umask narrowed a new file, or an existing one has other bits
+      opened = { ...opened, mode: (opened.mode & ~0o7777) | wanted };
+    } catch (error) {
+      problems.push({ what: `cannot set mode ${wanted.toString(8)}; writing anyway`, cause: error });
+    }
+  }
+  if (created && previous !== null && getUid() === 0 && (previous.uid !== 0 || previous.gid !== 0)) {
+    // A root CLI rolled over a service's log: hand the new file to the service's user.
+    try {
+      fchown(fd, previous.uid, previous.gid);
+      opened = { ...opened, uid: previous.uid, gid: previous.gid };
+      if (wanted !== undefined) fchmod(fd, wanted); // chown may clear set-id bits
+    } catch (error) {
+      problems.push({ what: `cannot give the new file to uid ${previous.uid}`, cause: error });
+    }
+  }
+  return { fd, stat: opened, problems };
+}
+
+/**
+ * Whether the file at `path` (when it is still the inode `ino`) ends with a newline. An unreadable or
+ * replaced file counts as "no": a stray empty line is better than a record glued to a fragment.
+ */
+function endsWithNewline(path: string, ino: number | null): boolean {
+  let fd = -1;
+  try {
+    fd = openRead(path);
+    const seen = fstat(fd);
+    if (ino !== null && seen.ino !== null && seen.ino !== ino) return false;
+    if (seen.size === 0) return true;
+    return readAt(fd, 1, seen.size - 1)[0] === NEWLINE;
+  } catch {
+    return false;
+  } finally {
+    if (fd >= 0) {
+      try {
+        closeFd(fd);
+      } catch {
+        // A read-only descriptor: nothing was written through it.
+      }
+    }
+  }
+}
+
 /**
  * Moves `from` to `to` without replacing anything at `to` (`link` then `unlink`). `"vanished"` when
- * `from` is gone (a sibling moved it), `"occupied"` when something appeared at `to`. `clobber` (the
- * last attempt) and filesystems without hard links use `rename(2)`.
+ * `from` is gone (a sibling moved it), `"occupied"` when another file is at `to`; when `to` is already
+ * the same file (a move killed between its two steps), `from` is just unlinked. `clobber` (the last
+ * attempt) and filesystems without hard links use `rename(2)`.
  */
 function moveNoClobber(from: string, to: string, clobber: boolean): "moved" | "vanished" | "occupied" {
   if (!clobber) {
@@ -1150,7 +1573,18 @@ function moveNoClobber(from: string, to: string, clobber: boolean): "moved" | "v
     } catch (error) {
       const code = errorCode(error);
       if (code === "ENOENT") return "vanished";
-      if (code === "EEXIST") return "occupied";
+      if (code === "EEXIST") {
+        const source = statOrNull(from);
+        const target = statOrNull(to);
+        if (source === null) return "vanished";
+        if (
+          target !== null && source.ino !== null && source.ino === target.ino && source.dev === target.dev
+        ) {
+          unlinkIfExists(from);
+          return "moved";
+        }
+        return "occupied";
+      }
       if (!NO_LINK_CODES.has(code ?? "")) throw error;
     }
   }
@@ -1295,6 +1729,8 @@ interface DatedBackup {
   stamp: string;
   seq: number;
   plain: string | null;
+  /** Inode of the plain file, when there is one. */
+  ino: number | null;
   files: string[];
   mtimeMs: number;
 }
@@ -1302,10 +1738,7 @@ interface DatedBackup {
 const DATED_SUFFIX = /^(\d{4}-\d{2}-\d{2}(?:T\d{2}(?:-\d{2}-\d{2})?)?)(?:\.(\d+))?(\.gz)?$/;
 
 function splitPath(path: string): { dir: string; base: string } {
-  const slash = path.lastIndexOf("/");
-  return slash < 0
-    ? { dir: ".", base: path }
-    : { dir: path.slice(0, slash) || "/", base: path.slice(slash + 1) };
+  return { dir: dirname(path), base: path.slice(path.lastIndexOf("/") + 1) };
 }
 
 /** The dated backups beside `path`, oldest first. */
@@ -1325,19 +1758,22 @@ function listDatedBackups(path: string): DatedBackup[] {
     const key = `${stamp}.${seq}`;
     let group = groups.get(key);
     if (group === undefined) {
-      groups.set(key, group = { stamp, seq, plain: null, files: [], mtimeMs: seen.mtimeMs });
+      groups.set(key, group = { stamp, seq, plain: null, ino: null, files: [], mtimeMs: seen.mtimeMs });
     }
     group.files.push(full);
-    if (match[3] === undefined) group.plain = full;
+    if (match[3] === undefined) {
+      group.plain = full;
+      group.ino = seen.ino;
+    }
     group.mtimeMs = Math.max(group.mtimeMs, seen.mtimeMs);
   }
   return [...groups.values()].sort((a, b) => a.stamp < b.stamp ? -1 : a.stamp > b.stamp ? 1 : a.seq - b.seq);
 }
 
 /** The first free name for a backup of the period `stamp`, after every one it already has. */
-function nextDatedName(path: string, stamp: string): string {
+function nextDatedName(path: string, stamp: string, existing: DatedBackup[]): string {
   let last = -1;
-  for (const group of listDatedBackups(path)) if (group.stamp === stamp) last = Math.max(last, group.seq);
+  for (const group of existing) if (group.stamp === stamp) last = Math.max(last, group.seq);
   return last < 0 ? `${path}.${stamp}` : `${path}.${stamp}.${last + 1}`;
 }
 
@@ -1364,7 +1800,7 @@ function removeOrphanTemporaries(path: string, lockStaleMs: number): void {
     const match = /\.(\d+)\.gz\.tmp$/.exec(name) ?? /^\.gz-claim\.(\d+)$/.exec(name.slice(base.length));
     if (match === null) continue;
     const claimPath = compressClaimPath(path, Number(match[1]));
-    const claim = acquireLock(claimPath, { lockTimeoutMs: 0, lockStaleMs: staleMs });
+    const claim = acquireLock(claimPath, { lockStaleMs: staleMs, mode: undefined }, 0, { current: null });
     if (typeof claim !== "string") continue; // its compressor is alive
     try {
       if (name.endsWith(".tmp")) unlinkIfExists(`${dir}/${name}`);
@@ -1388,8 +1824,10 @@ async function compressBackup(
   const seen = statOrNull(name);
   if (seen === null || !seen.isFile || seen.ino === null) return null;
   const claimPath = compressClaimPath(path, seen.ino);
-  const claim = acquireLock(claimPath, { lockTimeoutMs: 0, lockStaleMs: COMPRESS_CLAIM_STALE_MS });
-  if (typeof claim !== "string") return errorCode(claim.error) === undefined ? null : claim.error; // held: theirs
+  const claim = acquireLock(claimPath, { lockStaleMs: COMPRESS_CLAIM_STALE_MS, mode: undefined }, 0, {
+    current: null,
+  });
+  if (typeof claim !== "string") return claim.busy ? null : claim.error; // busy: another process has it
   const gz = `${name}.gz`;
   const tmp = `${name}.${seen.ino}.gz.tmp`;
   try {
@@ -1405,7 +1843,7 @@ async function compressBackup(
         return errorCode(error) === "ENOENT" ? null : error;
       }
     }
-    const lock = acquireLock(lockPath, settings);
+    const lock = acquireLock(lockPath, settings, settings.lockTimeoutMs, { current: null });
     if (typeof lock !== "string") {
       unlinkIfExists(tmp);
       return lock.error;
@@ -1498,15 +1936,32 @@ interface LockRecord {
   at: string;
 }
 
+/** A busy lock as a waiter saw it, and since when (monotonic) it has looked exactly like this. */
+interface LockObservation {
+  dev: number;
+  ino: number | null;
+  mtimeMs: number;
+  size: number;
+  since: number;
+}
+
+function sameObservation(a: LockObservation, b: LockObservation): boolean {
+  return a.dev === b.dev && a.ino === b.ino && a.mtimeMs === b.mtimeMs && a.size === b.size;
+}
+
 /**
  * Takes `<path>.lock`: a fully written temporary file is published with `link(2)` (atomic, fails when
- * a lock exists). A lock whose holder is dead, a zombie, another process with the same pid, or older
- * than `lockStaleMs` is taken over. Returns the token, or the error after `lockTimeoutMs`.
+ * a lock exists). A lock whose holder is dead is taken over at once; one whose holder cannot be
+ * judged dead is taken over once it has looked unchanged for `lockStaleMs` of monotonic time, as seen
+ * by this process across its tries (`seen`), so a stepped wall clock neither steals a young lock nor
+ * keeps an old one. Waits at most `waitMs`. Returns the token, or the error (`busy`: a live holder).
  */
 function acquireLock(
   lockPath: string,
-  settings: { lockTimeoutMs: number; lockStaleMs: number },
-): string | { error: unknown } {
+  settings: { lockStaleMs: number; mode: number | undefined },
+  waitMs: number,
+  seen: { current: LockObservation | null },
+): string | { error: unknown; busy: boolean } {
   const pid = getPid();
   const token = `${pid}-${Date.now()}-${Math.random().toString(36).slice(2)}`;
   const record: LockRecord = {
@@ -1517,19 +1972,21 @@ function acquireLock(
     at: new Date().toISOString(),
   };
   const text = JSON.stringify(record) + "\n";
-  const deadline = Date.now() + settings.lockTimeoutMs;
+  const fileOptions = settings.mode === undefined ? {} : { mode: settings.mode };
+  const deadline = monotonicMs() + waitMs;
   let sleepMs = LOCK_SLEEP_MIN_MS;
   let tmp: string | null = tempPathBeside(lockPath);
   try {
-    writeTextFile(tmp, text);
+    writeTextFile(tmp, text, fileOptions);
   } catch (error) {
-    return { error };
+    unlinkQuietly(tmp);
+    return { error, busy: false };
   }
   try {
     for (;;) {
       try {
         if (tmp !== null) link(tmp, lockPath);
-        else closeFd(writeExclusive(lockPath, text));
+        else closeFd(writeExclusive(lockPath, text, settings.mode));
         return token;
       } catch (error) {
         const code = errorCode(error);
@@ -1538,65 +1995,96 @@ function acquireLock(
           tmp = null;
           continue;
         }
-        if (code !== "EEXIST") return { error };
+        if (tmp !== null && code === "ENOENT") {
+          writeTextFile(tmp, text, fileOptions); // swept as litter by a sibling (clock step): again
+          continue;
+        }
+        if (code !== "EEXIST") return { error, busy: false };
       }
-      if (takeOverIfStale(lockPath, settings.lockStaleMs)) continue;
-      if (Date.now() >= deadline) {
+      const verdict = judgeLock(lockPath, settings.lockStaleMs, seen);
+      if (verdict === "gone") continue;
+      if (verdict !== "live") {
+        takeOver(lockPath, seen.current);
+        seen.current = null;
+        continue;
+      }
+      const left = deadline - monotonicMs();
+      if (left <= 0) {
         const holder = readTextFileOrNull(lockPath)?.trim() ?? "gone";
         return {
-          error: new Error(`lock "${lockPath}" still held after ${settings.lockTimeoutMs} ms by ${holder}`),
+          error: new Error(`lock "${lockPath}" still held after ${waitMs} ms by ${holder}`),
+          busy: true,
         };
       }
-      sleepSync(sleepMs);
+      sleepSync(Math.min(sleepMs, left));
       sleepMs = Math.min(sleepMs * 2, LOCK_SLEEP_MAX_MS);
     }
   } catch (error) {
-    return { error };
+    return { error, busy: false };
   } finally {
-    if (tmp !== null) {
-      try {
-        unlinkIfExists(tmp);
-      } catch {
-        // A leftover temporary beside the lock is harmless; the lock outcome is what matters.
-      }
-    }
+    if (tmp !== null) unlinkQuietly(tmp);
   }
 }
 
 /** Exclusive create then write: the fallback where `link(2)` is missing (an empty lock looks young). */
-function writeExclusive(lockPath: string, text: string): number {
-  const fd = createExclusive(lockPath);
+function writeExclusive(lockPath: string, text: string, mode: number | undefined): number {
+  const fd = createExclusive(lockPath, mode === undefined ? {} : { mode });
   writeAll(fd, encoder.encode(text));
   return fd;
 }
 
 /**
- * Removes the lock at `lockPath` when it is stale; returns whether the caller should retry at once.
- * The stale file is first renamed aside and checked to be the one judged stale, so a lock that a
- * sibling recovered meanwhile is never removed.
+ * What to make of the lock at `lockPath`: `"gone"` (released meanwhile), `"dead"` (its holder is
+ * gone), `"stale"` (unchanged for `staleMs` of monotonic time as seen by this process), or `"live"`.
  */
-function takeOverIfStale(lockPath: string, staleMs: number): boolean {
-  const seen = statOrNull(lockPath);
-  if (seen === null) return true; // released meanwhile
+function judgeLock(
+  lockPath: string,
+  staleMs: number,
+  seen: { current: LockObservation | null },
+): "gone" | "dead" | "stale" | "live" {
+  const now = statOrNull(lockPath);
+  if (now === null) return "gone";
+  const observed: LockObservation = {
+    dev: now.dev,
+    ino: now.ino,
+    mtimeMs: now.mtimeMs,
+    size: now.size,
+    since: monotonicMs(),
+  };
   const text = readTextFileOrNull(lockPath);
-  if (text === null) return true;
+  if (text === null) return "gone";
   let holder: Partial<LockRecord> | null = null;
   try {
     holder = JSON.parse(text) as Partial<LockRecord>;
   } catch {
-    holder = null;
+    holder = null; // being written (no-link fallback) or garbage: judged by its age alone
   }
-  const old = Date.now() - seen.mtimeMs > staleMs;
-  if (!old && !(holder !== null && isDeadHolder(holder))) return false;
+  if (holder !== null && isDeadHolder(holder)) {
+    seen.current = observed;
+    return "dead";
+  }
+  const before = seen.current;
+  if (before === null || !sameObservation(before, observed)) {
+    seen.current = observed;
+    return "live";
+  }
+  return monotonicMs() - before.since > staleMs ? "stale" : "live";
+}
+
+/**
+ * Removes the lock judged dead or stale. It is first renamed aside and checked to be the file judged
+ * (`judged`), so a lock that a sibling recovered meanwhile is put back, never removed.
+ */
+function takeOver(lockPath: string, judged: LockObservation | null): void {
   const aside = tempPathBeside(lockPath);
   try {
     rename(lockPath, aside);
   } catch (error) {
-    if (errorCode(error) === "ENOENT") return true; // someone else took it over first
+    if (errorCode(error) === "ENOENT") return; // someone else took it over first
     throw error;
   }
   const taken = stat(aside);
-  if (taken.ino !== null && seen.ino !== null && taken.ino !== seen.ino) {
+  if (judged !== null && taken.ino !== null && judged.ino !== null && taken.ino !== judged.ino) {
     // Not the file we judged: a sibling's fresh lock. Put it back (unless a third one exists).
     try {
       link(aside, lockPath);
@@ -1605,7 +2093,30 @@ function takeOverIfStale(lockPath: string, staleMs: number): boolean {
     }
   }
   unlinkIfExists(aside);
-  return true;
+}
+
+/**
+ * Removes `<path>.lock.<pid>.….tmp` left by a waiter that died before cleaning up: its holder record
+ * names a dead process, or it is older than any live waiter keeps one.
+ */
+function sweepDeadWaiter(file: string, settings: { lockTimeoutMs: number; lockStaleMs: number }): void {
+  try {
+    const text = readTextFileOrNull(file);
+    if (text === null) return;
+    let holder: Partial<LockRecord> | null = null;
+    try {
+      holder = JSON.parse(text) as Partial<LockRecord>;
+    } catch {
+      holder = null;
+    }
+    const seen = statOrNull(file);
+    if (seen === null) return;
+    // A live waiter keeps its file for lockTimeoutMs at most; one swept by mistake is written again.
+    const old = Date.now() - seen.mtimeMs > 2 * (settings.lockTimeoutMs + settings.lockStaleMs);
+    if (old || (holder !== null && isDeadHolder(holder))) unlinkIfExists(file);
+  } catch {
+    // Litter that cannot be judged or removed stays; it harms nothing.
+  }
 }
 
 function isDeadHolder(holder: Partial<LockRecord>): boolean {
@@ -1638,6 +2149,14 @@ function releaseLock(lockPath: string, token: string): string | null {
     return null;
   } catch (error) {
     return `cannot release the rollover lock "${lockPath}": ${describeCause(error)}`;
+  }
+}
+
+function unlinkQuietly(path: string): void {
+  try {
+    unlinkIfExists(path);
+  } catch {
+    // A leftover temporary beside the lock is swept by a later rollover; the lock outcome is what matters.
   }
 }
 
@@ -1708,6 +2227,11 @@ class JsonLogger implements Logger {
   }
 
   #write(level: LogLevel, msg: unknown, fields: LogFields | undefined): void {
+    if (fields !== undefined && fields !== null && (typeof fields !== "object" || Array.isArray(fields))) {
+      throw new TypeError(
+        `Cannot write a ${level} record: fields must be an object, got ${safeQuote(fields)}`,
+      );
+    }
     let line: string;
     try {
       let text: string;
@@ -1717,7 +2241,7 @@ class JsonLogger implements Logger {
         text = String((msg as Error).message);
         fields = { err: msg, ...fields };
       } else {
-        text = jsonText(msg);
+        text = jsonText(msg) ?? String(msg);
       }
       let members = this.#fieldsJson;
       if (fields !== undefined && fields !== null) {
@@ -1758,19 +2282,31 @@ class JsonLogger implements Logger {
   }
 }
 
-/** Own enumerable fields with reserved keys renamed (`msg` → `_msg`). */
+/**
+ * Own enumerable fields with reserved keys renamed (`msg` → `_msg`, or `__msg` when `_msg` is taken
+ * too): a field never replaces another one.
+ */
 function toPlainFields(fields: object): LogFields {
   const out: LogFields = {};
+  const reserved: string[] = [];
   for (const key of Object.keys(fields)) {
-    let value: unknown;
-    try {
-      value = (fields as LogFields)[key];
-    } catch (error) {
-      value = `[Unserializable: ${describeCause(error)}]`;
-    }
-    out[RESERVED_KEYS.has(key) ? `_${key}` : key] = value;
+    if (RESERVED_KEYS.has(key)) reserved.push(key);
+    else out[key] = readField(fields, key);
+  }
+  for (const key of reserved) {
+    let name = `_${key}`;
+    while (Object.hasOwn(out, name)) name = `_${name}`;
+    out[name] = readField(fields, key);
   }
   return out;
+}
+
+function readField(fields: object, key: string): unknown {
+  try {
+    return (fields as LogFields)[key];
+  } catch (error) {
+    return `[Unserializable: ${describeCause(error)}]`;
+  }
 }
 
 /** The members of an object as JSON without braces, each preceded by a comma (`,"a":1`). */
@@ -1784,23 +2320,36 @@ function jsonMembers(fields: LogFields): string {
 }
 
 /**
- * JSON text of any value. The fast path is `JSON.stringify` with errors and BigInt replaced; a cycle
- * (or a throwing getter / toJSON) falls back to a walk that writes `"[Circular]"` instead.
+ * JSON text of any value, or `undefined` for what JSON has no text for (`undefined`, a function, a
+ * symbol): such a field is left out, at the top as at every depth. The fast path is `JSON.stringify`
+ * with errors, BigInt, Map and Set replaced; a cycle (or a throwing getter / toJSON) falls back to a
+ * walk that writes `"[Circular]"` instead.
  */
-function jsonText(value: unknown): string {
+function jsonText(value: unknown): string | undefined {
+  if (value === undefined || typeof value === "function" || typeof value === "symbol") return undefined;
   try {
     const text = JSON.stringify(value, fastReplacer);
     if (text !== undefined) return text;
   } catch {
     // A cycle, a throwing toJSON or getter: the careful walk below handles all of them.
   }
-  return JSON.stringify(toJsonValue(value, [], 0)) ?? "null";
+  return JSON.stringify(toJsonValue(value, [], 0));
 }
 
 function fastReplacer(_key: string, value: unknown): unknown {
   if (typeof value === "bigint") return value.toString();
-  if (typeof value === "object" && value !== null && isError(value)) return toJsonValue(value, [], 0);
+  if (typeof value !== "object" || value === null) return value;
+  if (isError(value)) return toJsonValue(value, [], 0);
+  if (value instanceof Map) return mapEntries(value);
+  if (value instanceof Set) return [...value];
   return value;
+}
+
+/** A Map as an object of its entries (keys as text); the replacer then walks the values. */
+function mapEntries(map: Map<unknown, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [key, item] of map) out[String(key)] = item;
+  return out;
 }
 
 /** A JSON-safe copy: errors as `{name, message, stack, cause, ...}`, BigInt as text, cycles marked. */

@@ -167,12 +167,18 @@ export interface FileStat {
   mode: number;
   /** Number of hard links: 0 once the file was unlinked while still open. */
   nlink: number;
+  /** Owner's user id. */
+  uid: number;
+  /** Owner's group id. */
+  gid: number;
   /** Last modification, in milliseconds since the epoch. */
   mtimeMs: number;
   /** `true` for a regular file. */
   isFile: boolean;
   /** `true` for a directory. */
   isDirectory: boolean;
+  /** `true` for a symbolic link (only {@linkcode lstatOrNull} reports links; the others follow them). */
+  isSymbolicLink: boolean;
 }
 
 /**
@@ -187,14 +193,43 @@ export interface FileStat {
  */
 export interface OpenOptions {
   /**
-   * Permission bits for the file. Applied with `fchmod` after the open, so the umask cannot narrow
-   * or widen them; applied to an existing file too.
+   * Permission bits for the file. A new file is created with them (the umask can only narrow them,
+   * so the file is never wider for an instant), then `fchmod` restores any bit the umask removed; an
+   * existing file gets them with `fchmod` too.
    * @default undefined (0o666 narrowed by the umask on create, existing bits kept)
    */
   mode?: number;
+  /**
+   * Create the file when it is missing ({@linkcode openAppend} only; `false` throws `ENOENT` instead).
+   * @default true
+   */
+  create?: boolean;
+  /**
+   * Fail with `EEXIST` when the file exists (`O_EXCL`, {@linkcode openAppend} only): the caller then
+   * knows it created the file.
+   * @default false
+   */
+  exclusive?: boolean;
+  /**
+   * Refuse a symbolic link at the path (`O_NOFOLLOW`): the open fails with `ELOOP`.
+   * @default false
+   */
+  noFollow?: boolean;
+  /**
+   * Open with `O_NONBLOCK`, so a FIFO without a reader fails at once (`ENXIO`) instead of hanging.
+   * Regular files ignore the flag.
+   * @default false
+   */
+  nonBlocking?: boolean;
 }
 
 const { O_WRONLY, O_RDONLY, O_APPEND, O_CREAT, O_EXCL } = fs.constants;
+const O_NOFOLLOW = fs.constants.O_NOFOLLOW ?? 0;
+const O_NONBLOCK = fs.constants.O_NONBLOCK ?? 0;
+
+function openFlags(base: number, options: OpenOptions): number {
+  return base | (options.noFollow ? O_NOFOLLOW : 0) | (options.nonBlocking ? O_NONBLOCK : 0);
+}
 
 function toFileStat(s: fs.Stats): FileStat {
   const ino = typeof s.ino === "number" && s.ino > 0 ? s.ino : null;
@@ -204,16 +239,20 @@ function toFileStat(s: fs.Stats): FileStat {
     size: s.size,
     mode: s.mode,
     nlink: s.nlink,
+    uid: s.uid,
+    gid: s.gid,
     mtimeMs: s.mtimeMs,
     isFile: s.isFile(),
     isDirectory: s.isDirectory(),
+    isSymbolicLink: s.isSymbolicLink(),
   };
 }
 
+/** `fchmod` only when the bits differ: the file was created with `mode`, the umask may have narrowed it. */
 function applyMode(fd: number, mode: number | undefined): void {
   if (mode === undefined) return;
   try {
-    fs.fchmodSync(fd, mode);
+    if ((fs.fstatSync(fd).mode & 0o7777) !== mode) fs.fchmodSync(fd, mode);
   } catch (error) {
     fs.closeSync(fd);
     throw error;
@@ -227,7 +266,8 @@ function applyMode(fd: number, mode: number | undefined): void {
  * another process appended or truncated it.
  *
  * @param path The file.
- * @param options `mode` is applied with `fchmod`, whatever the umask.
+ * @param options `mode` is the creation mode and is restored with `fchmod` whatever the umask;
+ *   `create`, `exclusive`, `noFollow` and `nonBlocking` add or drop open flags.
  * @returns The descriptor.
  *
  * @example Append one line with mode 0640
@@ -239,7 +279,8 @@ function applyMode(fd: number, mode: number | undefined): void {
  * ```
  */
 export function openAppend(path: string, options: OpenOptions = {}): number {
-  const fd = fs.openSync(path, O_WRONLY | O_APPEND | O_CREAT, 0o666);
+  const create = options.create === false ? 0 : O_CREAT | (options.exclusive ? O_EXCL : 0);
+  const fd = fs.openSync(path, openFlags(O_WRONLY | O_APPEND | create, options), options.mode ?? 0o666);
   applyMode(fd, options.mode);
   return fd;
 }
@@ -251,7 +292,8 @@ export function openAppend(path: string, options: OpenOptions = {}): number {
  * written file atomically, write a temporary file and {@linkcode link} it into place.
  *
  * @param path The file.
- * @param options `mode` is applied with `fchmod`, whatever the umask.
+ * @param options `mode` is the creation mode and is restored with `fchmod` whatever the umask;
+ *   `noFollow` and `nonBlocking` add their open flags.
  * @returns The descriptor.
  *
  * @example
@@ -263,7 +305,7 @@ export function openAppend(path: string, options: OpenOptions = {}): number {
  * ```
  */
 export function createExclusive(path: string, options: OpenOptions = {}): number {
-  const fd = fs.openSync(path, O_WRONLY | O_CREAT | O_EXCL, 0o666);
+  const fd = fs.openSync(path, openFlags(O_WRONLY | O_CREAT | O_EXCL, options), options.mode ?? 0o666);
   applyMode(fd, options.mode);
   return fd;
 }
@@ -439,6 +481,58 @@ export function statOrNull(path: string): FileStat | null {
 }
 
 /**
+ * `lstat` of a path (a symbolic link is reported as itself, not followed), or `null` when nothing is
+ * there (`ENOENT`, `ENOTDIR`). Other errors are thrown.
+ *
+ * @param path The path.
+ * @returns The facts of the name itself, or `null`.
+ *
+ * @example Is the path a symbolic link?
+ * ```ts
+ * import { lstatOrNull } from "./platform.ts";
+ * console.log(lstatOrNull("/proc/self")?.isSymbolicLink); // true on Linux
+ * ```
+ */
+export function lstatOrNull(path: string): FileStat | null {
+  try {
+    return toFileStat(fs.lstatSync(path));
+  } catch (error) {
+    const code = errorCode(error);
+    if (code === "ENOENT" || code === "ENOTDIR") return null;
+    throw error;
+  }
+}
+
+/**
+ * Reads up to `length` bytes of an open descriptor at `position` (`pread(2)`: the file offset is not
+ * moved). Fewer bytes come back at the end of the file.
+ *
+ * @param fd The descriptor (opened for reading).
+ * @param length How many bytes at most.
+ * @param position Where to read from.
+ * @returns The bytes read.
+ *
+ * @example Does a file end with a newline?
+ * ```ts
+ * import { closeFd, fstat, openRead, readAt, writeTextFile } from "./platform.ts";
+ * writeTextFile("/tmp/example-last.log", "one\ntwo");
+ * const fd = openRead("/tmp/example-last.log");
+ * console.log(readAt(fd, 1, fstat(fd).size - 1)[0] === 0x0a); // false
+ * closeFd(fd);
+ * ```
+ */
+export function readAt(fd: number, length: number, position: number): Uint8Array {
+  const buffer = new Uint8Array(length);
+  let filled = 0;
+  while (filled < length) {
+    const n = fs.readSync(fd, buffer, filled, length - filled, position + filled);
+    if (n === 0) break;
+    filled += n;
+  }
+  return buffer.subarray(0, filled);
+}
+
+/**
  * `link(2)`: makes `newPath` a second name of `existingPath`. Fails with `EEXIST` when anything is at
  * `newPath`, which makes it an atomic "publish if absent" of a fully written temporary file.
  *
@@ -517,6 +611,26 @@ export function unlinkIfExists(path: string): boolean {
 }
 
 /**
+ * Sets a file's modification (and access) time, by default to now: a heartbeat that a file's readers
+ * can judge without reading it.
+ *
+ * @param path The file.
+ * @param timeMs The new time, in milliseconds since the epoch.
+ * @default timeMs Date.now()
+ *
+ * @example
+ * ```ts
+ * import { touch, writeTextFile } from "./platform.ts";
+ * writeTextFile("/tmp/example.heartbeat", "alive\n");
+ * touch("/tmp/example.heartbeat");
+ * ```
+ */
+export function touch(path: string, timeMs: number = Date.now()): void {
+  const time = new Date(timeMs);
+  fs.utimesSync(path, time, time);
+}
+
+/**
  * `chmod(2)` of a path.
  *
  * @param path The file.
@@ -549,6 +663,26 @@ export function chmod(path: string, mode: number): void {
  */
 export function fchmod(fd: number, mode: number): void {
   fs.fchmodSync(fd, mode);
+}
+
+/**
+ * `fchown(2)` of an open descriptor (root only, to give a file another owner).
+ *
+ * @param fd The descriptor.
+ * @param uid The new owner's user id.
+ * @param gid The new group id.
+ *
+ * @example Hand a file created by root back to the owner of the one it replaces
+ * ```ts ignore
+ * import { closeFd, fchown, openAppend, stat } from "./platform.ts";
+ * const previous = stat("/var/log/app/app.log.1");
+ * const fd = openAppend("/var/log/app/app.log", { mode: previous.mode & 0o7777 });
+ * fchown(fd, previous.uid, previous.gid);
+ * closeFd(fd);
+ * ```
+ */
+export function fchown(fd: number, uid: number, gid: number): void {
+  fs.fchownSync(fd, uid, gid);
 }
 
 /**
@@ -716,7 +850,8 @@ export function readHead(path: string, length: number): Uint8Array {
  */
 export interface WriteFileOptions {
   /**
-   * Permission bits, applied with `chmod` whatever the umask.
+   * Permission bits: a new file is created with them (never wider for an instant), then `fchmod`
+   * makes them exact whatever the umask.
    * @default undefined (0o666 narrowed by the umask)
    */
   mode?: number;
@@ -737,7 +872,7 @@ export interface WriteFileOptions {
  * ```
  */
 export function writeTextFile(path: string, text: string, options: WriteFileOptions = {}): void {
-  const fd = fs.openSync(path, O_WRONLY | O_CREAT | fs.constants.O_TRUNC, 0o666);
+  const fd = fs.openSync(path, O_WRONLY | O_CREAT | fs.constants.O_TRUNC, options.mode ?? 0o666);
   try {
     if (options.mode !== undefined) fs.fchmodSync(fd, options.mode);
     writeAll(fd, new TextEncoder().encode(text));
@@ -884,6 +1019,24 @@ const sleepCell = new Int32Array(new SharedArrayBuffer(4));
  */
 export function sleepSync(ms: number): void {
   if (ms > 0) Atomics.wait(sleepCell, 0, 0, ms);
+}
+
+/**
+ * Milliseconds on a monotonic clock (`performance.now()`): never stepped by NTP or an operator, so
+ * deadlines, retry timers and "how long has this lock been held" survive a wall-clock step. Only
+ * differences between two readings in one process mean anything.
+ *
+ * @returns The current reading.
+ *
+ * @example A deadline that a clock step cannot move
+ * ```ts
+ * import { monotonicMs, sleepSync } from "./platform.ts";
+ * const deadline = monotonicMs() + 20;
+ * while (monotonicMs() < deadline) sleepSync(5);
+ * ```
+ */
+export function monotonicMs(): number {
+  return performance.now();
 }
 
 /**
@@ -1092,21 +1245,8 @@ export interface ProcStat {
  */
 export function readProcStat(pid: number): ProcStat | null {
   if (!isLinux || !Number.isInteger(pid) || pid <= 0) return null;
-  let text: string;
-  try {
-    text = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
-  } catch {
-    return null;
-  }
-  const open = text.indexOf("(");
-  const close = text.lastIndexOf(")");
-  if (open < 0 || close < open) return null;
-  // After ") ": field 3 (state) is index 0, field 4 (ppid) index 1, field 22 (starttime) index 19.
-  const rest = text.slice(close + 2).split(" ");
-  const ppid = Number(rest[1]);
-  const startTicks = Number(rest[19]);
-  if (!Number.isFinite(ppid) || !Number.isFinite(startTicks)) return null;
-  return { comm: text.slice(open + 1, close), state: rest[0], ppid, startTicks };
+  const text = readProcText(`/proc/${pid}/stat`);
+  return text === null ? null : parseProcStat(text);
 }
 
 /**
@@ -1343,6 +1483,466 @@ export function exit(code = 0): never {
 }
 
 // ---------------------------------------------------------------------------------------------------
+// Process identity: who wrote a record, and is that process still alive
+// ---------------------------------------------------------------------------------------------------
+
+/**
+ * Who a process is, in terms that survive PID reuse, containers, hostname changes and reboots. A pid
+ * alone names a process only inside one PID namespace of one boot; with the start ticks it names one
+ * process for good. Fields that cannot be read (off Linux, a restricted `/proc`) are `null`.
+ *
+ * @example Record who we are
+ * ```ts
+ * import { type ProcessIdentity, selfIdentity } from "./platform.ts";
+ * const me: ProcessIdentity = selfIdentity();
+ * console.log(`pid ${me.pid} started at tick ${me.startTicks} in ${me.pidNamespace} on ${me.hostname}`);
+ * ```
+ */
+export interface ProcessIdentity {
+  /** The process id, as seen in the process's own PID namespace. */
+  pid: number;
+  /** Start in clock ticks since boot (`/proc/<pid>/stat` field 22): exact, immune to clock steps. */
+  startTicks: number | null;
+  /** Start in milliseconds since the epoch (boot time + ticks): moves when the wall clock is stepped. */
+  startTime: number | null;
+  /** The kernel's boot id (`/proc/sys/kernel/random/boot_id`): another value means another boot or host. */
+  bootId: string | null;
+  /** The PID namespace (`/proc/<pid>/ns/pid`, e.g. `"pid:[4026531836]"`): pids compare only inside one. */
+  pidNamespace: string | null;
+  /** The host name (of the process's UTS namespace when it is our own identity). */
+  hostname: string | null;
+}
+
+/**
+ * A written claim of identity, as found in a record on disk: a pid and whatever else its writer knew.
+ * Missing fields are unknown. `heartbeatMs` is the writer's promise to refresh the file's mtime that
+ * often; a record that another PID namespace or host wrote is judged by it.
+ *
+ * @example A record from an older writer that knew only its pid
+ * ```ts
+ * import { type IdentityRecord, judgeIdentity } from "./platform.ts";
+ * const record: IdentityRecord = { pid: 1234 };
+ * console.log(judgeIdentity(record).alive);
+ * ```
+ */
+export interface IdentityRecord {
+  /** The writer's pid, in the writer's PID namespace. */
+  pid: number;
+  /** See {@linkcode ProcessIdentity.startTicks}. */
+  startTicks?: number | null | undefined;
+  /** See {@linkcode ProcessIdentity.startTime}. */
+  startTime?: number | null | undefined;
+  /** See {@linkcode ProcessIdentity.bootId}. */
+  bootId?: string | null | undefined;
+  /** See {@linkcode ProcessIdentity.pidNamespace}. */
+  pidNamespace?: string | null | undefined;
+  /** See {@linkcode ProcessIdentity.hostname}. */
+  hostname?: string | null | undefined;
+  /** How often the writer refreshes the record's mtime, in milliseconds; `null` when it does not. */
+  heartbeatMs?: number | null | undefined;
+}
+
+/**
+ * How {@linkcode judgeIdentity} judged a record: `"pid"` by pid and start time on this machine and PID
+ * namespace (the only basis on which the process may be signalled), `"heartbeat"` by the age of the
+ * record's mtime (another PID namespace or host), `"boot"` by its boot id (written before a reboot).
+ *
+ * @example Only signal what was judged by pid
+ * ```ts
+ * import { type IdentityBasis, judgeIdentity } from "./platform.ts";
+ * const basis: IdentityBasis = judgeIdentity({ pid: 1234 }).basis;
+ * console.log(basis === "pid" ? "may be signalled" : "never signal it");
+ * ```
+ */
+export type IdentityBasis = "pid" | "heartbeat" | "boot";
+
+/**
+ * The verdict of {@linkcode judgeIdentity} on a record.
+ *
+ * @example Explain a verdict
+ * ```ts
+ * import { type IdentityVerdict, judgeIdentity } from "./platform.ts";
+ * const verdict: IdentityVerdict = judgeIdentity({ pid: 1234, startTicks: 5 });
+ * console.log(`${verdict.alive ? "alive" : "gone"} (${verdict.basis}): ${verdict.reason}`);
+ * ```
+ */
+export interface IdentityVerdict {
+  /** `true` when the writer of the record may still be running; `false` only when provably not. */
+  alive: boolean;
+  /** What the verdict rests on. */
+  basis: IdentityBasis;
+  /** `true` when the record names this very process (same pid, namespace and start). */
+  self: boolean;
+  /**
+   * The identity of the live process the record names, read now, when `basis` is `"pid"` and `alive`:
+   * pin it and judge it again right before signalling, so a process that reused the pid is never hit.
+   */
+  live: ProcessIdentity | null;
+  /** Why, in words (`"process 1234 is gone"`, `"pid 1234 was reused: …"`, …). */
+  reason: string;
+}
+
+/**
+ * Options of {@linkcode judgeIdentity}.
+ *
+ * @example Judge a lock file by its mtime when it comes from a container
+ * ```ts
+ * import * as fs from "node:fs";
+ * import { judgeIdentity, type JudgeIdentityOptions } from "./platform.ts";
+ * fs.writeFileSync("/tmp/example.lock", JSON.stringify({ pid: 1, pidNamespace: "pid:[1]" }));
+ * const options: JudgeIdentityOptions = { mtimeMs: fs.statSync("/tmp/example.lock").mtimeMs, heartbeatMs: 1000 };
+ * console.log(judgeIdentity({ pid: 1, pidNamespace: "pid:[1]" }, options).basis); // "heartbeat"
+ * ```
+ */
+export interface JudgeIdentityOptions {
+  /**
+   * The record file's mtime in milliseconds (its heartbeat); `null` when unknown, and a record that
+   * must be judged by heartbeat then counts as alive.
+   * @default null
+   */
+  mtimeMs?: number | null | undefined;
+  /**
+   * The heartbeat period assumed for a record that states none, in milliseconds. A record judged by
+   * heartbeat is stale once its mtime is 3 × this (or 3 × its own `heartbeatMs`) old.
+   * @default 10000
+   */
+  heartbeatMs?: number | undefined;
+  /**
+   * "Now" for the heartbeat, in milliseconds since the epoch.
+   * @default Date.now()
+   */
+  nowMs?: number | undefined;
+  /**
+   * When the record was written, in milliseconds since the epoch, for records without start time: a
+   * process that started after its record was written cannot be its writer (its pid was reused).
+   * @default the mtimeMs option
+   */
+  writtenAtMs?: number | null | undefined;
+}
+
+/** Two readings of one process's wall-clock start (boot time + ticks) differ by up to a second. */
+const START_TIME_TOLERANCE_MS = 1000;
+/** A record judged by heartbeat is stale after this many missed refreshes. */
+const HEARTBEAT_MISSES = 3;
+const DEFAULT_JUDGE_HEARTBEAT_MS = 10_000;
+const BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id";
+
+let selfIdentityCache: Omit<ProcessIdentity, "hostname"> | null = null;
+let bootIdCache: string | null | undefined;
+/** What the runtime refused us (Deno's own "NotCapable" messages name the missing flag). */
+const identityRefusals: string[] = [];
+let identityProbed = false;
+let identityWarned = false;
+
+/** Reads a `/proc` file; `null` when absent; notes (and swallows) a sandbox refusal (Deno without -A). */
+function readProcText(path: string, link = false): string | null {
+  if (!isLinux) return null;
+  try {
+    return link ? fs.readlinkSync(path) : fs.readFileSync(path, "utf8");
+  } catch (error) {
+    noteNotCapable(error);
+    return null;
+  }
+}
+
+function noteNotCapable(error: unknown): void {
+  if ((error as { name?: unknown } | null)?.name !== "NotCapable") return;
+  const text = error instanceof Error ? error.message : String(error);
+  // "Requires all access to "/proc/42/stat", …": one entry per kind of refusal, not per path.
+  const kind = text.replace(/"[^"]*"/g, "").replace(/,.*$/, "").trim();
+  if (!identityRefusals.some((seen) => seen.startsWith(kind))) identityRefusals.push(text);
+}
+
+function currentBootId(): string | null {
+  if (bootIdCache === undefined) bootIdCache = readProcText(BOOT_ID_PATH)?.trim() || null;
+  return bootIdCache;
+}
+
+function currentHostname(): string | null {
+  try {
+    return os.hostname();
+  } catch (error) {
+    noteNotCapable(error);
+    if (identityRefusals.length > 0) return null;
+    throw error;
+  }
+}
+
+/**
+ * This process's identity. Everything but the host name is read once and cached (it never changes);
+ * the host name is read on every call (`hostnamectl` may change it).
+ *
+ * @returns Our identity; fields that cannot be read are `null`.
+ *
+ * @example
+ * ```ts
+ * import { selfIdentity } from "./platform.ts";
+ * console.log(selfIdentity().startTicks);
+ * ```
+ */
+export function selfIdentity(): ProcessIdentity {
+  const pid = getPid();
+  if (selfIdentityCache === null || selfIdentityCache.pid !== pid) {
+    const read = identityOf(pid);
+    selfIdentityCache = {
+      pid,
+      startTicks: read?.startTicks ?? null,
+      startTime: read?.startTime ?? null,
+      bootId: currentBootId(),
+      pidNamespace: read?.pidNamespace ?? null,
+    };
+  }
+  return { ...selfIdentityCache, hostname: currentHostname() };
+}
+
+/**
+ * The identity of the process behind `pid` in our PID namespace, read now, or `null` when no such
+ * process exists or it has exited (a zombie). Off Linux only `pid` and `hostname` are known.
+ *
+ * @param pid The pid.
+ * @returns Its identity, or `null`.
+ *
+ * @example Pin a process before signalling it
+ * ```ts
+ * import { getPid, identityOf } from "./platform.ts";
+ * const pinned = identityOf(getPid());
+ * console.log(pinned?.startTicks === identityOf(getPid())?.startTicks); // true: same process
+ * ```
+ */
+export function identityOf(pid: number): ProcessIdentity | null {
+  if (!Number.isInteger(pid) || pid <= 0) return null;
+  if (!isLinux) return existsOrUnknown(pid) ? emptyIdentity(pid) : null;
+  const text = readProcText(`/proc/${pid}/stat`);
+  if (text === null) {
+    // No /proc entry: gone, or /proc is refused us (then only kill(pid, 0) can tell).
+    return identityRefusals.length > 0 && existsOrUnknown(pid) ? emptyIdentity(pid) : null;
+  }
+  const stat = parseProcStat(text);
+  if (stat === null || stat.state === "Z") return null;
+  const boot = bootTimeMs();
+  return {
+    pid,
+    startTicks: stat.startTicks,
+    startTime: boot === null ? null : boot + Math.round((stat.startTicks * 1000) / CLOCK_TICKS_PER_SECOND),
+    bootId: currentBootId(),
+    pidNamespace: readProcText(`/proc/${pid}/ns/pid`, true),
+    hostname: currentHostname(),
+  };
+}
+
+/** `kill(pid, 0)`, where a sandbox refusal (Deno without --allow-run) counts as "may exist". */
+function existsOrUnknown(pid: number): boolean {
+  try {
+    return isAlive(pid);
+  } catch (error) {
+    noteNotCapable(error);
+    if (identityRefusals.length > 0) return true;
+    throw error;
+  }
+}
+
+function emptyIdentity(pid: number): ProcessIdentity {
+  return {
+    pid,
+    startTicks: null,
+    startTime: null,
+    bootId: null,
+    pidNamespace: null,
+    hostname: currentHostname(),
+  };
+}
+
+function parseProcStat(text: string): ProcStat | null {
+  const open = text.indexOf("(");
+  const close = text.lastIndexOf(")");
+  if (open < 0 || close < open) return null;
+  // After ") ": field 3 (state) is index 0, field 4 (ppid) index 1, field 22 (starttime) index 19.
+  const rest = text.slice(close + 2).split(" ");
+  const ppid = Number(rest[1]);
+  const startTicks = Number(rest[19]);
+  if (!Number.isFinite(ppid) || !Number.isFinite(startTicks)) return null;
+  return { comm: text.slice(open + 1, close), state: rest[0] ?? "", ppid, startTicks };
+}
+
+/**
+ * Why this process cannot read the identities that judging needs, naming the missing permission, or
+ * `null` when nothing is missing. Today only Deno without `--allow-all` has a reason: it refuses every
+ * `/proc` read ("Requires all access"), whatever `--allow-read` says, and the host name without
+ * `--allow-sys`. A module that cannot keep its guarantee without them throws a typed error with this
+ * text; one that degrades says so once on stderr (see {@linkcode judgeIdentity}).
+ *
+ * @returns The missing permission in words, or `null`.
+ *
+ * @example Refuse to start half-blind
+ * ```ts
+ * import { identityPermissionProblem } from "./platform.ts";
+ * const problem = identityPermissionProblem();
+ * if (problem !== null) console.error(`cannot judge PID files: ${problem}`);
+ * ```
+ */
+export function identityPermissionProblem(): string | null {
+  if (!identityProbed) {
+    identityProbed = true;
+    selfIdentityCache = null;
+    selfIdentity(); // reading our own identity notes every refusal
+    if (isLinux) readProcText("/proc/stat"); // bootTimeMs() swallows its errors: probe it here
+  }
+  if (identityRefusals.length === 0) return null;
+  return `run Deno with --allow-all (-A); it refuses /proc reads without it, whatever --allow-read says (${
+    identityRefusals.join("; ")
+  })`;
+}
+
+function warnIdentityDegraded(): void {
+  if (identityWarned) return;
+  const problem = identityPermissionProblem();
+  if (problem === null) return;
+  identityWarned = true;
+  try {
+    fs.writeSync(
+      2,
+      `keelson: process identities cannot be read, so a reused PID may be judged alive: ${problem}\n`,
+    );
+  } catch {
+    // stderr is gone: there is nowhere left to report to.
+  }
+}
+
+/**
+ * Judges a written record against the live system: is the process that wrote it still running? The one
+ * answer to this question for every module (PID files, the rollover lock, shutdown markers). Rules:
+ * - another boot id with the same (or an unknown) host name: the machine rebooted, so `alive: false`;
+ * - another host, or another PID namespace of this boot: pids cannot be compared, so judged by
+ *   heartbeat: alive while the file's mtime is younger than 3 × `heartbeatMs` (the record's own
+ *   period first, then the option's);
+ * - otherwise (this boot and PID namespace, whatever the host name says, or fields unknown): by pid and
+ *   start ticks (start time with a 1 s tolerance when no ticks were recorded; without either, a process
+ *   that started after the record was written is not its writer). A gone pid or a zombie is dead.
+ * Verdicts never depend on a runtime's timestamp precision (mtimes are compared in whole milliseconds).
+ * Where the runtime refuses `/proc` (Deno without `-A`) it says so once on stderr.
+ *
+ * @param record The identity found in the record.
+ * @param options The record file's mtime, the heartbeat period, "now".
+ * @returns The verdict, with the reason.
+ *
+ * @example Is the holder of a lock file alive?
+ * ```ts
+ * import * as fs from "node:fs";
+ * import { judgeIdentity, selfIdentity } from "./platform.ts";
+ * fs.writeFileSync("/tmp/example.lock", JSON.stringify(selfIdentity()));
+ * const record = JSON.parse(fs.readFileSync("/tmp/example.lock", "utf8"));
+ * const verdict = judgeIdentity(record, { mtimeMs: fs.statSync("/tmp/example.lock").mtimeMs });
+ * console.log(verdict.alive, verdict.self); // true true
+ * ```
+ */
+export function judgeIdentity(record: IdentityRecord, options: JudgeIdentityOptions = {}): IdentityVerdict {
+  const me = selfIdentity();
+  if (me.startTicks === null && isLinux) warnIdentityDegraded();
+  const pid = record.pid;
+  const host = record.hostname ?? null;
+  const sameHost = host === null || me.hostname === null || host === me.hostname;
+  const bootId = record.bootId ?? null;
+  const otherBoot = bootId !== null && me.bootId !== null && bootId !== me.bootId;
+  const verdict = (alive: boolean, basis: IdentityBasis, reason: string): IdentityVerdict => ({
+    alive,
+    basis,
+    self: false,
+    live: null,
+    reason,
+  });
+  if (otherBoot && sameHost) {
+    return verdict(false, "boot", `written during an earlier boot (boot id ${bootId}, now ${me.bootId})`);
+  }
+  const ns = record.pidNamespace ?? null;
+  const otherNs = ns !== null && me.pidNamespace !== null && ns !== me.pidNamespace;
+  // A host name alone proves nothing when the boot id says "this kernel" (a UTS namespace, a rename).
+  const otherHost = otherBoot || (!sameHost && (bootId === null || me.bootId === null));
+  if (otherNs || otherHost) {
+    const where = otherHost
+      ? `written on host ${JSON.stringify(host)} (this is ${JSON.stringify(me.hostname)})`
+      : `written in PID namespace ${ns} (this is ${me.pidNamespace})`;
+    const period = positiveOr(
+      record.heartbeatMs,
+      positiveOr(options.heartbeatMs, DEFAULT_JUDGE_HEARTBEAT_MS),
+    );
+    const mtime = options.mtimeMs ?? null;
+    if (mtime === null || !Number.isFinite(mtime)) {
+      return verdict(true, "heartbeat", `${where}, and its heartbeat is unknown`);
+    }
+    const age = Math.floor(options.nowMs ?? Date.now()) - Math.floor(mtime);
+    const limit = HEARTBEAT_MISSES * period;
+    if (age >= limit) {
+      return verdict(
+        false,
+        "heartbeat",
+        `${where}, and its heartbeat stopped ${age} ms ago (limit ${limit} ms)`,
+      );
+    }
+    return verdict(true, "heartbeat", `${where}, and its heartbeat is ${Math.max(age, 0)} ms old`);
+  }
+  if (!Number.isInteger(pid) || pid <= 0) {
+    return verdict(false, "pid", `pid ${JSON.stringify(pid)} is not a process id`);
+  }
+  const live = identityOf(pid);
+  if (live === null) return verdict(false, "pid", `process ${pid} is gone`);
+  const ticks = record.startTicks ?? null;
+  const start = record.startTime ?? null;
+  const writtenAt = options.writtenAtMs ?? options.mtimeMs ?? null;
+  // Alive by pid means "this is the writer, or we cannot tell": with our own pid, that is us.
+  const alive = (how: string): IdentityVerdict => ({
+    alive: true,
+    basis: "pid",
+    self: pid === me.pid,
+    live,
+    reason: pid === me.pid ? `pid ${pid} is this process (${how})` : `process ${pid} is alive (${how})`,
+  });
+  if (ticks !== null && live.startTicks !== null) {
+    if (ticks !== live.startTicks) {
+      return verdict(
+        false,
+        "pid",
+        `pid ${pid} was reused: the process started at tick ${live.startTicks}, the record says ${ticks}`,
+      );
+    }
+    return alive("same start");
+  }
+  if (start !== null && live.startTime !== null) {
+    if (Math.abs(live.startTime - start) > START_TIME_TOLERANCE_MS) {
+      return verdict(
+        false,
+        "pid",
+        `pid ${pid} was reused: the process started at ${isoTime(live.startTime)}, the record says ${
+          isoTime(start)
+        }`,
+      );
+    }
+    return alive("same start");
+  }
+  if (ticks === null && start === null && writtenAt !== null && live.startTime !== null) {
+    if (live.startTime > writtenAt + START_TIME_TOLERANCE_MS) {
+      return verdict(
+        false,
+        "pid",
+        `pid ${pid} was reused: the process started at ${
+          isoTime(live.startTime)
+        }, after the record was written (${isoTime(writtenAt)})`,
+      );
+    }
+    return alive("started before the record was written");
+  }
+  return alive("its start time cannot be compared");
+}
+
+function positiveOr(value: number | null | undefined, fallback: number): number {
+  return typeof value === "number" && Number.isFinite(value) && value > 0 ? value : fallback;
+}
+
+function isoTime(ms: number): string {
+  const date = new Date(ms);
+  return Number.isNaN(date.getTime()) ? String(ms) : date.toISOString();
+}
+
+// ---------------------------------------------------------------------------------------------------
 // Signals
 // ---------------------------------------------------------------------------------------------------
 
@@ -1397,6 +1997,30 @@ export function onSignal(signal: string, handler: (signal: string) => void): () 
     if (deno) deno.removeSignalListener(signal, listener);
     else process.off(signal as NodeJS.Signals, listener);
   };
+}
+
+let fileSizeSignalHandled = false;
+
+/**
+ * Makes a write past the file-size limit (`ulimit -f`, systemd `LimitFSIZE=`) fail with `EFBIG`
+ * instead of killing the process. Node and Bun ignore `SIGXFSZ` already; Deno keeps its default
+ * action (the process dies with status 153), so on Deno this installs a listener that does nothing
+ * and does not keep the process alive. Idempotent.
+ *
+ * @example A log writer that must survive a file-size limit
+ * ```ts
+ * import { handleFileSizeSignal } from "./platform.ts";
+ * handleFileSizeSignal(); // a too-large write now throws EFBIG on every runtime
+ * ```
+ */
+export function handleFileSizeSignal(): void {
+  if (fileSizeSignalHandled || !deno || !isLinux) return;
+  fileSizeSignalHandled = true;
+  try {
+    deno.addSignalListener("SIGXFSZ", () => {});
+  } catch {
+    // A Deno that cannot listen for SIGXFSZ keeps the default action: nothing better to do here.
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------

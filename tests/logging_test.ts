@@ -698,15 +698,13 @@ describe("openRotatingFile() rollover", () => {
     }
   });
 
-  it("openRotatingFile() takes over a lock older than lockStaleMs even if its holder lives", () => {
+  it("openRotatingFile() takes over a lock seen unchanged for lockStaleMs even if its holder lives", () => {
     const file = freshLog();
     fs.writeFileSync(
       `${file}.lock`,
       JSON.stringify({ pid: process.pid, startTime: null, token: "t", at: "" }),
     );
-    const past = new Date(Date.now() - 60_000);
-    fs.utimesSync(`${file}.lock`, past, past);
-    const { log, errors } = open(file, { lockStaleMs: 10_000, lockTimeoutMs: 20_000 });
+    const { log, errors } = open(file, { lockStaleMs: 300, lockTimeoutMs: 20_000 });
     log.write("a");
     log.rotate();
     log.close();
@@ -784,38 +782,60 @@ describe("openRotatingFile() failures", () => {
     assert.equal(lost.length, 1, "the record must be reported lost exactly once");
   });
 
-  it("openRotatingFile() never throws when the folder is deleted, and writes to the current descriptor", () => {
+  it("openRotatingFile() recreates a deleted folder and reports the records that went to the deleted file", () => {
     const dir = freshDir();
     const file = path.join(dir, "logs", "app.log");
     fs.mkdirSync(path.dirname(file));
-    const keep = path.join(dir, "kept-link");
-    const { log, errors } = open(file);
-    log.write("a");
-    fs.linkSync(file, keep); // a second name, to read the inode after its folder is gone
+    const { log, errors } = open(file, { checkEvery: 3 });
+    log.write("a"); // checked: the file is there
     fs.rmSync(path.dirname(file), { recursive: true });
-    log.write("b"); // the check fails (no folder to recreate it in): still written to the open file
-    assert.equal(read(keep), "a\nb\n");
-    assert.equal(errors.length, 1);
-    assert.equal(errors[0].code, "ENOENT");
-    assert.equal(errors[0].lost, false);
-    fs.mkdirSync(path.dirname(file)); // the folder comes back: the next write recreates the file
+    log.write("b"); // not checked (checkEvery 3): goes to the deleted file
     log.write("c");
+    log.write("d"); // checked: the folder and the file are recreated, b and c reported lost
+    assert.equal(read(file), "d\n");
+    assert.equal(errors.length, 1, errors.join("; "));
+    assert.equal(errors[0].lost, true);
+    assert.match(errors[0].message, /up to 2 record/);
+    fs.rmSync(path.dirname(file), { recursive: true });
+    log.reopen(); // gone again: reopen() recreates it too
+    log.write("e");
     log.close();
-    assert.equal(read(file), "c\n");
+    assert.equal(read(file), "e\n");
     assert.equal(errors.length, 1);
   });
 
-  it("openRotatingFile() reports a full disk (ENOSPC) as a lost record without throwing", () => {
-    const { log, errors } = open("/dev/full", { maxBytes: 10 });
-    log.write("a".repeat(20));
-    log.rotate(); // a device is never renamed
+  it("openRotatingFile() with the default checkEvery writes into a recreated folder, losing nothing", () => {
+    const dir = freshDir();
+    const file = path.join(dir, "logs", "app.log");
+    fs.mkdirSync(path.dirname(file));
+    const { log, errors } = open(file);
+    log.write("a");
+    fs.rmSync(path.dirname(file), { recursive: true });
+    log.write("b");
     log.close();
+    assert.equal(read(file), "b\n");
+    assert.deepEqual(errors, []);
+  });
+
+  it("openRotatingFile() creates a missing parent folder", () => {
+    const dir = freshDir();
+    const file = path.join(dir, "a", "b", "app.log");
+    const { log, errors } = open(file, { mode: 0o600 });
+    log.write("first");
+    log.close();
+    assert.equal(read(file), "first\n");
+    assert.equal(fs.statSync(file).mode & 0o777, 0o600);
+    assert.deepEqual(errors, []);
+  });
+
+  it("openRotatingFile() refuses a device at the path with a RotatingFileError, never renaming it", () => {
+    assert.throws(
+      () => openRotatingFile("/dev/full", { maxBytes: 10, onError: () => {} }),
+      (e: Error) =>
+        e instanceof RotatingFileError && e.operation === "open" && /regular file/.test(e.message),
+    );
     assert.equal(fs.existsSync("/dev/full"), true);
     assert.equal(fs.existsSync("/dev/full.1"), false);
-    const write = errors.find((e) => e.operation === "write");
-    assert.ok(write, `no write error: ${errors.join("; ")}`);
-    assert.equal(write.code, "ENOSPC");
-    assert.equal(write.lost, true);
   });
 
   it("openRotatingFile() reports EACCES without throwing (unprivileged child)", SLOW, async (t) => {
@@ -910,25 +930,30 @@ describe("openRotatingFile() failures", () => {
     assert.equal(read(file), "inside\n");
   });
 
-  it("openRotatingFile() keeps the record whole when onError writes to the same file", () => {
-    const dir = freshDir();
-    const file = path.join(dir, "logs", "app.log");
-    fs.mkdirSync(path.dirname(file));
-    const keep = path.join(dir, "kept-link");
-    let reports = 0;
-    const log: RotatingFile = openRotatingFile(file, {
-      onError: (error) => {
-        reports++;
-        log.write(`onError: ${(error as RotatingFileError).code}`); // fails its check too: no loop
-      },
-    });
-    log.write("a");
-    fs.linkSync(file, keep);
-    fs.rmSync(path.dirname(file), { recursive: true });
-    log.write("the record at stake, intact");
-    log.close();
-    assert.equal(reports, 1);
-    assert.equal(read(keep), "a\nonError: ENOENT\nthe record at stake, intact\n");
+  it("openRotatingFile() keeps the record whole when onError writes to the same file", async () => {
+    const file = freshLog();
+    const holder = spawn("sleep", ["30"]);
+    const exited = new Promise((resolve) => holder.on("close", resolve));
+    try {
+      fs.writeFileSync(`${file}.lock`, JSON.stringify({ pid: holder.pid, startTime: null, token: "held" }));
+      let reports = 0;
+      const log: RotatingFile = openRotatingFile(file, {
+        maxBytes: 10,
+        lockTimeoutMs: 50,
+        onError: (error) => {
+          reports++;
+          log.write(`onError: ${(error as RotatingFileError).operation}`); // over maxBytes too: no loop
+        },
+      });
+      log.write("12345678");
+      log.write("the record at stake, intact");
+      log.close();
+      assert.equal(reports, 1);
+      assert.equal(read(file), "12345678\nonError: rollover\nthe record at stake, intact\n");
+    } finally {
+      process.kill(holder.pid!, "SIGKILL");
+      await exited;
+    }
   });
 
   it("openRotatingFile() reports a record whose toString() throws, without throwing", () => {
@@ -948,7 +973,7 @@ describe("openRotatingFile() failures", () => {
   });
 
   it("openRotatingFile() survives an onError that throws", () => {
-    const log = openRotatingFile("/dev/full", {
+    const log = openRotatingFile("/etc/hostname/app.log", {
       onError: () => {
         throw new Error("bad callback");
       },
