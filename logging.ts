@@ -649,9 +649,8 @@ class RotatingFileHandle implements RotatingFile {
   #reporting = false;
   /** Failures met while the rollover lock is held: reported after it is released (onError may log). */
   #held: RotatingFileError[] | null = null;
-  /** Buffered mode: the batch being gathered (`null` when unbuffered) and its used length. */
+  /** Buffered mode: where a batch is encoded (`null` when unbuffered); see `#parts`. */
   #batch: Uint8Array | null = null;
-  #used = 0;
   /** `true` while a batch is written: a nested write (from onError) goes out unbuffered. */
   #flushing = false;
   /** Cancels the pending `flushMs` timer; `null` when none is armed. */
@@ -687,7 +686,7 @@ class RotatingFileHandle implements RotatingFile {
       return;
     }
     if (this.#batch !== null && !this.#flushing) {
-      this.#bufferRecord(record, this.#batch);
+      this.#bufferRecord(record);
       return;
     }
     this.#depth += 1;
@@ -731,9 +730,8 @@ class RotatingFileHandle implements RotatingFile {
   }
 
   flush(): void {
-    if (this.#closed || this.#batch === null || this.#used === 0 || this.#flushing) return;
-    this.#flushBatch(this.#batch, this.#used);
-    this.#used = 0;
+    if (this.#closed || this.#batch === null || this.#units === 0 || this.#flushing) return;
+    this.#flushParts(this.#batch);
   }
 
   close(): void {
@@ -1179,25 +1177,37 @@ class RotatingFileHandle implements RotatingFile {
   // --- Second edition: buffered batches, time rollover, dated backups, retention, compression
 
   /**
-   * Buffered `write`: the record is encoded straight into the batch. The batch goes out first when the
-   * record would push the live file past `maxBytes` or cross an `interval` boundary, or when it is full;
-   * a record larger than the whole buffer goes alone, unbuffered.
+   * Buffered `write`: the record joins the batch as it is (text is encoded once per batch, which costs
+   * far less than once per record). The batch goes out first when the record would push the live file
+   * past `maxBytes`, cross an `interval` boundary, or overfill the batch; a record larger than the
+   * whole buffer goes alone, unbuffered. Sizes are counted in UTF-16 units here (bytes for ASCII) and
+   * exactly when the batch is encoded.
    */
-  #bufferRecord(record: string | Uint8Array, batch: Uint8Array): void {
-    let start = this.#used;
-    let length: number;
+  #bufferRecord(record: string | Uint8Array): void {
+    let part: string | Uint8Array;
     try {
-      length = encodeRecordInto(record, batch, start);
-      if (length < 0 && start > 0) {
-        this.flush();
-        start = 0;
-        length = encodeRecordInto(record, batch, 0);
+      if (typeof record === "string") {
+        part = record.length > 0 && record.charCodeAt(record.length - 1) === NEWLINE ? record : record + "\n";
+      } else if (record instanceof Uint8Array) {
+        part = record;
+        this.#binary = true;
+      } else {
+        const text = String(record);
+        part = text.length > 0 && text.charCodeAt(text.length - 1) === NEWLINE ? text : text + "\n";
       }
     } catch (error) {
       this.#fail("write", "the record cannot be turned into text", error, true); // a throwing toString()
       return;
     }
-    if (length < 0) {
+    const length = part.length + (typeof part === "string" || part[part.length - 1] === NEWLINE ? 0 : 1);
+    const { bufferBytes, maxBytes } = this.#settings;
+    if (this.#units > 0) {
+      const full = this.#units + length > bufferBytes;
+      const pastMax = maxBytes > 0 && this.#size + this.#units + length > maxBytes;
+      const pastBoundary = this.#nextBoundary !== Infinity && Date.now() >= this.#nextBoundary;
+      if (full || pastMax || pastBoundary) this.flush();
+    }
+    if (length > bufferBytes) {
       this.#untilCheck = 0; // a batch of one: checked like any batch
       this.#flushing = true;
       try {
@@ -1207,29 +1217,66 @@ class RotatingFileHandle implements RotatingFile {
       }
       return;
     }
-    if (start > 0 && this.#batchGoesFirst(start, length)) {
-      this.#flushBatch(batch, start);
-      batch.copyWithin(0, start, start + length);
-      start = 0;
-    }
-    if (start === 0 && this.#settings.interval !== null) this.#batchAt = Date.now();
-    this.#used = start + length;
-    if (this.#used >= batch.length) this.flush();
+    if (this.#units === 0 && this.#settings.interval !== null) this.#batchAt = Date.now();
+    this.#parts.push(part);
+    this.#units += length;
+    if (this.#units >= bufferBytes) this.flush();
     else if (this.#cancelFlush === null) this.#armFlush();
   }
 
+  /** Records gathered for the next batch, as given (`#binary`: some are bytes), and their size. */
+  #parts: (string | Uint8Array)[] = [];
+  #binary = false;
+  #units = 0;
   /** `Date.now()` when the first record of the batch was taken (time rollover only). */
   #batchAt = 0;
 
-  /** Whether the gathered batch must be written before a record of `length` bytes joins it. */
-  #batchGoesFirst(used: number, length: number): boolean {
-    const { maxBytes } = this.#settings;
-    if (maxBytes > 0 && this.#size + used + length > maxBytes) return true;
-    return this.#nextBoundary !== Infinity && Date.now() >= this.#nextBoundary;
+  /**
+   * Encodes the gathered records and writes them: one `write(2)` when they fit `bufferBytes` (and
+   * `maxBytes`) as bytes, else (multi-byte text) in several batches of whole records.
+   */
+  #flushParts(batch: Uint8Array): void {
+    const parts = this.#parts;
+    const binary = this.#binary;
+    this.#parts = [];
+    this.#binary = false;
+    this.#units = 0;
+    const { bufferBytes, maxBytes } = this.#settings;
+    const limit = maxBytes > 0 ? Math.min(bufferBytes, maxBytes) : bufferBytes;
+    if (!binary) {
+      const text = parts.length === 1 ? parts[0] as string : parts.join("");
+      const { read, written } = encoder.encodeInto(text, batch);
+      if (read === text.length && written <= limit) {
+        this.#writeBatch(batch, written);
+        return;
+      }
+    }
+    // Multi-byte text or bytes: encode record by record, cutting batches between records.
+    let used = 0;
+    for (const part of parts) {
+      let bytes = typeof part === "string" ? encoder.encode(part) : part;
+      if (bytes.length === 0 || bytes[bytes.length - 1] !== NEWLINE) {
+        const withNewline = new Uint8Array(bytes.length + 1);
+        withNewline.set(bytes);
+        withNewline[bytes.length] = NEWLINE;
+        bytes = withNewline;
+      }
+      if (used > 0 && used + bytes.length > Math.min(limit, batch.length)) {
+        this.#writeBatch(batch, used);
+        used = 0;
+      }
+      if (bytes.length > batch.length) {
+        this.#writeBatch(bytes, bytes.length); // grew past the buffer when encoded: alone
+        continue;
+      }
+      batch.set(bytes, used);
+      used += bytes.length;
+    }
+    if (used > 0) this.#writeBatch(batch, used);
   }
 
   /** Writes `batch[0, length)` with one `write(2)`, after the same check and rollover as a record. */
-  #flushBatch(batch: Uint8Array, length: number): void {
+  #writeBatch(batch: Uint8Array, length: number): void {
     this.#flushing = true;
     this.#depth += 1;
     try {
@@ -1628,29 +1675,6 @@ function registerForExitFlush(handle: { flush(): void }): void {
 
 function unregisterForExitFlush(handle: { flush(): void }): void {
   exitFlushed.delete(handle);
-}
-
-/**
- * Encodes `record` plus its missing newline into `batch` at `at`; returns its length, or -1 when it
- * does not fit (whatever was written past `at` is then garbage the caller ignores).
- */
-function encodeRecordInto(record: string | Uint8Array, batch: Uint8Array, at: number): number {
-  const free = batch.length - at;
-  if (typeof record !== "string") {
-    if (!(record instanceof Uint8Array)) return encodeRecordInto(String(record), batch, at);
-    const newline = record.length === 0 || record[record.length - 1] !== NEWLINE ? 1 : 0;
-    if (record.length + newline > free) return -1;
-    batch.set(record, at);
-    if (newline === 1) batch[at + record.length] = NEWLINE;
-    return record.length + newline;
-  }
-  if (record.length > free) return -1; // every UTF-16 unit takes at least one byte
-  const { read, written } = encoder.encodeInto(record, at === 0 ? batch : batch.subarray(at));
-  if (read < record.length) return -1;
-  if (written > 0 && batch[at + written - 1] === NEWLINE) return written;
-  if (written >= free) return -1;
-  batch[at + written] = NEWLINE;
-  return written + 1;
 }
 
 /** Start of the period holding instant `t` (local or UTC calendar; numbers align to the epoch). */
@@ -2255,9 +2279,7 @@ class JsonLogger implements Logger {
         }
         members = overlaps ? jsonMembers({ ...this.#fields, ...own }) : members + jsonMembers(own);
       }
-      line = `{"ts":"${new Date().toISOString()}","level":"${level}","msg":${
-        JSON.stringify(text)
-      }${members}}\n`;
+      line = `{"ts":"${isoNow()}","level":"${level}","msg":${JSON.stringify(text)}${members}}\n`;
     } catch (error) {
       this.#report(new Error(`Cannot serialise a ${level} record`, { cause: error }));
       return;
@@ -2310,6 +2332,20 @@ function readField(fields: object, key: string): unknown {
 }
 
 /** The members of an object as JSON without braces, each preceded by a comma (`,"a":1`). */
+/** The last `Date.now()` turned into ISO text, and that text: records of one millisecond share it. */
+let isoMs = NaN;
+let isoText = "";
+
+/** `new Date().toISOString()`, computed once per millisecond (it is the dearest step of a record). */
+function isoNow(): string {
+  const now = Date.now();
+  if (now !== isoMs) {
+    isoMs = now;
+    isoText = new Date(now).toISOString();
+  }
+  return isoText;
+}
+
 function jsonMembers(fields: LogFields): string {
   let out = "";
   for (const key of Object.keys(fields)) {
@@ -2327,6 +2363,10 @@ function jsonMembers(fields: LogFields): string {
  */
 function jsonText(value: unknown): string | undefined {
   if (value === undefined || typeof value === "function" || typeof value === "symbol") return undefined;
+  // Scalars, the usual field values, skip the replacer (a call per value inside JSON.stringify).
+  if (typeof value === "string") return JSON.stringify(value);
+  if (typeof value === "number") return Number.isFinite(value) ? String(value) : "null";
+  if (typeof value === "boolean" || value === null) return String(value);
   try {
     const text = JSON.stringify(value, fastReplacer);
     if (text !== undefined) return text;

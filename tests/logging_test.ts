@@ -2040,3 +2040,26 @@ describe("openRotatingFile() compression", () => {
     },
   );
 });
+
+describe("openRotatingFile() buffered text", () => {
+  it("openRotatingFile() with bufferBytes keeps multi-byte and byte records whole, in order", () => {
+    const file = freshLog();
+    const { log, errors } = open(file, { bufferBytes: 500, maxBytes: 2000, backups: 50 });
+    const expected: string[] = [];
+    for (let i = 0; i < 120; i++) {
+      const record = i % 3 === 0
+        ? `${i} ${"é".repeat(60)}`
+        : i % 3 === 1
+        ? `${i} ${"日本".repeat(20)}`
+        : `${i} ascii`;
+      expected.push(record);
+      if (i % 5 === 0) log.write(new TextEncoder().encode(record));
+      else log.write(record);
+    }
+    log.close();
+    const files = chain(file);
+    for (const { name, size } of files) assert.ok(size <= 2000, `${name} grew to ${size} bytes`);
+    assert.deepEqual(files.flatMap((f) => f.lines), expected);
+    assert.deepEqual(errors, []);
+  });
+});
