@@ -1590,6 +1590,64 @@ describe("openRotatingFile() buffered", () => {
     assert.deepEqual(errors, []);
   });
 
+  it(
+    "openRotatingFile() with bufferBytes in 2 processes: no record written after an external rename in its backup",
+    SLOW,
+    async () => {
+      const file = freshLog();
+      const dir = path.dirname(file);
+      const stop = path.join(dir, "stop");
+      const children = ["w0", "w1"].map((id) =>
+        runFixture(FEATURES, [
+          "--path",
+          file,
+          "--id",
+          id,
+          "--until",
+          stop,
+          "--sleep-ms",
+          "1",
+          "--buffer-bytes",
+          "4096",
+          "--flush-ms",
+          "20",
+          "--max-bytes",
+          "0",
+        ])
+      );
+      await waitFor("the first batch", () => fs.existsSync(file) && fs.statSync(file).size > 0);
+      const renamedAt: number[] = [];
+      for (let k = 1; k <= 5; k++) {
+        await sleep(300);
+        fs.renameSync(file, `${file}.r${k}`); // logrotate with nocreate: the writers recreate the path
+        renamedAt.push(Date.now());
+      }
+      await sleep(300);
+      fs.writeFileSync(stop, "");
+      const results = await Promise.all(children);
+      const counts = results.map((result) => {
+        assert.equal(result.code, 0, result.stderr);
+        assert.match(result.stdout, /errors 0/);
+        return Number(/wrote (\d+)/.exec(result.stdout)![1]);
+      });
+      const files = [1, 2, 3, 4, 5].map((k) => ({
+        name: `app.log.r${k}`,
+        lines: read(`${file}.r${k}`).split("\n").filter(Boolean),
+      }));
+      files.push({ name: "app.log", lines: read(file).split("\n").filter(Boolean) });
+      const seen = collectLines(files);
+      assertComplete(seen, "w0", counts[0]!);
+      assertComplete(seen, "w1", counts[1]!);
+      for (const [k, at] of renamedAt.entries()) {
+        for (const line of files[k]!.lines) {
+          const ts = Number(RECORD.exec(line)![3]);
+          // Stamped before its write() call: a record stamped after the rename returned was written after it.
+          assert.ok(ts <= at, `app.log.r${k + 1} holds a record written ${ts - at} ms after its rename`);
+        }
+      }
+    },
+  );
+
   it("openRotatingFile() with bufferBytes counts buffered bytes in size rollovers", () => {
     const file = freshLog();
     const { log, errors } = open(file, { bufferBytes: 4096, maxBytes: 1000, backups: 100 });
