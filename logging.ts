@@ -25,11 +25,10 @@ import {
   fchmod,
   fchown,
   fstat,
-  getPid,
   getUid,
   gzipFile,
   handleFileSizeSignal,
-  isAlive,
+  judgeIdentity,
   link,
   lstatOrNull,
   mkdirp,
@@ -37,25 +36,25 @@ import {
   onExit,
   openAppend,
   openRead,
-  processStartTime,
   readAt,
   readDir,
-  readProcStat,
   readTextFileOrNull,
   rename,
+  selfIdentity,
   setUnrefTimeout,
   sleepSync,
   stat,
   statIdentity,
   statOrNull,
   tempPathBeside,
+  touch,
   unlinkIfExists,
   writeAll,
   writeFileAtomic,
   writeOnce,
   writeTextFile,
 } from "./platform.ts";
-import type { FileIdentity, FileStat } from "./platform.ts";
+import type { FileIdentity, FileStat, IdentityRecord, ProcessIdentity } from "./platform.ts";
 
 // ---------------------------------------------------------------------------------------------------
 // Public types
@@ -603,6 +602,8 @@ const NO_LINK_CODES = new Set(["EPERM", "ENOTSUP", "EOPNOTSUPP", "ENOSYS", "EXDE
 /** Records up to this many UTF-16 units are encoded into one reused buffer (no allocation). */
 const SCRATCH_BYTES = 64 * 1024;
 const NEWLINE = 0x0a;
+/** A shift through many backups refreshes the lock's mtime every this many slots. */
+const HEARTBEAT_EVERY_SLOTS = 256;
 /** How often an open retries when the path changes under it (created, removed) between two calls. */
 const OPEN_ATTEMPTS = 4;
 
@@ -919,9 +920,10 @@ class RotatingFileHandle implements RotatingFile {
     this.#held = [];
     let token: string | null = null;
     try {
-      token = this.#takeLock(force);
-      if (token === null) return;
-      this.#finishLeftovers();
+      const lock = this.#takeLock(force);
+      if (lock === null) return;
+      token = lock.token;
+      this.#finishLeftovers(lock.tookOver);
       if (!this.#recheck(incoming, force)) return;
       if (!this.#shiftBackups()) return;
       const aside = this.#moveAside();
@@ -946,11 +948,11 @@ class RotatingFileHandle implements RotatingFile {
    * Step "lock". A rollover due to a write waits at most `lockTimeoutMs`, once: while the same lock
    * stays busy afterwards, later tries only look (a frozen holder must not stall every write).
    */
-  #takeLock(force: boolean): string | null {
+  #takeLock(force: boolean): { token: string; tookOver: boolean } | null {
     const waitMs = force || !this.#lockWaitedOut ? this.#settings.lockTimeoutMs : 0;
     const before = this.#lockSeen.current;
     const lock = acquireLock(this.#lockPath, this.#settings, waitMs, this.#lockSeen);
-    if (typeof lock === "string") {
+    if ("token" in lock) {
       this.#lockWaitedOut = false;
       this.#lockSeen.current = null;
       return lock;
@@ -965,10 +967,12 @@ class RotatingFileHandle implements RotatingFile {
   }
 
   /**
-   * Step "finish leftovers" (under the lock): a live file a killed rollover moved aside is published
-   * into the chain, and the temporary files of dead lock waiters are removed.
+   * Step "finish leftovers" (under the lock): after taking over a dead holder's lock, a backup that
+   * its killed shift left under two names keeps one; a live file it moved aside is published into
+   * the chain; the temporary files of dead lock waiters are removed.
    */
-  #finishLeftovers(): void {
+  #finishLeftovers(tookOver: boolean): void {
+    if (tookOver) this.#keepOneNamePerBackup();
     let names: string[];
     try {
       names = readDir(this.#dir);
@@ -992,6 +996,21 @@ class RotatingFileHandle implements RotatingFile {
     // Oldest first: each is published as path.1, pushing the older ones down the chain.
     asides.sort((a, b) => a.mtimeMs - b.mtimeMs);
     for (const aside of asides) this.#finishAside(aside.path);
+  }
+
+  /**
+   * A shift killed between `link(path.i, path.i+1)` and `unlink(path.i)` leaves one file under two
+   * adjacent names: the lower name goes (the move was under way).
+   */
+  #keepOneNamePerBackup(): void {
+    const slots = this.#backupSlots();
+    for (const i of [...slots].sort((a, b) => b - a)) {
+      if (!slots.has(i + 1)) continue;
+      const lower = statOrNull(`${this.path}.${i}`);
+      const upper = statOrNull(`${this.path}.${i + 1}`);
+      if (lower === null || upper === null || lower.ino === null) continue;
+      if (lower.ino === upper.ino && lower.dev === upper.dev) unlinkIfExists(`${this.path}.${i}`);
+    }
   }
 
   /** Puts a live file that a killed rollover left aside into the chain, or drops a second name of it. */
@@ -1048,10 +1067,16 @@ class RotatingFileHandle implements RotatingFile {
     try {
       for (let attempt = 1;; attempt++) {
         const clobber = attempt >= SHIFT_ATTEMPTS;
-        unlinkIfExists(`${this.path}.${backups}`);
+        // One listing instead of a stat per possible slot: only the backups that exist are visited.
+        const slots = this.#backupSlots();
+        if (slots.has(backups)) unlinkIfExists(`${this.path}.${backups}`);
         let occupied = false;
         let above: number | null = null; // inode that was at slot i+1 before it moved to i+2
-        for (let i = backups - 1; i >= 1 && !occupied; i--) {
+        let moved = 0;
+        const order = [...slots].filter((i) => i < backups).sort((a, b) => b - a);
+        for (const i of order) {
+          if (occupied) break;
+          if (!slots.has(i + 1)) above = null;
           const from = `${this.path}.${i}`;
           const seen = statOrNull(from);
           if (seen === null) {
@@ -1065,6 +1090,7 @@ class RotatingFileHandle implements RotatingFile {
           }
           occupied = moveNoClobber(from, `${this.path}.${i + 1}`, clobber) === "occupied";
           above = seen.ino;
+          if (++moved % HEARTBEAT_EVERY_SLOTS === 0) this.#heartbeat();
         }
         if (!occupied && statOrNull(`${this.path}.1`) === null) return true;
         if (clobber) {
@@ -1081,6 +1107,29 @@ class RotatingFileHandle implements RotatingFile {
     } catch (error) {
       this.#fail("rollover", "shifting the backups failed; the live file stays", error, false);
       return false;
+    }
+  }
+
+  /** The backup numbers (1 … backups) present in the folder now. */
+  #backupSlots(): Set<number> {
+    const prefix = `${this.#base}.`;
+    const slots = new Set<number>();
+    for (const name of readDir(this.#dir)) {
+      if (!name.startsWith(prefix)) continue;
+      const rest = name.slice(prefix.length);
+      if (!/^[1-9]\d*$/.test(rest)) continue;
+      const slot = Number(rest);
+      if (slot <= this.#settings.backups) slots.add(slot);
+    }
+    return slots;
+  }
+
+  /** A long shift shows waiters that the lock's holder is alive: they judge it by an unchanged mtime. */
+  #heartbeat(): void {
+    try {
+      touch(this.#lockPath);
+    } catch {
+      // Only a waiter's patience depends on it; the shift goes on.
     }
   }
 
@@ -1139,8 +1188,9 @@ class RotatingFileHandle implements RotatingFile {
   }
 
   /**
-   * At open: when a killed rollover left a live file aside (or dead waiters left litter), finish it
-   * now if the lock is free, so its records are back in the chain without waiting for a rollover.
+   * At open: when a killed rollover left its lock, a live file aside or litter of dead waiters, finish
+   * it now unless a live process holds the lock, so its records are back in the chain, each under
+   * one name, without waiting for the next rollover.
    */
   #finishInterruptedRollovers(): void {
     let names: string[];
@@ -1150,17 +1200,18 @@ class RotatingFileHandle implements RotatingFile {
       return; // no folder (yet): nothing was left in it
     }
     const leftovers = names.some((name) =>
-      name.endsWith(".tmp") &&
-      (name.startsWith(`${this.#base}${ASIDE_INFIX}`) || name.startsWith(`${this.#base}.lock.`))
+      name === `${this.#base}.lock` ||
+      (name.endsWith(".tmp") &&
+        (name.startsWith(`${this.#base}${ASIDE_INFIX}`) || name.startsWith(`${this.#base}.lock.`)))
     );
     if (!leftovers) return;
     this.#held = [];
     let token: string | null = null;
     try {
       const lock = acquireLock(this.#lockPath, this.#settings, 0, this.#lockSeen);
-      if (typeof lock !== "string") return; // busy: its holder finishes them
-      token = lock;
-      this.#finishLeftovers();
+      if (!("token" in lock)) return; // a live holder: it finishes them
+      token = lock.token;
+      this.#finishLeftovers(lock.tookOver);
     } catch (error) {
       this.#fail("open", "finishing an interrupted rollover failed", error, false);
     } finally {
@@ -1419,6 +1470,7 @@ class RotatingFileHandle implements RotatingFile {
     } catch (error) {
       this.#fail("rollover", "removing old backups failed", error, false);
     }
+    if (this.#settings.compress !== null) this.#scheduleCompression(); // runs once the lock is released
   }
 
   /** `true` while this handle compresses; `#compressAgain` asks for one more pass when it ends. */
@@ -1818,13 +1870,15 @@ function removeOrphanTemporaries(path: string, lockStaleMs: number): void {
     if (!name.startsWith(`${base}.`)) continue;
     const claimTemp = /^\.gz-claim\.\d+\.(\d+)\.\d+\.\w+\.tmp$/.exec(name.slice(base.length));
     if (claimTemp !== null) {
-      if (!isAlive(Number(claimTemp[1]))) unlinkIfExists(`${dir}/${name}`);
+      // Lives for microseconds while a claim is published: an old one is a killed claimer's.
+      const seen = statOrNull(`${dir}/${name}`);
+      if (seen !== null && Date.now() - seen.mtimeMs > staleMs) unlinkIfExists(`${dir}/${name}`);
       continue;
     }
     const match = /\.(\d+)\.gz\.tmp$/.exec(name) ?? /^\.gz-claim\.(\d+)$/.exec(name.slice(base.length));
     if (match === null) continue;
     const claimPath = compressClaimPath(path, Number(match[1]));
-    const claim = acquireLock(claimPath, { lockStaleMs: staleMs, mode: undefined }, 0, { current: null });
+    const claim = tryLock(claimPath, { lockStaleMs: staleMs, mode: undefined }, 0);
     if (typeof claim !== "string") continue; // its compressor is alive
     try {
       if (name.endsWith(".tmp")) unlinkIfExists(`${dir}/${name}`);
@@ -1832,6 +1886,16 @@ function removeOrphanTemporaries(path: string, lockStaleMs: number): void {
       releaseLock(claimPath, claim);
     }
   }
+}
+
+/** `acquireLock` for one-off takers (compression): the token, or the error (`busy`: a live holder). */
+function tryLock(
+  lockPath: string,
+  settings: { lockStaleMs: number; mode: number | undefined },
+  waitMs: number,
+): string | { error: unknown; busy: boolean } {
+  const lock = acquireLock(lockPath, settings, waitMs, { current: null });
+  return "token" in lock ? lock.token : lock;
 }
 
 /**
@@ -1848,9 +1912,7 @@ async function compressBackup(
   const seen = statOrNull(name);
   if (seen === null || !seen.isFile || seen.ino === null) return null;
   const claimPath = compressClaimPath(path, seen.ino);
-  const claim = acquireLock(claimPath, { lockStaleMs: COMPRESS_CLAIM_STALE_MS, mode: undefined }, 0, {
-    current: null,
-  });
+  const claim = tryLock(claimPath, { lockStaleMs: COMPRESS_CLAIM_STALE_MS, mode: undefined }, 0);
   if (typeof claim !== "string") return claim.busy ? null : claim.error; // busy: another process has it
   const gz = `${name}.gz`;
   const tmp = `${name}.${seen.ino}.gz.tmp`;
@@ -1867,7 +1929,7 @@ async function compressBackup(
         return errorCode(error) === "ENOENT" ? null : error;
       }
     }
-    const lock = acquireLock(lockPath, settings, settings.lockTimeoutMs, { current: null });
+    const lock = tryLock(lockPath, settings, settings.lockTimeoutMs);
     if (typeof lock !== "string") {
       unlinkIfExists(tmp);
       return lock.error;
@@ -1951,11 +2013,11 @@ function checkSecondEdition(options: RotatingFileOptions): Pick<
 // Private: the rollover lock
 // ---------------------------------------------------------------------------------------------------
 
-interface LockRecord {
-  pid: number;
-  startTime: number | null;
-  /** Start in clock ticks since boot: exact, unlike `startTime`, which moves with the wall clock. */
-  startTicks?: number | null;
+/**
+ * The content of `<path>.lock`: the holder's identity (pid, start ticks, boot id, PID namespace, host)
+ * so that any process, in any PID namespace, judges it the same way, plus the holder's token.
+ */
+interface LockRecord extends ProcessIdentity {
   token: string;
   at: string;
 }
@@ -1978,27 +2040,23 @@ function sameObservation(a: LockObservation, b: LockObservation): boolean {
  * a lock exists). A lock whose holder is dead is taken over at once; one whose holder cannot be
  * judged dead is taken over once it has looked unchanged for `lockStaleMs` of monotonic time, as seen
  * by this process across its tries (`seen`), so a stepped wall clock neither steals a young lock nor
- * keeps an old one. Waits at most `waitMs`. Returns the token, or the error (`busy`: a live holder).
+ * keeps an old one. Waits at most `waitMs`. Returns the token (`tookOver`: a dead or stale holder's
+ * lock was removed first, so a rollover may have been cut short), or the error (`busy`: a live holder).
  */
 function acquireLock(
   lockPath: string,
   settings: { lockStaleMs: number; mode: number | undefined },
   waitMs: number,
   seen: { current: LockObservation | null },
-): string | { error: unknown; busy: boolean } {
-  const pid = getPid();
-  const token = `${pid}-${Date.now()}-${Math.random().toString(36).slice(2)}`;
-  const record: LockRecord = {
-    pid,
-    startTime: processStartTime(pid),
-    startTicks: readProcStat(pid)?.startTicks ?? null,
-    token,
-    at: new Date().toISOString(),
-  };
+): { token: string; tookOver: boolean } | { error: unknown; busy: boolean } {
+  const me = selfIdentity();
+  const token = `${me.pid}-${Date.now()}-${Math.random().toString(36).slice(2)}`;
+  const record: LockRecord = { ...me, token, at: new Date().toISOString() };
   const text = JSON.stringify(record) + "\n";
   const fileOptions = settings.mode === undefined ? {} : { mode: settings.mode };
   const deadline = monotonicMs() + waitMs;
   let sleepMs = LOCK_SLEEP_MIN_MS;
+  let tookOver = false;
   let tmp: string | null = tempPathBeside(lockPath);
   try {
     writeTextFile(tmp, text, fileOptions);
@@ -2011,7 +2069,7 @@ function acquireLock(
       try {
         if (tmp !== null) link(tmp, lockPath);
         else closeFd(writeExclusive(lockPath, text, settings.mode));
-        return token;
+        return { token, tookOver };
       } catch (error) {
         const code = errorCode(error);
         if (tmp !== null && NO_LINK_CODES.has(code ?? "")) {
@@ -2028,9 +2086,13 @@ function acquireLock(
       const verdict = judgeLock(lockPath, settings.lockStaleMs, seen);
       if (verdict === "gone") continue;
       if (verdict !== "live") {
-        takeOver(lockPath, seen.current);
-        seen.current = null;
-        continue;
+        const outcome = takeOver(lockPath, seen.current, { tmp, text }, settings.lockStaleMs);
+        if (outcome !== "busy") {
+          seen.current = null;
+          tookOver ||= outcome === "removed";
+          continue;
+        }
+        // Another process is taking it over right now: wait for its outcome like for a holder.
       }
       const left = deadline - monotonicMs();
       if (left <= 0) {
@@ -2077,13 +2139,7 @@ function judgeLock(
   };
   const text = readTextFileOrNull(lockPath);
   if (text === null) return "gone";
-  let holder: Partial<LockRecord> | null = null;
-  try {
-    holder = JSON.parse(text) as Partial<LockRecord>;
-  } catch {
-    holder = null; // being written (no-link fallback) or garbage: judged by its age alone
-  }
-  if (holder !== null && isDeadHolder(holder)) {
+  if (holderIsGone(text, now.mtimeMs)) {
     seen.current = observed;
     return "dead";
   }
@@ -2096,27 +2152,64 @@ function judgeLock(
 }
 
 /**
- * Removes the lock judged dead or stale. It is first renamed aside and checked to be the file judged
- * (`judged`), so a lock that a sibling recovered meanwhile is put back, never removed.
+ * Removes the lock judged dead or stale. Takeovers go one at a time, under `<path>.lock.takeover`
+ * (published like the lock: our record's temporary file linked, or its text created exclusively
+ * where there are no hard links): the stale file is renamed aside and checked to be the one judged (`judged`), and a
+ * fresh lock found instead is put back. Serialising takeovers means that only a holder's own release
+ * can make the lock change under a taker, so the put-back never races another taker's removal.
+ * `"busy"` when another process is taking over.
  */
-function takeOver(lockPath: string, judged: LockObservation | null): void {
-  const aside = tempPathBeside(lockPath);
+function takeOver(
+  lockPath: string,
+  judged: LockObservation | null,
+  ours: { tmp: string | null; text: string },
+  staleMs: number,
+): "removed" | "not-stale" | "busy" {
+  const guard = `${lockPath}.takeover`;
   try {
-    rename(lockPath, aside);
+    if (ours.tmp !== null) link(ours.tmp, guard);
+    else closeFd(writeExclusive(guard, ours.text, undefined));
   } catch (error) {
-    if (errorCode(error) === "ENOENT") return; // someone else took it over first
-    throw error;
+    if (errorCode(error) !== "EEXIST") throw error;
+    clearDeadGuard(guard, staleMs);
+    return "busy";
   }
-  const taken = stat(aside);
-  if (judged !== null && taken.ino !== null && judged.ino !== null && taken.ino !== judged.ino) {
-    // Not the file we judged: a sibling's fresh lock. Put it back (unless a third one exists).
+  try {
+    const aside = tempPathBeside(lockPath);
     try {
-      link(aside, lockPath);
-    } catch {
-      // Someone holds the lock again; theirs stands.
+      rename(lockPath, aside);
+    } catch (error) {
+      if (errorCode(error) === "ENOENT") return "not-stale"; // released meanwhile
+      throw error;
     }
+    const taken = stat(aside);
+    if (judged !== null && taken.ino !== null && judged.ino !== null && taken.ino !== judged.ino) {
+      // Not the file we judged: its holder released it and a sibling took it. Put it back.
+      try {
+        link(aside, lockPath);
+      } catch {
+        // Yet another sibling holds the lock already; theirs stands (the one put aside was released).
+      }
+      unlinkIfExists(aside);
+      return "not-stale";
+    }
+    unlinkIfExists(aside);
+    return "removed";
+  } finally {
+    unlinkQuietly(guard);
   }
-  unlinkIfExists(aside);
+}
+
+/** A takeover guard whose taker died (or that is older than a takeover could take) is removed. */
+function clearDeadGuard(guard: string, staleMs: number): void {
+  try {
+    const text = readTextFileOrNull(guard);
+    const seen = statOrNull(guard);
+    if (text === null || seen === null) return;
+    if (holderIsGone(text, seen.mtimeMs) || Date.now() - seen.mtimeMs > staleMs) unlinkIfExists(guard);
+  } catch {
+    // Judged again on the next try.
+  }
 }
 
 /**
@@ -2126,41 +2219,34 @@ function takeOver(lockPath: string, judged: LockObservation | null): void {
 function sweepDeadWaiter(file: string, settings: { lockTimeoutMs: number; lockStaleMs: number }): void {
   try {
     const text = readTextFileOrNull(file);
-    if (text === null) return;
-    let holder: Partial<LockRecord> | null = null;
-    try {
-      holder = JSON.parse(text) as Partial<LockRecord>;
-    } catch {
-      holder = null;
-    }
     const seen = statOrNull(file);
-    if (seen === null) return;
+    if (text === null || seen === null) return;
     // A live waiter keeps its file for lockTimeoutMs at most; one swept by mistake is written again.
     const old = Date.now() - seen.mtimeMs > 2 * (settings.lockTimeoutMs + settings.lockStaleMs);
-    if (old || (holder !== null && isDeadHolder(holder))) unlinkIfExists(file);
+    if (old || holderIsGone(text, seen.mtimeMs)) unlinkIfExists(file);
   } catch {
     // Litter that cannot be judged or removed stays; it harms nothing.
   }
 }
 
-function isDeadHolder(holder: Partial<LockRecord>): boolean {
-  const pid = holder.pid;
-  if (typeof pid !== "number" || !Number.isInteger(pid) || pid <= 0) return true;
-  if (!isAlive(pid)) return true;
-  const stat = readProcStat(pid);
-  if (stat?.state === "Z") return true;
-  // The pid was reused when the process behind it started at another time: ticks compare exactly; a
-  // wall-clock start time (from a holder that recorded no ticks) moves when the clock is stepped.
-  if (stat && typeof holder.startTicks === "number") return stat.startTicks !== holder.startTicks;
-  if (typeof holder.startTime === "number") {
-    const started = processStartTime(pid);
-    if (started !== null && Math.abs(started - holder.startTime) > START_TIME_TOLERANCE_MS) return true;
+/**
+ * Whether the writer of a lock record is provably gone: by pid and start ticks in this PID namespace
+ * and boot, or by boot id. A holder in another PID namespace or host is never judged gone here: its
+ * pid means nothing to us, and its mtime is on a wall clock that may be stepped; such a lock is taken
+ * over only once it has looked unchanged for `lockStaleMs` on our monotonic clock (see judgeLock).
+ * Text that is not a record (being written, garbage) is judged by that age alone too.
+ */
+function holderIsGone(text: string, mtimeMs: number): boolean {
+  let holder: unknown;
+  try {
+    holder = JSON.parse(text);
+  } catch {
+    return false;
   }
-  return false;
+  if (typeof holder !== "object" || holder === null) return false;
+  const verdict = judgeIdentity(holder as IdentityRecord, { mtimeMs });
+  return !verdict.alive && verdict.basis !== "heartbeat";
 }
-
-/** How far two readings of one process's wall-clock start time may differ (`btime` moves with the clock). */
-const START_TIME_TOLERANCE_MS = 1000;
 
 /** Removes the lock if it still holds our token; returns a complaint when it did not. */
 function releaseLock(lockPath: string, token: string): string | null {

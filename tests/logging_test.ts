@@ -1266,6 +1266,614 @@ describe("openRotatingFile() across processes", () => {
 });
 
 // ---------------------------------------------------------------------------------------------------
+// openRotatingFile(): in the field (full disks, crashes, racing rotators, links, FIFOs, limits, root)
+// ---------------------------------------------------------------------------------------------------
+
+const IS_ROOT = getUid() === 0;
+const NEEDS_ROOT = "needs root (tmpfs mounts, chown, unshare): skipped";
+const FIFO_FIXTURE = path.join(FIXTURES, "logging_fifo.ts");
+const HAS_PRLIMIT = spawnSync("prlimit", ["--version"], { encoding: "utf8" }).status === 0;
+const CAN_UNSHARE = IS_ROOT &&
+  spawnSync("unshare", ["-p", "-f", "--mount-proc", "true"], { encoding: "utf8" }).status === 0;
+
+/** Mounts a tmpfs of `size` on `dir` for the duration of `body` (root only). */
+async function withTmpfs(dir: string, size: string, body: () => Promise<void>): Promise<void> {
+  const mount = spawnSync("mount", ["-t", "tmpfs", "-o", `size=${size}`, "tmpfs", dir], { encoding: "utf8" });
+  assert.equal(mount.status, 0, `mount failed: ${mount.stderr}`);
+  try {
+    await body();
+  } finally {
+    let umount = spawnSync("umount", [dir], { encoding: "utf8" });
+    if (umount.status !== 0) umount = spawnSync("umount", ["-l", dir], { encoding: "utf8" });
+    assert.equal(umount.status, 0, `umount failed: ${umount.stderr}`);
+  }
+}
+
+/** Every `app.log*` record file in a folder (chain, dated logrotate files, asides), with their lines. */
+function allLogLines(dir: string): { name: string; lines: string[] }[] {
+  return fs.readdirSync(dir)
+    .filter((name) => name.startsWith("app.log") && !name.includes(".lock"))
+    .map((name) => {
+      const text = read(path.join(dir, name));
+      return { name, lines: text === "" ? [] : text.replace(/\n$/, "").split("\n") };
+    });
+}
+
+interface StormFigures {
+  written: number;
+  found: number;
+  lost: number;
+  duplicated: number;
+  torn: number;
+}
+
+/**
+ * Counts records by writer: `written` is, per writer, its highest sequence number found + 1 (a writer
+ * killed in a write(2) either landed that record or never wrote it), `lost` the numbers below it that
+ * are missing, `duplicated` the extra sightings, `torn` the lines that are not whole records.
+ */
+function stormFigures(files: { name: string; lines: string[] }[], recordBytes = 100): StormFigures {
+  const seen = new Set<string>();
+  const top = new Map<string, number>();
+  let duplicated = 0;
+  let torn = 0;
+  for (const { lines } of files) {
+    for (const line of lines) {
+      const match = RECORD.exec(line);
+      if (!match || line.length !== recordBytes - 1) {
+        torn++;
+        continue;
+      }
+      const key = `${match[1]} ${match[2]}`;
+      if (seen.has(key)) duplicated++;
+      seen.add(key);
+      top.set(match[1], Math.max(top.get(match[1]) ?? -1, Number(match[2])));
+    }
+  }
+  let written = 0;
+  for (const max of top.values()) written += max + 1;
+  return { written, found: seen.size, lost: written - seen.size, duplicated, torn };
+}
+
+describe("openRotatingFile() in the field", () => {
+  it("openRotatingFile() never creates a file wider than mode, even for an instant (strace of the opens)", {
+    ...SLOW,
+    skip: !HAS_STRACE && NO_STRACE,
+  }, async (t) => {
+    const file = freshLog();
+    const dir = path.dirname(file);
+    const trace = `${dir}.strace`;
+    const result = await runFixture(MODE_FIXTURE, ["--path", file, "--mode", "600"], [
+      "strace",
+      "-f",
+      "-qq",
+      "-e",
+      "trace=open,openat,creat",
+      "-o",
+      trace,
+      "sh",
+      "-c",
+      'umask 000 && exec "$@"',
+      "sh",
+    ]);
+    if (result.code !== 0 && /ptrace|Operation not permitted/.test(result.stderr)) {
+      t.skip(`strace cannot trace here: ${result.stderr.trim().slice(0, 200)}`);
+      return;
+    }
+    assert.equal(result.code, 0, result.stderr);
+    const creates = read(trace).split("\n").filter((line) => line.includes(dir) && /O_CREAT/.test(line));
+    assert.ok(creates.length >= 4, `too few creating opens seen:\n${creates.join("\n")}`);
+    for (const line of creates) {
+      const mode = /O_CREAT[^,]*, (0[0-7]*)\)/.exec(line);
+      assert.ok(mode, `no mode in ${line}`);
+      const bits = parseInt(mode[1], 8);
+      assert.equal(bits & ~0o600, 0, `created wider than 0600 under umask 000: ${line}`);
+    }
+    const modes = JSON.parse(result.stdout.trim());
+    assert.deepEqual(modes.errors, []);
+    console.log(`strace: ${creates.length} creating opens, none wider than 0600`);
+  });
+
+  it(
+    "openRotatingFile() on a full disk: a torn record is reported lost and never swallows the next (tmpfs)",
+    {
+      ...SLOW,
+      skip: !IS_ROOT && NEEDS_ROOT,
+    },
+    async () => {
+      const dir = freshDir();
+      const stop = `${dir}.stop`; // outside the full disk
+      await withTmpfs(dir, "256k", async () => {
+        const file = path.join(dir, "app.log");
+        const filler = path.join(dir, "filler");
+        fs.writeFileSync(filler, new Uint8Array(96 * 1024));
+        const writers = ["w0", "w1", "w2"].map((id) =>
+          runFixture(WRITER, [
+            "--path",
+            file,
+            "--id",
+            id,
+            "--until",
+            stop,
+            "--sleep-ms",
+            "1",
+            "--max-bytes",
+            "0",
+            "--count-errors",
+          ])
+        );
+        const size = () => fs.statSync(file, { throwIfNoEntry: false })?.size ?? 0;
+        let last = -1;
+        let stableSince = Date.now();
+        await waitFor("the disk to fill", () => {
+          const now = size();
+          if (now !== last) {
+            last = now;
+            stableSince = Date.now();
+          }
+          return now > 0 && Date.now() - stableSince > 700;
+        }, 60_000);
+        const full = size();
+        fs.unlinkSync(filler); // space comes back: the next records must start on a fresh line
+        await waitFor("records after space was freed", () => size() > full + 50 * 100, 60_000);
+        fs.writeFileSync(stop, "");
+        const results = await Promise.all(writers);
+        const lines = read(file).split("\n");
+        if (lines.at(-1) === "") lines.pop();
+        const found = new Map<string, number>();
+        let fragments = 0;
+        let empty = 0;
+        for (const line of lines) {
+          if (line === "") {
+            empty++; // two writers both ended a torn line at once: harmless
+            continue;
+          }
+          const match = RECORD.exec(line);
+          if (match && line.length === 99) {
+            found.set(match[1], (found.get(match[1]) ?? 0) + 1);
+            continue;
+          }
+          // Not a whole record: it must be the torn rest of one, alone on its line, not glued to another.
+          assert.ok(
+            line.length < 99 && /^w\d*( \d*( \d*( x*)?)?)?$/.test(line),
+            `a record glued to a torn one: ${JSON.stringify(line.slice(0, 200))}`,
+          );
+          fragments++;
+        }
+        let lostTotal = 0;
+        for (const [index, result] of results.entries()) {
+          assert.equal(result.code, 0, result.stderr);
+          const count = Number(/wrote (\d+)/.exec(result.stdout)?.[1]);
+          const lost = Number(/lost (\d+)/.exec(result.stdout)?.[1]);
+          assert.match(result.stdout, /codes .*ENOSPC/);
+          lostTotal += lost;
+          assert.equal((found.get(`w${index}`) ?? 0) + lost, count, `w${index}: found + lost != written`);
+        }
+        assert.ok(fragments <= lostTotal);
+        console.log(
+          `full disk: ${lines.length - fragments - empty} records kept, ${lostTotal} reported lost, ` +
+            `${fragments} torn fragments each alone on its line, ${empty} empty lines`,
+        );
+      });
+    },
+  );
+
+  it("openRotatingFile() under a kill storm during rollovers: no record lost, duplicated or torn", {
+    timeout: 240_000,
+  }, async () => {
+    const file = freshLog();
+    const slots = 4;
+    const stormMs = 10_000;
+    let next = 0;
+    let kills = 0;
+    const running: ({ pid: number; done: Promise<ChildResult> } | null)[] = [];
+    const startWriter = () =>
+      startFixture(WRITER, [
+        "--path",
+        file,
+        "--id",
+        `w${next++}`,
+        "--count",
+        "1000000",
+        "--max-bytes",
+        "3000",
+        "--backups",
+        "800",
+        "--sleep-ms",
+        "1",
+      ]);
+    for (let i = 0; i < slots; i++) running.push(startWriter());
+    const until = Date.now() + stormMs;
+    while (Date.now() < until) {
+      await sleep(30 + Math.floor(Math.random() * 220));
+      const slot = Math.floor(Math.random() * slots);
+      const victim = running[slot]!;
+      try {
+        process.kill(victim.pid, "SIGKILL");
+        kills++;
+      } catch {
+        // already gone
+      }
+      await victim.done;
+      running[slot] = startWriter();
+    }
+    for (const child of running) {
+      try {
+        process.kill(child!.pid, "SIGKILL");
+        kills++;
+      } catch {
+        // already gone
+      }
+      await child!.done;
+    }
+    // A later writer's open finishes whatever the last kills left half-done.
+    const last = await runFixture(WRITER, ["--path", file, "--id", "w9999", "--count", "0"]);
+    assert.equal(last.code, 0, last.stderr);
+    const dir = path.dirname(file);
+    const files = allLogLines(dir);
+    const figures = stormFigures(files);
+    const backups = files.filter(({ name }) => /^app\.log\.\d+$/.test(name)).length;
+    console.log(
+      `kill storm (${kills} SIGKILLs, ${next} writers, ${backups} backups): written ${figures.written}, ` +
+        `found ${figures.found}, lost ${figures.lost}, duplicated ${figures.duplicated}, torn ${figures.torn}`,
+    );
+    const byIno = new Map<number, string[]>();
+    for (const name of fs.readdirSync(dir)) {
+      const ino = fs.statSync(path.join(dir, name)).ino;
+      byIno.set(ino, [...(byIno.get(ino) ?? []), name]);
+    }
+    const shared = [...byIno.values()].filter((names) => names.length > 1);
+    assert.ok(backups >= 5, `only ${backups} rollovers happened`);
+    assert.deepEqual(shared, [], "one file under several names");
+    assert.equal(figures.duplicated, 0);
+    assert.equal(figures.torn, 0);
+    assert.equal(figures.lost, 0);
+    const asides = fs.readdirSync(dir).filter((name) => name.includes(".aside."));
+    assert.deepEqual(asides, [], "a live file moved aside was never put back into the chain");
+    collect(file); // every record once, in order along the chain
+  });
+
+  it(
+    "openRotatingFile() with real logrotate (nocreate, dated names) racing its rollovers: every record once",
+    {
+      timeout: 120_000,
+      skip: !LOGROTATE && NO_LOGROTATE,
+    },
+    async () => {
+      const dir = freshDir();
+      const file = path.join(dir, "app.log");
+      const stop = `${dir}.stop`;
+      const conf = `${dir}.conf`;
+      const state = `${dir}.state`;
+      fs.writeFileSync(
+        conf,
+        `${file} {\n  rotate 1000\n  nocreate\n  dateext\n  dateformat -%s\n  missingok\n  nocompress\n}\n`,
+      );
+      fs.chmodSync(conf, 0o644);
+      fs.writeFileSync(file, "");
+      const writers = ["w0", "w1", "w2"].map((id) =>
+        runFixture(WRITER, [
+          "--path",
+          file,
+          "--id",
+          id,
+          "--until",
+          stop,
+          "--sleep-ms",
+          "1",
+          "--max-bytes",
+          "8000",
+          "--backups",
+          "1000",
+        ])
+      );
+      let rotations = 0;
+      for (let i = 0; i < 5; i++) {
+        await sleep(1_100); // dated names are per second
+        const run = spawnSync(LOGROTATE!, ["-f", "-s", state, conf], { encoding: "utf8" });
+        assert.equal(run.status, 0, `logrotate failed: ${run.stderr}`);
+        rotations++;
+      }
+      await sleep(300);
+      fs.writeFileSync(stop, "");
+      const counts = (await Promise.all(writers)).map(wrote);
+      const files = allLogLines(dir);
+      const figures = stormFigures(files);
+      const dated = files.filter(({ name }) => /^app\.log-\d+$/.test(name)).length;
+      console.log(
+        `logrotate racing: ${rotations} logrotate runs (${dated} dated files), ` +
+          `${files.length - dated} chain files, written ${
+            counts.reduce((a, b) => a + b)
+          }, found ${figures.found}, ` +
+          `duplicated ${figures.duplicated}, torn ${figures.torn}`,
+      );
+      assert.equal(figures.torn, 0);
+      assert.equal(figures.duplicated, 0);
+      assert.equal(figures.found, counts.reduce((a, b) => a + b));
+      assert.ok(dated >= 3, `logrotate made only ${dated} dated files`);
+    },
+  );
+
+  it("openRotatingFile() refuses a symbolic link at the path and never rotates a link away", () => {
+    const dir = freshDir();
+    const target = path.join(dir, "real.log");
+    const linked = path.join(dir, "app.log");
+    fs.writeFileSync(target, "old\n");
+    fs.symlinkSync(target, linked);
+    assert.throws(
+      () => openRotatingFile(linked, { onError: () => {} }),
+      (e: Error) =>
+        e instanceof RotatingFileError && e.operation === "open" && /symbolic link/.test(e.message),
+    );
+    // A link that replaces the live file later is not followed and not rotated either.
+    const file = path.join(dir, "other.log");
+    const { log, errors } = open(file, { maxBytes: 0 });
+    log.write("a");
+    fs.renameSync(file, `${file}.moved`);
+    fs.symlinkSync(target, file);
+    log.write("b");
+    log.rotate();
+    log.close();
+    assert.equal(fs.lstatSync(linked).isSymbolicLink(), true);
+    assert.equal(fs.lstatSync(file).isSymbolicLink(), true, "the link was rotated away");
+    assert.equal(read(target), "old\n", "a record went through the link");
+    assert.equal(read(`${file}.moved`), "a\nb\n");
+    assert.ok(errors.some((e) => e.code === "ELOOP"), errors.join("; "));
+    assert.ok(!fs.existsSync(`${file}.1`));
+  });
+
+  it("openRotatingFile() refuses a FIFO at the path and never hangs on one", SLOW, async () => {
+    const dir = freshDir();
+    const fifo = path.join(dir, "fifo.log");
+    const later = path.join(dir, "app.log");
+    assert.equal(spawnSync("mkfifo", [fifo]).status, 0);
+    const child = startFixture(FIFO_FIXTURE, ["--fifo", fifo, "--later", later]);
+    const guard = setTimeout(() => process.kill(child.pid, "SIGKILL"), 30_000);
+    const result = await child.done;
+    clearTimeout(guard);
+    assert.equal(result.signal, null, "the writer hung on the FIFO and was killed after 30 s");
+    assert.equal(result.code, 0, result.stderr);
+    const report = JSON.parse(result.stdout.trim());
+    assert.equal(report.refused, true);
+    assert.match(report.refusal, /regular file/);
+    assert.equal(report.made, true);
+    assert.equal(report.written, "a\nb\nc\n");
+    assert.ok(report.errors.length >= 1, "a FIFO at the path after open was not reported");
+    assert.equal(fs.statSync(fifo).isFIFO(), true);
+    assert.equal(fs.statSync(later).isFIFO(), true, "the FIFO was rotated away");
+  });
+
+  it("openRotatingFile() under a file-size limit reports EFBIG and the process survives (Deno too)", {
+    ...SLOW,
+    skip: !HAS_PRLIMIT && "prlimit is not installed: skipped",
+  }, async () => {
+    const file = freshLog();
+    const result = await runFixture(WRITER, [
+      "--path",
+      file,
+      "--count",
+      "6000",
+      "--max-bytes",
+      "0",
+      "--count-errors",
+    ], ["prlimit", "--fsize=400000"]);
+    assert.equal(result.signal, null, `killed by ${result.signal}`);
+    assert.equal(result.code, 0, `exit ${result.code}: ${result.stderr}`);
+    assert.match(result.stdout, /wrote 6000/);
+    assert.match(result.stdout, /codes EFBIG/);
+    const lost = Number(/lost (\d+)/.exec(result.stdout)?.[1]);
+    const kept = read(file).split("\n").filter((line) => RECORD.test(line) && line.length === 99).length;
+    assert.equal(kept + lost, 6000);
+  });
+
+  it("openRotatingFile() rolled over by root keeps the previous file's owner and mode", {
+    skip: !IS_ROOT && NEEDS_ROOT,
+  }, () => {
+    const file = freshLog();
+    fs.writeFileSync(file, "");
+    fs.chownSync(file, 65534, 65534);
+    fs.chmodSync(file, 0o640);
+    const { log, errors } = open(file, { maxBytes: 20 });
+    log.write("x".repeat(15));
+    log.write("y".repeat(15)); // rolls over: the new live file is created by root
+    log.close();
+    assert.deepEqual(errors, []);
+    const live = fs.statSync(file);
+    assert.equal(read(file), `${"y".repeat(15)}\n`);
+    assert.equal(live.uid, 65534);
+    assert.equal(live.gid, 65534);
+    assert.equal(live.mode & 0o7777, 0o640);
+  });
+
+  it("openRotatingFile() with a frozen lock holder blocks a write at most once, not on every try", {
+    ...SLOW,
+  }, async () => {
+    const file = freshLog();
+    const holder = spawn("sleep", ["60"]);
+    const exited = new Promise((resolve) => holder.on("close", resolve));
+    try {
+      let ticks = readProcStat(holder.pid!)?.startTicks;
+      for (let i = 0; i < 50 && ticks === undefined; i++) {
+        await sleep(10);
+        ticks = readProcStat(holder.pid!)?.startTicks;
+      }
+      process.kill(holder.pid!, "SIGSTOP");
+      fs.writeFileSync(
+        `${file}.lock`,
+        JSON.stringify({ pid: holder.pid, startTicks: ticks ?? null, startTime: null, token: "frozen" }),
+      );
+      const { log, errors } = open(file, { maxBytes: 100, lockTimeoutMs: 300, lockStaleMs: 60_000 });
+      log.write("x".repeat(90));
+      const slow: number[] = [];
+      const started = performance.now();
+      while (performance.now() - started < 3_000) {
+        const before = performance.now();
+        log.write("y".repeat(40));
+        const took = performance.now() - before;
+        if (took > 150) slow.push(Math.round(took));
+        await sleep(25);
+      }
+      log.close();
+      assert.equal(slow.length, 1, `writes that waited for the frozen holder: ${slow.join(", ")} ms`);
+      assert.equal(errors.length, 1, errors.join("; "));
+      assert.match(errors[0].message, /lock/);
+      assert.equal(fs.existsSync(`${file}.1`), false);
+    } finally {
+      process.kill(holder.pid!, "SIGKILL");
+      await exited;
+    }
+  });
+
+  it("openRotatingFile() judges lock age on a monotonic clock: a wall-clock step does not steal a young lock", async () => {
+    const file = freshLog();
+    const holder = spawn("sleep", ["30"]);
+    const exited = new Promise((resolve) => holder.on("close", resolve));
+    const realNow = Date.now;
+    try {
+      let ticks = readProcStat(holder.pid!)?.startTicks;
+      for (let i = 0; i < 50 && ticks === undefined; i++) {
+        await sleep(10);
+        ticks = readProcStat(holder.pid!)?.startTicks;
+      }
+      fs.writeFileSync(
+        `${file}.lock`,
+        JSON.stringify({ pid: holder.pid, startTicks: ticks ?? null, startTime: null, token: "young" }),
+      );
+      // The wall clock is stepped an hour ahead (NTP, an operator): the lock looks an hour old.
+      Date.now = () => realNow() + 3_600_000;
+      const { log, errors } = open(file, { maxBytes: 10, lockTimeoutMs: 200, lockStaleMs: 10_000 });
+      log.write("12345678");
+      log.write("abcdefgh");
+      log.close();
+      Date.now = realNow;
+      assert.equal(fs.existsSync(`${file}.1`), false, "a young live lock was stolen");
+      assert.equal(errors.length, 1);
+      assert.match(errors[0].message, /lock/);
+    } finally {
+      Date.now = realNow;
+      process.kill(holder.pid!, "SIGKILL");
+      await exited;
+    }
+  });
+
+  it("openRotatingFile() sweeps the litter of dead lock waiters; a waiter that gives up leaves nothing", async () => {
+    const file = freshLog();
+    const dead = spawn("true");
+    await new Promise((resolve) => dead.on("close", resolve));
+    const litter = `${file}.lock.${dead.pid}.1.abc.tmp`;
+    fs.writeFileSync(litter, JSON.stringify({ pid: dead.pid, startTicks: 1, token: "dead" }) + "\n");
+    const { log, errors } = open(file);
+    assert.equal(fs.existsSync(litter), false, "the open did not sweep a dead waiter's file");
+    // A waiter that gives up (the lock is held by a live process) leaves nothing behind.
+    const holder = spawn("sleep", ["30"]);
+    const exited = new Promise((resolve) => holder.on("close", resolve));
+    try {
+      fs.writeFileSync(`${file}.lock`, JSON.stringify({ pid: holder.pid, startTime: null, token: "held" }));
+      log.write("a");
+      const { log: other } = open(file, { lockTimeoutMs: 50 });
+      other.rotate();
+      other.close();
+      fs.writeFileSync(litter, JSON.stringify({ pid: dead.pid, startTicks: 1, token: "dead" }) + "\n");
+      fs.unlinkSync(`${file}.lock`);
+      log.rotate(); // a rollover sweeps too
+      log.close();
+      const left = fs.readdirSync(path.dirname(file)).filter((name) => name.endsWith(".tmp"));
+      assert.deepEqual(left, []);
+      assert.equal(read(`${file}.1`), "a\n");
+      assert.deepEqual(errors, []);
+    } finally {
+      process.kill(holder.pid!, "SIGKILL");
+      await exited;
+    }
+  });
+
+  it("openRotatingFile() finishes what a rollover killed at any step left: each record once, in order", () => {
+    const file = freshLog();
+    // Killed mid-shift (path.2 linked to path.3, not yet unlinked) and killed after moving the live
+    // file aside (not yet published as path.1).
+    fs.writeFileSync(`${file}.3`, "a\n");
+    fs.writeFileSync(`${file}.2`, "b\n");
+    fs.linkSync(`${file}.2`, `${file}.1`);
+    fs.writeFileSync(`${file}.aside.999999.1.x.tmp`, "c\n");
+    fs.writeFileSync(file, "d\n");
+    const { log, errors } = open(file, { maxBytes: 0 });
+    log.rotate();
+    log.write("e");
+    log.close();
+    const lines = chain(file).flatMap(({ lines }) => lines);
+    assert.deepEqual(lines, ["a", "b", "c", "d", "e"]);
+    assert.deepEqual(fs.readdirSync(path.dirname(file)).filter((name) => name.endsWith(".tmp")), []);
+    assert.deepEqual(errors, []);
+  });
+
+  it("openRotatingFile() never waits for its own lock when onError writes during a rollover", () => {
+    const file = freshLog();
+    fs.mkdirSync(`${file}.2`); // the oldest backup cannot be removed: the rollover fails
+    fs.writeFileSync(path.join(`${file}.2`, "keep"), "");
+    const reports: string[] = [];
+    const log: RotatingFile = openRotatingFile(file, {
+      maxBytes: 20,
+      backups: 2,
+      lockTimeoutMs: 3_000,
+      onError: (error) => {
+        reports.push((error as RotatingFileError).message);
+        log.write(`onError: ${(error as RotatingFileError).operation}`);
+      },
+    });
+    log.write("x".repeat(15));
+    const before = performance.now();
+    log.write("y".repeat(15));
+    const took = performance.now() - before;
+    log.close();
+    assert.ok(took < 1_500, `write() waited ${Math.round(took)} ms (for its own lock?)`);
+    assert.equal(reports.length, 1, reports.join("; "));
+    assert.match(reports[0], /shifting the backups failed/);
+    assert.equal(read(file), `${"x".repeat(15)}\nonError: rollover\n${"y".repeat(15)}\n`);
+    assert.equal(fs.existsSync(`${file}.lock`), false);
+  });
+
+  it("openRotatingFile() writers in two PID namespaces: every record once, no premature rollover", {
+    timeout: 180_000,
+    skip: !CAN_UNSHARE && "needs root and unshare -p to make PID namespaces: skipped",
+  }, async () => {
+    const file = freshLog();
+    const maxBytes = 8_000;
+    const count = 1_500;
+    const args = (id: string) => [
+      "--path",
+      file,
+      "--id",
+      id,
+      "--count",
+      String(count),
+      "--max-bytes",
+      String(maxBytes),
+      "--backups",
+      "1000",
+    ];
+    // Each namespaced writer is pid 1 in its own namespace: a pid means nothing across them.
+    const unshare = ["unshare", "-p", "-f", "--mount-proc"];
+    const results = await Promise.all([
+      runFixture(WRITER, args("w0"), unshare),
+      runFixture(WRITER, args("w1"), unshare),
+      runFixture(WRITER, args("w2")),
+      runFixture(WRITER, args("w3")),
+    ]);
+    for (const result of results) assert.equal(wrote(result), count);
+    const seen = collect(file);
+    assert.equal(seen.size, 4 * count);
+    const files = chain(file);
+    const backups = files.slice(0, -1);
+    const slack = 4 * 100;
+    for (const { name, size } of backups) {
+      assert.ok(size >= maxBytes / 2, `premature rollover: ${name} has ${size} bytes`);
+      assert.ok(size <= maxBytes + slack, `${name} grew to ${size} bytes`);
+    }
+    console.log(`2 PID namespaces + host: ${seen.size} records once in ${files.length} files`);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------------
 // createLogger()
 // ---------------------------------------------------------------------------------------------------
 
@@ -1962,6 +2570,29 @@ describe("openRotatingFile() compression", () => {
       },
     );
   }
+
+  it(
+    "openRotatingFile() with compress compresses after each rollover of a long-running handle",
+    { ...SLOW, skip: !HAS_GZIP && NO_GZIP },
+    async () => {
+      const file = freshLog();
+      const { log, errors } = open(file, { compress: "gzip", backups: 10 });
+      await sleep(50); // the pass at open has run: from now on only rollovers start one
+      for (let round = 1; round <= 3; round++) {
+        log.write(fixtureRecord("w0", round));
+        log.rotate();
+        await waitFor(
+          `${round} .gz backups`,
+          () => fs.existsSync(`${file}.${round}.gz`) && !fs.existsSync(`${file}.1`),
+        );
+      }
+      log.close();
+      for (let i = 1; i <= 3; i++) assert.ok(gzipTest(`${file}.${i}.gz`).ok);
+      const oldest = zlib.gunzipSync(fs.readFileSync(`${file}.3.gz`)).toString();
+      assert.match(oldest, /^w0 000001 /);
+      assert.deepEqual(errors, []);
+    },
+  );
 
   it(
     "openRotatingFile() killed mid-compression never leaves a corrupt .gz; a later rollover finishes it",
