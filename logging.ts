@@ -204,7 +204,10 @@ export interface RotatingFileOptions {
    * Compress backups with gzip into `<backup>.gz`, after the rollover and off the write path (never
    * inside `write()`). The `.gz` is written under a temporary name and renamed into place once
    * complete; the plain backup is removed only after that. Exactly one process compresses a given
-   * backup; a backup left plain by a process killed mid-compression is compressed by a later rollover.
+   * backup (it claims it with `<path>.gz-claim.<inode>`); a backup left plain by a process killed
+   * mid-compression is compressed by a later rollover (or the next open), which also removes the
+   * killed one's `<backup>.<inode>.gz.tmp`. A process that calls `exit()` right after a rollover leaves
+   * that backup plain for the next one.
    * @default undefined (backups stay plain)
    */
   compress?: "gzip";

@@ -2279,7 +2279,7 @@ describe("openRotatingFile() buffered", () => {
     assert.deepEqual(errors, []);
   });
 
-  for (const end of ["close", "exit", "return"]) {
+  for (const end of ["close", "exit", "return", "shutdown"]) {
     it(
       `openRotatingFile() with bufferBytes leaves every record on disk when the process ends by ${end}`,
       SLOW,
