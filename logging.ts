@@ -1243,7 +1243,7 @@ class RotatingFileHandle implements RotatingFile {
       if (typeof record === "string") {
         part = record.length > 0 && record.charCodeAt(record.length - 1) === NEWLINE ? record : record + "\n";
       } else if (record instanceof Uint8Array) {
-        part = record;
+        part = record.slice(); // the caller may reuse its buffer before the batch goes out
         this.#binary = true;
       } else {
         const text = String(record);

@@ -2752,3 +2752,17 @@ describe("openRotatingFile() buffered text", () => {
     assert.deepEqual(errors, []);
   });
 });
+
+describe("openRotatingFile() buffered bytes", () => {
+  it("openRotatingFile() with bufferBytes keeps a byte record as it was when written", () => {
+    const file = freshLog();
+    const { log, errors } = open(file, { bufferBytes: 4096 });
+    const reused = new TextEncoder().encode("first\n");
+    log.write(reused);
+    reused.set(new TextEncoder().encode("XXXXX"));
+    log.write(reused);
+    log.close();
+    assert.equal(read(file), "first\nXXXXX\n");
+    assert.deepEqual(errors, []);
+  });
+});
