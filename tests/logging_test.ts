@@ -2333,64 +2333,91 @@ describe("openRotatingFile() buffered", () => {
 });
 
 describe("openRotatingFile() time rollover", () => {
-  it(
-    "openRotatingFile() with a 1 s interval across 3 processes: every record once, one rollover per boundary",
-    SLOW,
-    async () => {
-      const file = freshLog();
-      const stop = path.join(path.dirname(file), "stop");
-      const children = ["w0", "w1", "w2"].map((id) =>
-        runFixture(FEATURES, [
-          "--path",
-          file,
-          "--id",
-          id,
-          "--until",
-          stop,
-          "--sleep-ms",
-          "2",
-          "--interval",
-          "1000",
-          "--utc",
-          "--backups",
-          "100",
-        ])
-      );
-      await sleep(5_000);
-      fs.writeFileSync(stop, "");
-      const results = await Promise.all(children);
-      const counts = results.map((result) => {
-        assert.equal(result.code, 0, result.stderr);
-        assert.match(result.stdout, /errors 0/);
-        return Number(/wrote (\d+)/.exec(result.stdout)![1]);
-      });
-      const files = datedChain(file);
-      const seen = collectLines(files);
-      ["w0", "w1", "w2"].forEach((id, i) => assertComplete(seen, id, counts[i]!));
-      assert.equal(seen.size, counts[0]! + counts[1]! + counts[2]!);
-      const backups = files.filter((f) => f.stamp !== null);
-      for (const { name, stamp, lines } of backups) {
-        assert.doesNotMatch(name, /\.\d+$/, `two rollovers for one period: ${name}`);
-        const start = Date.parse(`${stamp!.replace(/T(\d\d)-(\d\d)-(\d\d)$/, "T$1:$2:$3")}Z`);
-        for (const line of lines) {
-          const ts = Number(RECORD.exec(line)![3]);
-          // Stamped before its write(2): never after the period; before its start only by a stall.
-          assert.ok(ts < start + 1000, `${name} holds a record stamped ${ts - start} ms into the period`);
-          assert.ok(ts >= start - 1000, `${name} holds a record stamped ${start - ts} ms before the period`);
+  for (const maxBytes of [0, 30_000]) {
+    it(
+      `openRotatingFile() with a 1 s interval across 3 processes: every record once, one rollover per boundary${
+        maxBytes > 0 ? ", size rollovers in order within each period" : ""
+      }`,
+      SLOW,
+      async () => {
+        const file = freshLog();
+        const stop = path.join(path.dirname(file), "stop");
+        const children = ["w0", "w1", "w2"].map((id) =>
+          runFixture(FEATURES, [
+            "--path",
+            file,
+            "--id",
+            id,
+            "--until",
+            stop,
+            "--sleep-ms",
+            "2",
+            "--interval",
+            "1000",
+            "--utc",
+            "--backups",
+            "1000",
+            "--max-bytes",
+            String(maxBytes),
+          ])
+        );
+        // About 5 s of writing, counted from the first record (starting a runtime can take seconds here).
+        await waitFor("the first record", () => fs.existsSync(file) && fs.statSync(file).size > 0);
+        await sleep(5_000);
+        fs.writeFileSync(stop, "");
+        const results = await Promise.all(children);
+        const counts = results.map((result) => {
+          assert.equal(result.code, 0, result.stderr);
+          assert.match(result.stdout, /errors 0/);
+          return Number(/wrote (\d+)/.exec(result.stdout)![1]);
+        });
+        const files = datedChain(file);
+        const seen = collectLines(files);
+        ["w0", "w1", "w2"].forEach((id, i) => assertComplete(seen, id, counts[i]!));
+        assert.equal(seen.size, counts[0]! + counts[1]! + counts[2]!);
+        // Each writer's records run in order through the chain: period by period, size backups in order.
+        const last = new Map<string, number>();
+        for (const { name, lines } of files) {
+          for (const line of lines) {
+            const [, id, seq] = RECORD.exec(line)!;
+            assert.ok(Number(seq) > (last.get(id!) ?? -1), `${id} ${seq} out of order in ${name}`);
+            last.set(id!, Number(seq));
+          }
         }
-      }
-      // Rollovers = boundaries crossed while writing: one backup per period before the live one.
-      const periods = new Set([...seen.values()].map((record) => Math.floor(record.ts / 1000)));
-      assert.ok(backups.length >= 3, `only ${backups.length} backups in 5 s`);
-      assert.ok(
-        backups.length <= periods.size - 1 + 1, // a record stamped just before a boundary may be written after it
-        `${backups.length} backups for ${periods.size} periods: ${backups.map((f) => f.name).join(" ")}`,
-      );
-      const leftovers = fs.readdirSync(path.dirname(file)).filter((name) => /lock|tmp/.test(name));
-      assert.deepEqual(leftovers, []);
-      console.log(`3 writers, 1 s interval: ${seen.size} records, ${backups.length} backups`);
-    },
-  );
+        const backups = files.filter((f) => f.stamp !== null);
+        for (const { name, stamp, lines } of backups) {
+          if (maxBytes === 0) assert.doesNotMatch(name, /\.\d+$/, `two rollovers for one period: ${name}`);
+          const start = Date.parse(`${stamp!.replace(/T(\d\d)-(\d\d)-(\d\d)$/, "T$1:$2:$3")}Z`);
+          for (const line of lines) {
+            const ts = Number(RECORD.exec(line)![3]);
+            // Stamped before its write(2): never after the period; before its start only by a stall.
+            assert.ok(ts < start + 1000, `${name} holds a record stamped ${ts - start} ms into the period`);
+            assert.ok(
+              ts >= start - 1000,
+              `${name} holds a record stamped ${start - ts} ms before the period`,
+            );
+          }
+        }
+        // Rollovers = boundaries crossed while writing: one period name per period before the live one.
+        const periods = new Set([...seen.values()].map((record) => Math.floor(record.ts / 1000)));
+        const stamps = new Set(backups.map((f) => f.stamp));
+        assert.ok(stamps.size >= 3, `only ${stamps.size} periods rolled over in 5 s`);
+        assert.ok(
+          stamps.size <= periods.size, // a record stamped just before a boundary may be written after it
+          `${stamps.size} periods rolled over for ${periods.size} seen: ${
+            backups.map((f) => f.name).join(" ")
+          }`,
+        );
+        if (maxBytes > 0) assert.ok(backups.length > stamps.size, "no size rollover inside a period");
+        const leftovers = fs.readdirSync(path.dirname(file)).filter((name) => /lock|tmp/.test(name));
+        assert.deepEqual(leftovers, []);
+        console.log(
+          `3 writers, 1 s interval, maxBytes ${maxBytes}: ${seen.size} records, ${backups.length} backups ` +
+            `for ${stamps.size} periods`,
+        );
+      },
+    );
+  }
 
   it(
     "openRotatingFile() names the backup after its period in local time, or UTC with utc",
