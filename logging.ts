@@ -470,6 +470,10 @@ export interface Logger {
  * retried on each write; a missing folder is created (also when it is deleted later: the records
  * that cannot be saved are reported `lost`).
  *
+ * A short or failed write (a full disk, a file-size limit) reports its record `lost`; the torn rest
+ * it may leave is then ended: this handle's next record starts on a fresh line, so a good record is
+ * never glued to it (every writer that meets the full disk does the same).
+ *
  * Symbolic links are refused, not followed: a rotation renames names, so rotating through a link would
  * rename the link and leave its target growing. Point `path` at the real file (a linked folder on the
  * way is fine). A FIFO, device or folder at the path is refused too, without ever blocking on it.

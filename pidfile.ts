@@ -4,20 +4,26 @@
  * every restart fails its exclusive create and systemd or launchd respawns it for hours; or two racing
  * starters both judge a record stale, one deletes the file the other just wrote, and two instances run.
  *
- * Judging. A record is stale when its PID is gone or a zombie; when the process now behind the PID
- * started at another time than recorded (PID reuse; without a recorded start time, as in a plain
- * decimal file, when that process started after the file was written); when it names our own PID but
- * this process did not write it (an earlier incarnation, typical for PID 1 in a container); or when it
- * was written during an earlier boot. A file that is no record (empty, garbage, truncated, a negative or
- * fractional PID, unreadable) is invalid. A record of another host is never judged: it counts as
- * running and is never signalled.
+ * Judging. A record carries its writer's identity (pid, start ticks, boot id, PID namespace, host name)
+ * and is judged by the one judge of `platform.ts`, the same on every runtime. A record of this boot and
+ * PID namespace is judged by PID and start time, whatever its host name says (a container recreated
+ * with another host name, `hostnamectl`): it is stale when its PID is gone or a zombie, when the process
+ * now behind the PID started at another time than recorded (PID reuse; without a recorded start time,
+ * as in a plain decimal file, when that process started after the file was written), or when it names
+ * our own PID but this process did not write it (an earlier incarnation, typical for PID 1 in a
+ * container). A record of an earlier boot of this host is stale. A record of another PID namespace
+ * (containers sharing a volume) or another host cannot be judged by PID: its holder refreshes the file's
+ * mtime every `heartbeatMs`, and it is stale once not refreshed for 3 × that period; it is never
+ * signalled. A file that is no record (empty, garbage, truncated, a negative or fractional PID,
+ * unreadable) is invalid.
  *
  * Protocol (no `flock`; the same on every runtime):
  * 1. A record is written to a temporary file beside the PID file and published with `link(tmp, path)`,
  *    which fails with `EEXIST` when anything is there: nobody ever sees half a record, and of many
  *    starters on an absent path exactly one wins.
  * 2. To replace a stale or invalid file `X`, a starter first claims exactly that file. `X` is named by
- *    an `id` hashed from its inode, size, mtime and content; the claim is `<path>.replace-<id>.<n>`,
+ *    an `id` hashed from its inode, size, mtime (in whole milliseconds: Deno reports no fraction, Node
+ *    and Bun do, and every runtime must derive the same name) and content; the claim is `<path>.replace-<id>.<n>`,
  *    created with `link` at the lowest level `n` whose lower levels all hold records of dead claimants.
  *    A claimant killed midway therefore blocks nobody, and a live one is the only live claimant of `X`
  *    (the others wait for it, then report it as the holder).
@@ -25,7 +31,8 @@
  *    its own record with `rename(tmp, path)`. The path is never empty in between, so nobody slips in
  *    through step 1; `X` once replaced never comes back, so a slow starter that judged `X` long ago
  *    fails this check. Nobody ever deletes or overwrites a record another process just wrote.
- * 4. The winner removes the claims of `X` and sweeps temporary files and claims of dead processes.
+ * 4. The winner removes the claims of `X`; every acquire sweeps temporary files and claims of dead
+ *    processes (starters killed midway, on an absent path too).
  * The protocol assumes the other writers of the path follow it (or, like most daemons, write their own
  * PID file in one go while alive); a foreign writer that truncates and rewrites in place can be caught
  * between the two and judged "empty".
@@ -39,6 +46,17 @@
  * so a new instance cannot start while the old one drains. A process ended by a signal's default action
  * or by SIGKILL leaves its record behind, stale by construction.
  *
+ * Replacing a live holder (`replace: true`). The holder's identity is pinned before the first signal
+ * and judged again before each one: a process that took its PID meanwhile is never signalled. A replace
+ * that fails (the holder belongs to another user, or survives SIGKILL) removes its takeover marker, so
+ * the holder's next unplanned stop is not mistaken for a takeover.
+ *
+ * The record holds the command line redacted (values of `--token`, `--password=…`, URL user-info
+ * become `***`), so nothing secret is in it and the default mode 0644 lets status tools of other users
+ * read it. Deno: judging needs `/proc`, which Deno opens only with `--allow-all` (`-A`); without it
+ * {@linkcode readPidFile} and {@linkcode acquirePidFile} throw a {@linkcode PidFileError} that names the
+ * missing permission, rather than judge by PID alone.
+ *
  * @module
  */
 
@@ -46,29 +64,32 @@ import {
   errorCode,
   getPid,
   HANDLED_SIGNALS,
-  hostname,
+  identityPermissionProblem,
   isAlive,
-  isLinux,
+  judgeIdentity,
   kill,
   link,
   onExit,
   onSignal,
   processArgv,
-  processStartTime,
   readDir,
   readHead,
-  readProcStat,
+  readProcCmdline,
   readTextFileOrNull,
+  redactArgv,
   rename,
+  selfIdentity,
+  setUnrefInterval,
   signalListenerCount,
   sleepSync,
   statOrNull,
   tempPathBeside,
+  touch,
   unlinkIfExists,
   writeFileAtomic,
   writeTextFile,
 } from "./platform.ts";
-import type { FileStat } from "./platform.ts";
+import type { FileStat, IdentityRecord } from "./platform.ts";
 
 // ---------------------------------------------------------------------------------------------------
 // Public types
@@ -76,8 +97,8 @@ import type { FileStat } from "./platform.ts";
 
 /**
  * What a PID file says about the process that holds it. A plain decimal file (`"1234\n"`) reads as a
- * record with `startTime`, `startTicks`, `bootId` and `hostname` all `null`, `argv` empty and
- * `createdAt` the file's modification time.
+ * record with `startTime`, `startTicks`, `bootId`, `hostname`, `pidNamespace` and `heartbeatMs` all
+ * `null`, `argv` empty and `createdAt` the file's modification time.
  *
  * @example Show the holder of a PID file
  * ```ts
@@ -94,11 +115,14 @@ export interface PidRecord {
   pid: number;
   /** When the holder started, in milliseconds since the epoch (from `/proc`), or `null` when unknown. */
   startTime: number | null;
-  /** The holder's command line, or `[]` when unknown. */
+  /** The holder's command line, redacted (secret values are `***`), or `[]` when unknown. */
   argv: string[];
   /** When the record was written, ISO-8601. */
   createdAt: string;
-  /** The host that wrote the record, or `null` when unknown. Records of other hosts are never judged. */
+  /**
+   * The host name of the writer, or `null` when unknown. Compared only when the boot id differs or is
+   * unknown: a record of this kernel is judged by PID whatever its host name says.
+   */
   hostname: string | null;
   /**
    * The holder's start time in clock ticks since boot (`/proc/<pid>/stat` field 22), or `null`. Exact,
@@ -107,6 +131,13 @@ export interface PidRecord {
   startTicks: number | null;
   /** The kernel boot id when the record was written, or `null`: a record of an earlier boot is stale. */
   bootId: string | null;
+  /**
+   * The writer's PID namespace (`"pid:[4026531836]"`), or `null`. A record of another namespace (a
+   * container sharing the folder) cannot be judged by PID and is judged by its heartbeat.
+   */
+  pidNamespace: string | null;
+  /** How often the holder refreshes the file's mtime, in milliseconds, or `null` when it does not. */
+  heartbeatMs: number | null;
 }
 
 /**
@@ -126,13 +157,14 @@ export interface PidFileAbsent {
 }
 
 /**
- * A live process holds the PID file (or its record comes from another host and cannot be judged).
+ * A live process holds the PID file (or its record comes from another host or PID namespace and its
+ * heartbeat is fresh).
  *
  * @example Describe the holder
  * ```ts
  * import { type PidFileRunning, readPidFile } from "./pidfile.ts";
  * function describeHolder(running: PidFileRunning): string {
- *   const where = running.foreignHost ? "on another host" : "here";
+ *   const where = running.foreignHost ? "on another host" : running.foreignNamespace ? "in a container" : "here";
  *   return `pid ${running.record.pid} ${where} (${running.reason})`;
  * }
  * const status = readPidFile("/tmp/example.pid");
@@ -144,10 +176,12 @@ export interface PidFileRunning {
   state: "running";
   /** The holder's record. */
   record: PidRecord;
-  /** Why it counts as running: alive with the same start time, held by this process, another host. */
+  /** Why it counts as running: alive with the same start time, held by this process, a fresh heartbeat. */
   reason: string;
-  /** `true` when the record comes from another host: assumed running, never signalled. */
+  /** `true` when the record comes from another host: judged by its heartbeat, never signalled. */
   foreignHost: boolean;
+  /** `true` when the record comes from another PID namespace of this host: judged by heartbeat, never signalled. */
+  foreignNamespace: boolean;
 }
 
 /**
@@ -338,7 +372,7 @@ export interface AcquirePidFileOptions {
   /**
    * Stop a live holder on this host: write `<path>.takeover.json` naming it, send SIGTERM, wait up to
    * `replaceTimeoutMs`, send SIGKILL if it is still alive, then acquire. Never signals a record of
-   * another host, nor this process.
+   * another host or PID namespace, this process, or a process that took the holder's PID meanwhile.
    * @default false
    */
   replace?: boolean;
@@ -348,7 +382,8 @@ export interface AcquirePidFileOptions {
    */
   replaceTimeoutMs?: number;
   /**
-   * Permission bits of the PID file, whatever the umask.
+   * Permission bits of the PID file, whatever the umask. The record holds nothing secret (its command
+   * line is redacted), so it is readable by all by default, for status tools and supervisors.
    * @default 0o644
    */
   mode?: number;
@@ -370,7 +405,15 @@ export interface AcquirePidFileOptions {
    */
   contentionTimeoutMs?: number;
   /**
-   * Receives failures that cannot be thrown: a release at exit or on a signal, the sweep of litter.
+   * How often the held file's mtime is refreshed, in milliseconds (an unref'd timer, stopped by
+   * `release()`). Starters in another PID namespace or on another host judge the file by it: stale once
+   * not refreshed for 3 × this period (the period is stored in the record, so they use ours).
+   * @default 10000
+   */
+  heartbeatMs?: number;
+  /**
+   * Receives failures that cannot be thrown: a release at exit or on a signal, the sweep of litter, a
+   * failed heartbeat.
    * @default writes the error to the console
    */
   onError?: (error: unknown) => void;
@@ -399,8 +442,10 @@ export class PidFileLockedError extends Error {
   readonly path: string;
   /** The record of the process that holds it (or that is replacing it, when `acquiring`). */
   readonly holder: PidRecord;
-  /** `true` when the holder's record comes from another host (its liveness cannot be checked). */
+  /** `true` when the holder's record comes from another host (judged by heartbeat, never signalled). */
   readonly foreignHost: boolean;
+  /** `true` when the holder's record comes from another PID namespace (judged by heartbeat, never signalled). */
+  readonly foreignNamespace: boolean;
   /** `true` when the holder is another starter in the middle of replacing a stale file. */
   readonly acquiring: boolean;
 
@@ -410,12 +455,22 @@ export class PidFileLockedError extends Error {
    * @param path The PID file.
    * @param holder The holder's record.
    * @param reason Why the holder counts as running.
-   * @param options `foreignHost`, `acquiring`, `cause`.
+   * @param options `foreignHost`, `foreignNamespace`, `acquiring`, `cause`.
    *
    * @example
    * ```ts
    * import { PidFileLockedError } from "./pidfile.ts";
-   * const holder = { pid: 1234, startTime: null, argv: [], createdAt: "", hostname: null, startTicks: null, bootId: null };
+   * const holder = {
+   *   pid: 1234,
+   *   startTime: null,
+   *   argv: [],
+   *   createdAt: "",
+   *   hostname: null,
+   *   startTicks: null,
+   *   bootId: null,
+   *   pidNamespace: null,
+   *   heartbeatMs: null,
+   * };
    * console.log(new PidFileLockedError("/tmp/example.pid", holder, "alive").message);
    * ```
    */
@@ -423,7 +478,7 @@ export class PidFileLockedError extends Error {
     path: string,
     holder: PidRecord,
     reason: string,
-    options: { foreignHost?: boolean; acquiring?: boolean; cause?: unknown } = {},
+    options: { foreignHost?: boolean; foreignNamespace?: boolean; acquiring?: boolean; cause?: unknown } = {},
   ) {
     super(`PID file ${JSON.stringify(path)} is held by pid ${holder.pid}: ${reason}`, {
       cause: options.cause,
@@ -432,6 +487,7 @@ export class PidFileLockedError extends Error {
     this.path = path;
     this.holder = holder;
     this.foreignHost = options.foreignHost ?? false;
+    this.foreignNamespace = options.foreignNamespace ?? false;
     this.acquiring = options.acquiring ?? false;
   }
 }
@@ -519,8 +575,10 @@ export const PLANNED_STOP_MARKER_SUFFIX = ".planned-stop.json";
  * it never deletes, renames or rewrites anything, whatever it finds.
  *
  * @param path The PID file.
- * @returns What is there. A record of another host is `running` with `foreignHost: true`.
- * @throws {PidFileError} when something that is not a regular file is at `path`, or on an I/O error.
+ * @returns What is there. A record of another host or PID namespace with a fresh heartbeat is
+ * `running` with `foreignHost` or `foreignNamespace`.
+ * @throws {PidFileError} when something that is not a regular file is at `path`, on an I/O error, or
+ * (Deno without `-A`) when process identities cannot be read: the message names the permission.
  *
  * @example A status command
  * ```ts
@@ -533,7 +591,8 @@ export const PLANNED_STOP_MARKER_SUFFIX = ".planned-stop.json";
  */
 export function readPidFile(path: string): PidFileStatus {
   checkPath(path, "path");
-  return statusOf(takeSnapshot(path));
+  checkPermissions(path);
+  return statusOf(takeSnapshot(path), DEFAULT_HEARTBEAT_MS);
 }
 
 /**
@@ -545,7 +604,9 @@ export function readPidFile(path: string): PidFileStatus {
  * @param options `replace` a live holder, file `mode`, automatic release, error reporting.
  * @returns The held PID file.
  * @throws {PidFileLockedError} when a live process holds the file (or, with `replace`, survived SIGKILL).
- * @throws {PidFileError} for a directory at the path, a missing or unwritable folder, an I/O error.
+ * @throws {PidFileError} for a directory at the path, a missing or unwritable folder, an I/O error, a
+ * holder that cannot be signalled (`replace`), or (Deno without `-A`) when process identities cannot
+ * be read: the message names the missing permission.
  *
  * @example Run as a single instance
  * ```ts
@@ -563,13 +624,14 @@ export function readPidFile(path: string): PidFileStatus {
  */
 export async function acquirePidFile(path: string, options: AcquirePidFileOptions = {}): Promise<PidFile> {
   const settings = checkOptions(path, options);
+  checkPermissions(path);
   if (!settings.replace) return acquireNow(path, settings);
   try {
     return acquireNow(path, settings);
   } catch (error) {
-    if (!(error instanceof PidFileLockedError) || error.foreignHost || error.acquiring) throw error;
-    if (error.holder.pid === getPid()) throw error;
-    await stopHolder(path, error.holder, settings.replaceTimeoutMs);
+    if (!(error instanceof PidFileLockedError) || error.acquiring) throw error;
+    if (error.foreignHost || error.foreignNamespace || error.holder.pid === getPid()) throw error;
+    await stopHolder(path, error.holder, settings);
     return acquireNow(path, settings);
   }
 }
@@ -603,7 +665,7 @@ export function markPlannedStop(pidPath: string, info: Record<string, unknown> =
       cause: error,
     });
   }
-  writeMarker(pidPath + PLANNED_STOP_MARKER_SUFFIX, json);
+  writeMarker(pidPath + PLANNED_STOP_MARKER_SUFFIX, json + "\n");
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -617,7 +679,23 @@ interface Settings {
   releaseOnExit: boolean;
   releaseOnSignals: readonly string[];
   contentionTimeoutMs: number;
+  heartbeatMs: number;
   onError: (error: unknown) => void;
+}
+
+/** Default of {@linkcode AcquirePidFileOptions.heartbeatMs}. */
+const DEFAULT_HEARTBEAT_MS = 10_000;
+
+/** Deno without -A cannot read /proc: judging by PID alone would call a reused PID alive. Say so. */
+function checkPermissions(path: string): void {
+  const problem = identityPermissionProblem();
+  if (problem === null) return;
+  throw new PidFileError(
+    path,
+    `Cannot judge PID file ${JSON.stringify(path)}: process identities cannot be read here, ` +
+      `and by PID alone a reused PID would pass for its holder: ${problem}`,
+    { code: "EACCES" },
+  );
 }
 
 function checkPath(path: unknown, name: string): void {
@@ -658,6 +736,12 @@ function checkOptions(path: string, options: AcquirePidFileOptions): Settings {
       }`,
     );
   }
+  const heartbeatMs = options.heartbeatMs ?? DEFAULT_HEARTBEAT_MS;
+  if (typeof heartbeatMs !== "number" || !Number.isFinite(heartbeatMs) || heartbeatMs < 1) {
+    throw new RangeError(
+      `Expected options.heartbeatMs to be a finite number >= 1, got ${describe(heartbeatMs)}`,
+    );
+  }
   const onError = options.onError ?? reportToConsole;
   if (typeof onError !== "function") {
     throw new TypeError(`Expected options.onError to be a function, got ${describe(onError)}`);
@@ -669,6 +753,7 @@ function checkOptions(path: string, options: AcquirePidFileOptions): Settings {
     releaseOnExit,
     releaseOnSignals: [...releaseOnSignals],
     contentionTimeoutMs,
+    heartbeatMs,
     onError,
   };
 }
@@ -691,11 +776,8 @@ function reportToConsole(error: unknown): void {
 
 /** A record larger than this is no PID file (someone pointed us at a log). */
 const MAX_RECORD_BYTES = 64 * 1024;
-/** Start times from `/proc` + btime move by up to a second when the wall clock is stepped. */
-const START_TIME_TOLERANCE_MS = 1000;
 /** The largest PID any kernel hands out (Linux `pid_max` is at most 2^22). */
 const MAX_PID = 2 ** 31 - 1;
-const BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id";
 
 /** One consistent look at a file: `id` names exactly this file, content and all. */
 type Snapshot =
@@ -749,9 +831,12 @@ function sameFile(a: FileStat, b: FileStat): boolean {
   return a.ino === b.ino && a.dev === b.dev && a.size === b.size && a.mtimeMs === b.mtimeMs;
 }
 
-/** 64 bits of FNV-1a over the file's identity and content: two different files never share a claim. */
+/**
+ * 64 bits of FNV-1a over the file's identity and content: two different files never share a claim, and
+ * every runtime names one file alike (the mtime in whole milliseconds: Deno reports no fraction).
+ */
 function fileId(stat: FileStat, content: string): string {
-  const text = `${stat.dev}:${stat.ino ?? "?"}:${stat.size}:${stat.mtimeMs}:${content}`;
+  const text = `${stat.dev}:${stat.ino ?? "?"}:${stat.size}:${Math.floor(stat.mtimeMs)}:${content}`;
   let a = 0x811c9dc5;
   let b = 0x01000193 ^ text.length;
   for (let i = 0; i < text.length; i += 1) {
@@ -762,7 +847,7 @@ function fileId(stat: FileStat, content: string): string {
   return (a >>> 0).toString(16).padStart(8, "0") + (b >>> 0).toString(16).padStart(8, "0");
 }
 
-function statusOf(snapshot: Snapshot): PidFileStatus {
+function statusOf(snapshot: Snapshot, heartbeatMs: number): PidFileStatus {
   if (snapshot.kind === "absent") return { state: "absent" };
   if (snapshot.bytes === null) {
     return { state: "invalid", reason: `the file cannot be read (${snapshot.readError})` };
@@ -773,7 +858,7 @@ function statusOf(snapshot: Snapshot): PidFileStatus {
   const text = decoder.decode(snapshot.bytes);
   const parsed = parseRecord(text, snapshot.stat.mtimeMs);
   if ("state" in parsed) return parsed;
-  return judge(parsed, text, snapshot.stat.mtimeMs);
+  return judge(parsed, text, snapshot.stat.mtimeMs, heartbeatMs);
 }
 
 function parseRecord(text: string, mtimeMs: number): PidRecord | PidFileInvalid {
@@ -790,6 +875,8 @@ function parseRecord(text: string, mtimeMs: number): PidRecord | PidFileInvalid 
       hostname: null,
       startTicks: null,
       bootId: null,
+      pidNamespace: null,
+      heartbeatMs: null,
     };
   }
   let value: unknown;
@@ -824,10 +911,24 @@ function parseRecord(text: string, mtimeMs: number): PidRecord | PidFileInvalid 
   const createdAt = fields.createdAt ?? new Date(mtimeMs).toISOString();
   const host = fields.hostname ?? null;
   const bootId = fields.bootId ?? null;
-  for (const [name, field] of [["createdAt", createdAt], ["hostname", host], ["bootId", bootId]] as const) {
+  const pidNamespace = fields.pidNamespace ?? null;
+  const strings = [
+    ["createdAt", createdAt],
+    ["hostname", host],
+    ["bootId", bootId],
+    ["pidNamespace", pidNamespace],
+  ] as const;
+  for (const [name, field] of strings) {
     if (field !== null && typeof field !== "string") {
       return { state: "invalid", reason: `${name} ${describe(field)} is not a string` };
     }
+  }
+  const heartbeatMs = fields.heartbeatMs ?? null;
+  if (
+    heartbeatMs !== null &&
+    (typeof heartbeatMs !== "number" || !Number.isFinite(heartbeatMs) || heartbeatMs <= 0)
+  ) {
+    return { state: "invalid", reason: `heartbeatMs ${describe(heartbeatMs)} is not a period` };
   }
   return {
     pid: fields.pid as number,
@@ -837,6 +938,8 @@ function parseRecord(text: string, mtimeMs: number): PidRecord | PidFileInvalid 
     hostname: host as string | null,
     startTicks: startTicks as number | null,
     bootId: bootId as string | null,
+    pidNamespace: pidNamespace as string | null,
+    heartbeatMs: heartbeatMs as number | null,
   };
 }
 
@@ -844,122 +947,60 @@ function validPid(pid: unknown): boolean {
   return typeof pid === "number" && Number.isInteger(pid) && pid > 0 && pid <= MAX_PID;
 }
 
-function judge(record: PidRecord, text: string, writtenAtMs: number): PidFileStatus {
-  const localHost = hostname();
-  if (record.hostname !== null && record.hostname !== localHost) {
-    return {
-      state: "running",
-      record,
-      reason: `written on host ${JSON.stringify(record.hostname)} (this is ${
-        JSON.stringify(localHost)
-      }): its liveness cannot be checked from here`,
-      foreignHost: true,
-    };
-  }
-  const self = getPid();
-  if (record.pid === self) {
+function judge(record: PidRecord, text: string, mtimeMs: number, heartbeatMs: number): PidFileStatus {
+  const created = Date.parse(record.createdAt);
+  const verdict = judgeIdentity(record, {
+    mtimeMs,
+    heartbeatMs,
+    // Without a start time, a process that started after its record was written is not its writer.
+    writtenAtMs: Number.isFinite(created) ? created : mtimeMs,
+  });
+  if (verdict.self) {
     if (isHeldHere(text)) {
-      return { state: "running", record, reason: "held by this process", foreignHost: false };
+      return {
+        state: "running",
+        record,
+        reason: "held by this process",
+        foreignHost: false,
+        foreignNamespace: false,
+      };
     }
     return {
       state: "stale",
       record,
-      reason: `names this process (pid ${self}) but was not written by it: an earlier incarnation`,
+      reason: `names this process (pid ${record.pid}) but was not written by it: an earlier incarnation`,
     };
   }
-  const bootId = currentBootId();
-  if (record.bootId !== null && bootId !== null && record.bootId !== bootId) {
-    return { state: "stale", record, reason: `written during an earlier boot (boot id ${record.bootId})` };
-  }
-  const life = liveness(record, writtenAtMs);
-  if (life.alive) return { state: "running", record, reason: life.reason, foreignHost: false };
-  return { state: "stale", record, reason: life.reason };
-}
-
-/**
- * Whether the process a record names is still that process, and why. Without a recorded start time,
- * `writtenAtMs` (the file's mtime) stands in: a process that started after its PID file was written
- * cannot be the one it names (writers record a pid that already runs), so its pid was reused.
- */
-function liveness(record: PidRecord, writtenAtMs: number | null): { alive: boolean; reason: string } {
-  const pid = record.pid;
-  if (!isAlive(pid)) return { alive: false, reason: `process ${pid} is gone` };
-  const stat = readProcStat(pid);
-  if (stat === null && isLinux && !isAlive(pid)) return { alive: false, reason: `process ${pid} is gone` };
-  if (stat !== null && stat.state === "Z") {
-    return { alive: false, reason: `process ${pid} has exited (a zombie not yet reaped)` };
-  }
-  if (stat !== null && record.startTicks !== null) {
-    if (stat.startTicks !== record.startTicks) {
-      return {
-        alive: false,
-        reason:
-          `pid ${pid} was reused: the process started at tick ${stat.startTicks}, the record says ${record.startTicks}`,
-      };
-    }
-    return { alive: true, reason: `process ${pid} is alive (same start time)` };
-  }
-  if (record.startTime !== null) {
-    const actual = processStartTime(pid);
-    if (actual !== null && Math.abs(actual - record.startTime) > START_TIME_TOLERANCE_MS) {
-      return {
-        alive: false,
-        reason: `pid ${pid} was reused: the process started at ${isoOrNumber(actual)}, the record says ${
-          isoOrNumber(record.startTime)
-        }`,
-      };
-    }
-    if (actual !== null) return { alive: true, reason: `process ${pid} is alive (same start time)` };
-  } else if (writtenAtMs !== null) {
-    const actual = processStartTime(pid);
-    if (actual !== null && actual > writtenAtMs + START_TIME_TOLERANCE_MS) {
-      return {
-        alive: false,
-        reason: `pid ${pid} was reused: the process started at ${
-          isoOrNumber(actual)
-        }, after the PID file was written (${isoOrNumber(writtenAtMs)})`,
-      };
-    }
-  }
-  return { alive: true, reason: `process ${pid} is alive (its start time cannot be compared)` };
-}
-
-let bootIdCache: string | null | undefined;
-
-function currentBootId(): string | null {
-  if (bootIdCache !== undefined) return bootIdCache;
-  bootIdCache = null;
-  if (isLinux) {
-    try {
-      const text = readTextFileOrNull(BOOT_ID_PATH)?.trim();
-      if (text) bootIdCache = text;
-    } catch {
-      // A restricted /proc: records are then judged by PID and start time alone.
-    }
-  }
-  return bootIdCache;
-}
-
-/** Our own start time never changes: read it from `/proc` once per pid. */
-let selfIdentity: { pid: number; startTime: number | null; startTicks: number | null } | null = null;
-
-function ownRecord(): PidRecord {
-  const pid = getPid();
-  if (selfIdentity === null || selfIdentity.pid !== pid) {
-    selfIdentity = {
-      pid,
-      startTime: processStartTime(pid),
-      startTicks: readProcStat(pid)?.startTicks ?? null,
-    };
-  }
+  if (!verdict.alive) return { state: "stale", record, reason: verdict.reason };
+  const foreignHost = verdict.basis === "heartbeat" && isOtherHost(record);
   return {
-    pid,
-    startTime: selfIdentity.startTime,
-    argv: processArgv(),
+    state: "running",
+    record,
+    reason: verdict.reason,
+    foreignHost,
+    foreignNamespace: verdict.basis === "heartbeat" && !foreignHost,
+  };
+}
+
+/** Another kernel (boot id) under another name: another host, not a container of this one. */
+function isOtherHost(record: PidRecord): boolean {
+  const me = selfIdentity();
+  if (record.bootId !== null && me.bootId !== null && record.bootId === me.bootId) return false;
+  return record.hostname !== null && me.hostname !== null && record.hostname !== me.hostname;
+}
+
+function ownRecord(heartbeatMs: number): PidRecord {
+  const me = selfIdentity();
+  return {
+    pid: me.pid,
+    startTime: me.startTime,
+    argv: redactArgv(processArgv()),
     createdAt: new Date().toISOString(),
-    hostname: hostname(),
-    startTicks: selfIdentity.startTicks,
-    bootId: currentBootId(),
+    hostname: me.hostname,
+    startTicks: me.startTicks,
+    bootId: me.bootId,
+    pidNamespace: me.pidNamespace,
+    heartbeatMs,
   };
 }
 
@@ -984,7 +1025,7 @@ function isHeldHere(text: string): boolean {
 }
 
 function acquireNow(path: string, settings: Settings): HeldPidFile {
-  const record = ownRecord();
+  const record = ownRecord(settings.heartbeatMs);
   const text = JSON.stringify(record) + "\n";
   const deadline = Date.now() + settings.contentionTimeoutMs;
   let tmp: string | null = null;
@@ -1009,15 +1050,18 @@ function acquireNow(path: string, settings: Settings): HeldPidFile {
             { code: "EEXIST" },
           );
         }
-        return holdNew(path, record, text, settings, false);
+        return holdNew(path, record, text, settings);
       }
-      const status = statusOf(found);
+      const status = statusOf(found, settings.heartbeatMs);
       if (status.state === "absent") continue; // cannot happen for a file; keeps the types exact
       if (status.state === "running") {
-        throw new PidFileLockedError(path, status.record, status.reason, { foreignHost: status.foreignHost });
+        throw new PidFileLockedError(path, status.record, status.reason, {
+          foreignHost: status.foreignHost,
+          foreignNamespace: status.foreignNamespace,
+        });
       }
       tmp ??= writeTemp(path, text, settings.mode);
-      const claim = claimReplacement(path, found.id, tmp);
+      const claim = claimReplacement(path, found.id, tmp, settings.heartbeatMs);
       if (claim.kind === "retry") continue;
       if (claim.kind === "busy") {
         if (Date.now() >= deadline) {
@@ -1037,7 +1081,7 @@ function acquireNow(path: string, settings: Settings): HeldPidFile {
         // Under the claim nobody else may replace this file: check it is still the one judged, still dead.
         const again = takeSnapshot(path);
         if (again.kind === "file" && again.id === found.id) {
-          const state = statusOf(again).state;
+          const state = statusOf(again, settings.heartbeatMs).state;
           if (state === "stale" || state === "invalid") {
             try {
               rename(tmp, path);
@@ -1051,7 +1095,7 @@ function acquireNow(path: string, settings: Settings): HeldPidFile {
       } finally {
         dropClaims(path, found.id, replaced ? claim.level : -1, claim.level, settings.onError);
       }
-      if (replaced) return holdNew(path, record, text, settings, true);
+      if (replaced) return holdNew(path, record, text, settings);
     }
     throw new PidFileError(path, `Cannot acquire PID file ${JSON.stringify(path)}: it kept changing`, {
       code: "EAGAIN",
@@ -1089,7 +1133,7 @@ function claimName(path: string, id: string, level: number): string {
 }
 
 /** Takes the lowest claim level on file `id` whose lower levels all belong to dead claimants. */
-function claimReplacement(path: string, id: string, tmp: string): Claim {
+function claimReplacement(path: string, id: string, tmp: string, heartbeatMs: number): Claim {
   let vanished = 0;
   for (let level = 0; level < MAX_CLAIM_LEVELS;) {
     const name = claimName(path, id, level);
@@ -1106,7 +1150,7 @@ function claimReplacement(path: string, id: string, tmp: string): Claim {
       if (vanished > 3) return { kind: "retry" };
       continue;
     }
-    const status = statusOf(other);
+    const status = statusOf(other, heartbeatMs);
     if (status.state === "running") return { kind: "busy", holder: status.record };
     level += 1; // a dead claimant: its level blocks nobody
   }
@@ -1140,17 +1184,22 @@ function holdNew(
   record: PidRecord,
   text: string,
   settings: Settings,
-  replaced: boolean,
 ): HeldPidFile {
   const file = new HeldPidFile(path, record, text, settings);
   held.add(file);
   syncHooks();
-  if (replaced) sweepLitter(path, settings.onError);
+  // Every acquire sweeps, not only a replacement: starters killed on an absent path leave temp files.
+  sweepLitter(path, settings);
   return file;
 }
 
-/** Removes temporary files and claims left beside `path` by processes that are gone. */
-function sweepLitter(path: string, onError: (e: unknown) => void): void {
+/**
+ * Removes temporary files and claims left beside `path` by processes that are gone. Both hold their
+ * writer's record, so they are judged like a PID file (by heartbeat when they come from another PID
+ * namespace: the pid in a temporary file's name is the writer's, not ours to look up). A temporary file
+ * that is no record yet (its writer was killed between create and write) goes when that pid is gone.
+ */
+function sweepLitter(path: string, settings: Settings): void {
   const slash = path.lastIndexOf("/");
   const dir = slash < 0 ? "." : slash === 0 ? "/" : path.slice(0, slash);
   const base = path.slice(slash + 1);
@@ -1162,7 +1211,7 @@ function sweepLitter(path: string, onError: (e: unknown) => void): void {
   try {
     names = readDir(dir);
   } catch (error) {
-    onError(ioError(dir, "list the folder", error));
+    settings.onError(ioError(dir, "list the folder", error));
     return;
   }
   for (const name of names) {
@@ -1170,16 +1219,19 @@ function sweepLitter(path: string, onError: (e: unknown) => void): void {
     const rest = name.slice(base.length + 1);
     const tmp = /^(\d+)\.\d+\.[0-9a-z]+\.tmp$/.exec(rest);
     const claim = /^replace-([0-9a-f]{16})\.\d+$/.exec(rest);
+    if (!(tmp && Number(tmp[1]) !== self) && !(claim && claim[1] !== currentId)) continue;
+    const full = prefix + name;
     try {
-      if (tmp) {
-        const pid = Number(tmp[1]);
-        if (pid !== self && !isAlive(pid)) unlinkIfExists(prefix + name);
-      } else if (claim && claim[1] !== currentId) {
-        const status = statusOf(takeSnapshot(prefix + name));
-        if (status.state === "stale" || status.state === "invalid") unlinkIfExists(prefix + name);
+      const found = takeSnapshot(full);
+      if (found.kind === "absent") continue;
+      const status = statusOf(found, settings.heartbeatMs);
+      // No record yet: the pid in the name is all there is (a writer lives microseconds in that state).
+      const unwritten = status.state === "invalid" && tmp !== null && !isAlive(Number(tmp[1]));
+      if (status.state === "stale" || unwritten || (status.state === "invalid" && claim !== null)) {
+        unlinkIfExists(full);
       }
     } catch (error) {
-      onError(ioError(prefix + name, "sweep the leftover", error));
+      settings.onError(ioError(full, "sweep the leftover", error));
     }
   }
 }
@@ -1193,41 +1245,98 @@ const KILL_WAIT_MS = 5000;
 const POLL_MIN_MS = 5;
 const POLL_MAX_MS = 100;
 
-async function stopHolder(path: string, holder: PidRecord, timeoutMs: number): Promise<void> {
+/**
+ * Stops the live holder of `path`: pins its identity, leaves the takeover marker, SIGTERM, SIGKILL
+ * after `replaceTimeoutMs`. Each signal goes only to the pinned process (judged again right before
+ * it), never to one that took its pid. When stopping fails, our marker is removed again: left behind,
+ * it would make the holder's next unplanned stop look like an intended takeover.
+ */
+async function stopHolder(path: string, holder: PidRecord, settings: Settings): Promise<void> {
+  const target = pinHolder(path, holder);
+  if (target === null) return; // gone meanwhile: the next look acquires
+  const markerPath = path + TAKEOVER_MARKER_SUFFIX;
+  // The contract's shape: the target tells it is meant by its pid and the time (written in its lifetime).
   const marker = { targetPid: holder.pid, byPid: getPid(), at: new Date().toISOString() };
-  writeMarker(path + TAKEOVER_MARKER_SUFFIX, JSON.stringify(marker));
-  signalHolder(path, holder, "SIGTERM");
-  if (await waitUntilGone(holder, timeoutMs)) return;
-  signalHolder(path, holder, "SIGKILL");
-  if (await waitUntilGone(holder, KILL_WAIT_MS)) return;
-  throw new PidFileLockedError(
-    path,
-    holder,
-    `it survived SIGTERM and SIGKILL for ${timeoutMs + KILL_WAIT_MS} ms`,
-  );
+  const markerText = JSON.stringify(marker) + "\n";
+  writeMarker(markerPath, markerText);
+  try {
+    if (!signalPinned(path, target, "SIGTERM")) return;
+    if (await waitUntilGone(target, settings.replaceTimeoutMs)) return;
+    if (!signalPinned(path, target, "SIGKILL")) return;
+    if (await waitUntilGone(target, KILL_WAIT_MS)) return;
+    throw new PidFileLockedError(
+      path,
+      holder,
+      `it survived SIGTERM and SIGKILL for ${settings.replaceTimeoutMs + KILL_WAIT_MS} ms`,
+    );
+  } catch (error) {
+    removeOwnMarker(markerPath, markerText, settings.onError);
+    throw error;
+  }
 }
 
-function signalHolder(path: string, holder: PidRecord, signal: string): void {
-  if (!liveness(holder, null).alive) return; // gone, or its pid now belongs to someone else: never signal that
+/**
+ * The identity of the process to stop, read now (its start ticks, even when the record had none), or
+ * `null` when the holder is gone. A record without start ticks that names a live process running
+ * another command is not signalled at all: the pid alone does not say it is the holder.
+ */
+function pinHolder(path: string, holder: PidRecord): IdentityRecord | null {
+  const created = Date.parse(holder.createdAt);
+  const verdict = judgeIdentity(holder, { writtenAtMs: Number.isFinite(created) ? created : null });
+  if (!verdict.alive) return null;
+  const live = verdict.live;
+  if (verdict.basis !== "pid" || live === null) {
+    throw new PidFileLockedError(path, holder, `${verdict.reason}: it cannot be signalled from here`);
+  }
+  if (holder.startTicks === null && !sameCommand(holder.argv, live.pid)) {
+    throw new PidFileLockedError(
+      path,
+      holder,
+      `pid ${holder.pid} runs another command than the record names, and the record has no start time to tell: not signalled`,
+    );
+  }
+  return {
+    pid: live.pid,
+    startTicks: live.startTicks,
+    startTime: live.startTime,
+    bootId: live.bootId,
+    pidNamespace: live.pidNamespace,
+  };
+}
+
+/** Whether the live command line ends with the arguments the record names (runtimes spell argv[0..1] differently). */
+function sameCommand(argv: readonly string[], pid: number): boolean {
+  const args = argv.slice(2);
+  if (args.length === 0) return true;
+  const live = readProcCmdline(pid);
+  if (live === null) return true;
+  const tail = redactArgv(live).slice(-args.length);
+  return tail.length === args.length && tail.every((arg, i) => arg === args[i]);
+}
+
+/** Sends `signal` if the pinned process still runs; returns `false` when it is gone (nothing sent). */
+function signalPinned(path: string, target: IdentityRecord, signal: string): boolean {
+  if (!judgeIdentity(target).alive) return false; // gone, or its pid now belongs to someone else
   try {
-    kill(holder.pid, signal);
+    kill(target.pid, signal);
+    return true;
   } catch (error) {
-    if (errorCode(error) === "ESRCH") return;
+    if (errorCode(error) === "ESRCH") return false;
     throw new PidFileError(
       path,
       `Cannot replace the holder of PID file ${
         JSON.stringify(path)
-      }: ${signal} to pid ${holder.pid} failed (${errorCode(error) ?? message(error)})`,
+      }: ${signal} to pid ${target.pid} failed (${errorCode(error) ?? message(error)})`,
       { code: errorCode(error), cause: error },
     );
   }
 }
 
-async function waitUntilGone(holder: PidRecord, timeoutMs: number): Promise<boolean> {
+async function waitUntilGone(target: IdentityRecord, timeoutMs: number): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
   let pause = POLL_MIN_MS;
   for (;;) {
-    if (!liveness(holder, null).alive) return true;
+    if (!judgeIdentity(target).alive) return true;
     const left = deadline - Date.now();
     if (left <= 0) return false;
     await new Promise((resolve) => setTimeout(resolve, Math.min(pause, left)));
@@ -1235,11 +1344,20 @@ async function waitUntilGone(holder: PidRecord, timeoutMs: number): Promise<bool
   }
 }
 
-function writeMarker(markerPath: string, json: string): void {
+function writeMarker(markerPath: string, text: string): void {
   try {
-    writeFileAtomic(markerPath, json + "\n", { mode: DEFAULT_PID_FILE_MODE });
+    writeFileAtomic(markerPath, text, { mode: DEFAULT_PID_FILE_MODE });
   } catch (error) {
     throw ioError(markerPath, "write the marker", error);
+  }
+}
+
+/** Removes the marker if it is still the one we wrote (a later replacer's marker stays). */
+function removeOwnMarker(markerPath: string, text: string, onError: (error: unknown) => void): void {
+  try {
+    if (readTextFileOrNull(markerPath) === text) unlinkIfExists(markerPath);
+  } catch (error) {
+    onError(ioError(markerPath, "remove the takeover marker", error));
   }
 }
 
@@ -1253,12 +1371,32 @@ class HeldPidFile implements PidFile {
   readonly text: string;
   readonly settings: Settings;
   #released = false;
+  #stopHeartbeat: () => void;
 
   constructor(path: string, record: PidRecord, text: string, settings: Settings) {
     this.path = path;
     this.record = record;
     this.text = text;
     this.settings = settings;
+    this.#stopHeartbeat = setUnrefInterval(() => this.#beat(), settings.heartbeatMs);
+  }
+
+  /** Refreshes the file's mtime while it holds our record: starters in other namespaces judge by it. */
+  #beat(): void {
+    try {
+      if (this.#current() === this.text) touch(this.path);
+    } catch (error) {
+      if (errorCode(error) !== "ENOENT") {
+        this.settings.onError(ioError(this.path, "refresh the PID file", error));
+      }
+    }
+  }
+
+  /** The file's content now, or `null` when it is gone or no regular file. */
+  #current(): string | null {
+    const stat = statOrNull(this.path);
+    if (stat === null || !stat.isFile) return null;
+    return decoder.decode(readHead(this.path, Math.min(stat.size, MAX_RECORD_BYTES) + 1));
   }
 
   get released(): boolean {
@@ -1268,19 +1406,17 @@ class HeldPidFile implements PidFile {
   release(): void {
     if (this.#released) return;
     this.#released = true;
+    this.#stopHeartbeat();
     held.delete(this);
     syncHooks();
-    let current: Uint8Array | null;
+    let current: string | null;
     try {
-      const stat = statOrNull(this.path);
-      current = stat !== null && stat.isFile
-        ? readHead(this.path, Math.min(stat.size, MAX_RECORD_BYTES) + 1)
-        : null;
+      current = this.#current();
     } catch (error) {
       if (errorCode(error) === "ENOENT") return;
       throw ioError(this.path, "read the PID file", error);
     }
-    if (current === null || decoder.decode(current) !== this.text) return; // someone else's now: keep it
+    if (current !== this.text) return; // someone else's now: keep it
     try {
       unlinkIfExists(this.path);
     } catch (error) {
@@ -1389,9 +1525,4 @@ function describe(value: unknown): string {
 function preview(text: string): string {
   const line = JSON.stringify(text.length > 40 ? text.slice(0, 40) + "…" : text);
   return line;
-}
-
-function isoOrNumber(ms: number): string {
-  const date = new Date(ms);
-  return Number.isNaN(date.getTime()) ? String(ms) : date.toISOString();
 }

@@ -1040,6 +1040,31 @@ export function monotonicMs(): number {
 }
 
 /**
+ * Calls `fn` every `ms` milliseconds without keeping the process alive for it (an unref'd timer on
+ * every runtime: `Deno.unrefTimer` on Deno, `Timeout.unref()` elsewhere). For heartbeats.
+ *
+ * @param fn What to run; it must not throw.
+ * @param ms The period.
+ * @returns A function that stops the timer.
+ *
+ * @example
+ * ```ts
+ * import { setUnrefInterval } from "./platform.ts";
+ * const stop = setUnrefInterval(() => console.log("tick"), 1000);
+ * stop();
+ * ```
+ */
+export function setUnrefInterval(fn: () => void, ms: number): () => void {
+  const handle: unknown = setInterval(fn, ms);
+  if (typeof handle === "number") {
+    (deno as { unrefTimer?: (id: number) => void } | undefined)?.unrefTimer?.(handle);
+  } else {
+    (handle as { unref?: () => void } | null)?.unref?.();
+  }
+  return () => clearInterval(handle as Parameters<typeof clearInterval>[0]);
+}
+
+/**
  * Calls `callback` once after `ms` milliseconds without keeping the process alive for it (an unref'd
  * timer: Deno's `unrefTimer`, Node's and Bun's `Timeout.unref`).
  *
@@ -1884,7 +1909,14 @@ export function judgeIdentity(record: IdentityRecord, options: JudgeIdentityOpti
     return verdict(false, "pid", `pid ${JSON.stringify(pid)} is not a process id`);
   }
   const live = identityOf(pid);
-  if (live === null) return verdict(false, "pid", `process ${pid} is gone`);
+  if (live === null) {
+    const zombie = readProcStat(pid)?.state === "Z";
+    return verdict(
+      false,
+      "pid",
+      zombie ? `process ${pid} has exited (a zombie not yet reaped)` : `process ${pid} is gone`,
+    );
+  }
   const ticks = record.startTicks ?? null;
   const start = record.startTime ?? null;
   const writtenAt = options.writtenAtMs ?? options.mtimeMs ?? null;

@@ -21,10 +21,10 @@ import {
   getPid,
   getPpid,
   isLinux,
+  judgeIdentity,
   loadAverage,
   onSignal,
   openAppend,
-  processStartTime,
   readFile,
   readProcCmdline,
   readProcStatus,
@@ -1185,20 +1185,16 @@ function gatherContext(signal: string | number | undefined, options: SnapshotOpt
   return ctx;
 }
 
-/** Tolerance for comparing a marker's time with our start time: `btime` may move by a second. */
-const START_TIME_TOLERANCE_MS = 1000;
-let ownStartTime: number | null | undefined;
-
 /**
  * A marker names us only if it was written after we started: a marker left by an earlier process that
  * had our pid (pid 1 in a container, or pid reuse) must not turn an unexpected stop into an intended one.
- * Where our start time is unknown (no /proc) the pid alone decides.
+ * The one identity judge of platform.ts decides (its tolerance, its rules); where our start time is
+ * unknown (no /proc) the pid alone decides; an unreadable time counts as before our start.
  */
 function writtenInOurLifetime(at: string): boolean {
-  if (ownStartTime === undefined) ownStartTime = safely(() => processStartTime(getPid()), null);
-  if (ownStartTime === null) return true;
   const written = Date.parse(at);
-  return Number.isFinite(written) && written >= ownStartTime - START_TIME_TOLERANCE_MS;
+  const writtenAtMs = Number.isFinite(written) ? written : -Infinity;
+  return safely(() => judgeIdentity({ pid: getPid() }, { writtenAtMs }).self, false);
 }
 
 function cmdlineModeOf(options: { cmdline?: CmdlineMode }): CmdlineMode {

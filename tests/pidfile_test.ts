@@ -279,7 +279,7 @@ describe("readPidFile()", () => {
       fs.utimesSync(pidPath, hourAgo, hourAgo); // written before that process started: its pid was reused
       const status = readPidFile(pidPath);
       assert.equal(status.state, "stale");
-      assert.match(status.state === "stale" ? status.reason : "", /reused.*after the PID file was written/);
+      assert.match(status.state === "stale" ? status.reason : "", /reused.*after the record was written/);
     } finally {
       await stop(sleeper);
     }
@@ -710,7 +710,9 @@ describe("acquirePidFile()", () => {
 function claimId(file: string): string {
   const stat = fs.statSync(file);
   const content = fs.readFileSync(file, "utf8");
-  const text = `${stat.dev}:${stat.ino > 0 ? stat.ino : "?"}:${stat.size}:${stat.mtimeMs}:${content}`;
+  const text = `${stat.dev}:${stat.ino > 0 ? stat.ino : "?"}:${stat.size}:${
+    Math.floor(stat.mtimeMs)
+  }:${content}`;
   let a = 0x811c9dc5;
   let b = 0x01000193 ^ text.length;
   for (let i = 0; i < text.length; i += 1) {
