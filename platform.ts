@@ -20,7 +20,6 @@ import process from "node:process";
 import { AsyncLocalStorage } from "node:async_hooks";
 import { spawn } from "node:child_process";
 import { Worker } from "node:worker_threads";
-import * as zlib from "node:zlib";
 
 // ---------------------------------------------------------------------------------------------------
 // Runtime detection
@@ -970,6 +969,8 @@ export function gzipFile(source: string, dest: string): Promise<void> {
       reject(error);
       return;
     }
+    // Loaded on first use: most programs never compress, and node:zlib adds to every startup.
+    const zlib = process.getBuiltinModule("node:zlib") as typeof import("node:zlib");
     const input = fs.createReadStream(source);
     const gzip = zlib.createGzip();
     input.on("error", fail);
