@@ -706,7 +706,9 @@ class RotatingFileHandle implements RotatingFile {
       }
       this.#untilCheck -= 1;
       if (this.#fd < 0) return; // #check reported the record as lost
-      if (Date.now() >= this.#nextBoundary) this.#rollover(bytes.length, false);
+      if (this.#nextBoundary !== Infinity && Date.now() >= this.#nextBoundary) {
+        this.#rollover(bytes.length, false); // time rollover: only with `interval`
+      }
       const { maxBytes } = this.#settings;
       if (maxBytes > 0 && this.#size > 0 && this.#size + bytes.length > maxBytes) {
         this.#rollover(bytes.length, false);
