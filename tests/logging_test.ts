@@ -1605,6 +1605,56 @@ describe("openRotatingFile() in the field", () => {
     },
   );
 
+  it("openRotatingFile() with an external mover renaming the live file every few ms: every record once", {
+    timeout: 120_000,
+  }, async () => {
+    const dir = freshDir();
+    const file = path.join(dir, "app.log");
+    const stop = `${dir}.stop`;
+    // A crude rotator racing the rollovers: renames whatever is at the path to a fresh name, fast.
+    const mover = spawn("sh", [
+      "-c",
+      'i=0; while [ ! -e "$1" ]; do i=$((i+1)); mv -f "$2" "$2-moved-$i" 2>/dev/null; sleep 0.003; done',
+      "sh",
+      stop,
+      file,
+    ], { stdio: "ignore" });
+    const moverDone = new Promise((resolve) => mover.on("close", resolve));
+    const writers = ["w0", "w1", "w2"].map((id) =>
+      runFixture(WRITER, [
+        "--path",
+        file,
+        "--id",
+        id,
+        "--count",
+        "1500",
+        "--sleep-ms",
+        "1",
+        "--max-bytes",
+        "1500",
+        "--backups",
+        "2000",
+      ])
+    );
+    const counts = (await Promise.all(writers)).map(wrote);
+    fs.writeFileSync(stop, "");
+    await moverDone;
+    const files = allLogLines(dir);
+    const figures = stormFigures(files);
+    const moved = files.filter(({ name }) => name.includes("-moved-")).length;
+    const chained = files.filter(({ name }) => /^app\.log\.\d+$/.test(name)).length;
+    console.log(
+      `external mover: ${moved} files moved away, ${chained} rollovers, written ${
+        counts.reduce((a, b) => a + b)
+      }, ` +
+        `found ${figures.found}, duplicated ${figures.duplicated}, torn ${figures.torn}`,
+    );
+    assert.equal(figures.torn, 0);
+    assert.equal(figures.duplicated, 0);
+    assert.equal(figures.found, counts.reduce((a, b) => a + b));
+    assert.deepEqual(fs.readdirSync(dir).filter((name) => name.endsWith(".tmp")), []);
+  });
+
   it("openRotatingFile() refuses a symbolic link at the path and never rotates a link away", () => {
     const dir = freshDir();
     const target = path.join(dir, "real.log");
