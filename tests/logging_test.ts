@@ -2927,3 +2927,21 @@ describe("openRotatingFile() buffered bytes", () => {
     assert.deepEqual(errors, []);
   });
 });
+
+describe("openRotatingFile() buffered time rollover", () => {
+  it("openRotatingFile() with bufferBytes and interval writes a new period's batch after rolling the old file", () => {
+    const file = freshLog();
+    fs.writeFileSync(file, `${fixtureRecord("w9", 0)}\n`);
+    const old = Date.UTC(2026, 0, 1, 12);
+    fs.utimesSync(file, old / 1000, old / 1000);
+    const { log, errors } = open(file, { interval: "daily", utc: true, bufferBytes: 4096 });
+    for (let i = 0; i < 5; i++) log.write(fixtureRecord("w0", i));
+    log.flush();
+    log.close();
+    const files = datedChain(file);
+    assert.deepEqual(files.map((f) => f.name), ["app.log.2026-01-01", "app.log"]);
+    assert.deepEqual(files[0]!.lines.map((line) => line.slice(0, 2)), ["w9"]);
+    assertComplete(collectLines(files.slice(1)), "w0", 5);
+    assert.deepEqual(errors, []);
+  });
+});
