@@ -1464,6 +1464,77 @@ export class NotOwnedFileError extends Error {
   }
 }
 
+/**
+ * Compresses `source` into a new file `dest` with gzip, asynchronously (off the caller's synchronous
+ * path: `node:zlib` streams on every runtime). `dest` is created exclusively and fsynced before the
+ * promise resolves; on failure it is removed. Write to a temporary name and rename it into place to
+ * publish only complete files.
+ *
+ * @param source The file to compress (left as is).
+ * @param dest The new file; fails with `EEXIST` when something is already there.
+ * @returns Resolves once `dest` is complete and synced.
+ *
+ * @example Compress a backup beside itself
+ * ```ts
+ * import { gzipFile, writeTextFile } from "./platform.ts";
+ * writeTextFile("/tmp/example.log.1", "old records\n");
+ * await gzipFile("/tmp/example.log.1", `/tmp/example.log.1.${Date.now()}.gz`);
+ * ```
+ */
+export function gzipFile(source: string, dest: string): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    let fd = -1;
+    const fail = (error: unknown) => {
+      try {
+        if (fd >= 0) fs.closeSync(fd);
+      } catch {
+        // The descriptor is being discarded with the partial file; the first error is what matters.
+      }
+      fd = -1;
+      try {
+        fs.unlinkSync(dest);
+      } catch {
+        // Nothing was created, or someone removed it: either way no partial file is left.
+      }
+      reject(error);
+    };
+    try {
+      fd = fs.openSync(dest, O_WRONLY | O_CREAT | O_EXCL, 0o600);
+    } catch (error) {
+      reject(error);
+      return;
+    }
+    // Loaded on first use: most programs never compress, and node:zlib adds to every startup.
+    const zlib = process.getBuiltinModule("node:zlib") as typeof import("node:zlib");
+    const input = fs.createReadStream(source);
+    const gzip = zlib.createGzip();
+    input.on("error", fail);
+    gzip.on("error", fail);
+    gzip.on("data", (chunk: Uint8Array) => {
+      try {
+        let offset = 0;
+        while (offset < chunk.length) offset += fs.writeSync(fd, chunk, offset, chunk.length - offset);
+      } catch (error) {
+        input.destroy();
+        gzip.destroy();
+        fail(error);
+      }
+    });
+    gzip.on("end", () => {
+      if (fd < 0) return;
+      try {
+        fs.fsyncSync(fd);
+        fs.closeSync(fd);
+        fd = -1;
+        resolve();
+      } catch (error) {
+        fail(error);
+      }
+    });
+    input.pipe(gzip);
+  });
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Sleeping
 // ---------------------------------------------------------------------------------------------------
@@ -1527,6 +1598,29 @@ export function setUnrefInterval(fn: () => void, ms: number): () => void {
     (handle as { unref?: () => void } | null)?.unref?.();
   }
   return () => clearInterval(handle as Parameters<typeof clearInterval>[0]);
+}
+
+/**
+ * Calls `callback` once after `ms` milliseconds without keeping the process alive for it (an unref'd
+ * timer: Deno's `unrefTimer`, Node's and Bun's `Timeout.unref`).
+ *
+ * @param callback Called once.
+ * @param ms The delay in milliseconds.
+ * @returns A function that cancels the timer (idempotent).
+ *
+ * @example Flush a buffer within 100 ms, unless the process ends first
+ * ```ts
+ * import { setUnrefTimeout } from "./platform.ts";
+ * const cancel = setUnrefTimeout(() => console.log("flushed"), 100);
+ * cancel();
+ * ```
+ */
+export function setUnrefTimeout(callback: () => void, ms: number): () => void {
+  const id = setTimeout(callback, ms);
+  const unrefTimer = (deno as { unrefTimer?: (id: number) => void } | undefined)?.unrefTimer;
+  if (unrefTimer) unrefTimer(id as unknown as number);
+  else (id as unknown as { unref?: () => void }).unref?.();
+  return () => clearTimeout(id);
 }
 
 // ---------------------------------------------------------------------------------------------------
