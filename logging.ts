@@ -64,60 +64,20 @@ import type { FileIdentity, FileStat, IdentityRecord, ProcessIdentity } from "./
 // Public types
 // ---------------------------------------------------------------------------------------------------
 
-/**
- * Default of {@linkcode RotatingFileOptions.maxBytes}: 10 MiB.
- *
- * @example Twice the default size
- * ```ts
- * import { DEFAULT_MAX_BYTES, openRotatingFile } from "./logging.ts";
- * openRotatingFile("/tmp/example-app.log", { maxBytes: 2 * DEFAULT_MAX_BYTES }).close();
- * ```
- */
-export const DEFAULT_MAX_BYTES: number = 10 * 1024 * 1024;
+/** Default of {@linkcode RotatingFileOptions.maxBytes}: 10 MiB. */
+const DEFAULT_MAX_BYTES: number = 10 * 1024 * 1024;
 
-/**
- * Default of {@linkcode RotatingFileOptions.backups}.
- *
- * @example Keep more backups than the default
- * ```ts
- * import { DEFAULT_BACKUPS, openRotatingFile } from "./logging.ts";
- * openRotatingFile("/tmp/example-app.log", { backups: DEFAULT_BACKUPS + 5 }).close();
- * ```
- */
-export const DEFAULT_BACKUPS: number = 5;
+/** Default of {@linkcode RotatingFileOptions.backups}. */
+const DEFAULT_BACKUPS: number = 5;
 
-/**
- * Default of {@linkcode RotatingFileOptions.checkEvery}: check before every record.
- *
- * @example Check less often for speed
- * ```ts
- * import { DEFAULT_CHECK_EVERY, openRotatingFile } from "./logging.ts";
- * openRotatingFile("/tmp/example-app.log", { checkEvery: DEFAULT_CHECK_EVERY * 16 }).close();
- * ```
- */
-export const DEFAULT_CHECK_EVERY: number = 1;
+/** Default of {@linkcode RotatingFileOptions.checkEvery}: check before every record. */
+const DEFAULT_CHECK_EVERY: number = 1;
 
-/**
- * Default of {@linkcode RotatingFileOptions.lockTimeoutMs}.
- *
- * @example Wait longer for a slow sibling's rollover
- * ```ts
- * import { DEFAULT_LOCK_TIMEOUT_MS, openRotatingFile } from "./logging.ts";
- * openRotatingFile("/tmp/example-app.log", { lockTimeoutMs: DEFAULT_LOCK_TIMEOUT_MS * 2 }).close();
- * ```
- */
-export const DEFAULT_LOCK_TIMEOUT_MS: number = 5_000;
+/** Default of {@linkcode RotatingFileOptions.lockTimeoutMs}. */
+const DEFAULT_LOCK_TIMEOUT_MS: number = 5_000;
 
-/**
- * Default of {@linkcode RotatingFileOptions.lockStaleMs}.
- *
- * @example
- * ```ts
- * import { DEFAULT_LOCK_STALE_MS } from "./logging.ts";
- * console.log(`a rollover lock older than ${DEFAULT_LOCK_STALE_MS} ms is taken over`);
- * ```
- */
-export const DEFAULT_LOCK_STALE_MS: number = 10_000;
+/** Default of {@linkcode RotatingFileOptions.lockStaleMs}. */
+const DEFAULT_LOCK_STALE_MS: number = 10_000;
 
 /**
  * Options for {@linkcode openRotatingFile}.
@@ -278,6 +238,8 @@ export class RotatingFileError extends Error {
   readonly lost: boolean;
 
   /**
+   * Describes one failure of a rotating file.
+   *
    * @param path The log file's path.
    * @param operation What failed.
    * @param message What could not be done.
@@ -299,8 +261,8 @@ export class RotatingFileError extends Error {
 }
 
 /**
- * A log file opened by {@linkcode openRotatingFile}. Also a valid pino-style destination: anything
- * with `write(string)`.
+ * A log file opened by {@linkcode openRotatingFile}. Also a destination for pino (its second argument,
+ * `pino({}, file)`): anything with `write(string)`.
  *
  * @example Roll over at midnight, reopen on SIGHUP
  * ```ts ignore
@@ -361,16 +323,8 @@ export type LogLevel = "debug" | "info" | "warn" | "error";
  */
 export const LOG_LEVELS: readonly LogLevel[] = Object.freeze(["debug", "info", "warn", "error"]);
 
-/**
- * Default of {@linkcode LoggerOptions.level}.
- *
- * @example
- * ```ts
- * import { createLogger, DEFAULT_LOG_LEVEL } from "./logging.ts";
- * console.log(createLogger({ sink: { write() {} } }).level === DEFAULT_LOG_LEVEL); // true
- * ```
- */
-export const DEFAULT_LOG_LEVEL: LogLevel = "info";
+/** Default of {@linkcode LoggerOptions.level}. */
+const DEFAULT_LOG_LEVEL: LogLevel = "info";
 
 /**
  * Where a {@linkcode Logger} writes its lines: a {@linkcode RotatingFile}, a stream, anything.
@@ -516,7 +470,7 @@ export interface Logger {
  * ```ts ignore
  * import pino from "pino";
  * import { openRotatingFile } from "./logging.ts";
- * const logger = pino(openRotatingFile("/tmp/example-app.log"));
+ * const logger = pino({}, openRotatingFile("/tmp/example-app.log")); // the destination is the second argument
  * logger.info("hello");
  * ```
  */

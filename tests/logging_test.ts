@@ -15,15 +15,7 @@ import {
   sleepSync,
   statIdentity,
 } from "../platform.ts";
-import {
-  createLogger,
-  DEFAULT_BACKUPS,
-  DEFAULT_CHECK_EVERY,
-  DEFAULT_MAX_BYTES,
-  LOG_LEVELS,
-  openRotatingFile,
-  RotatingFileError,
-} from "../logging.ts";
+import { createLogger, LOG_LEVELS, openRotatingFile, RotatingFileError } from "../logging.ts";
 import type { RotatingFile, RotatingFileOptions } from "../logging.ts";
 
 // ---------------------------------------------------------------------------------------------------
@@ -413,7 +405,6 @@ describe("openRotatingFile() external rotation", () => {
   });
 
   it("openRotatingFile() with the default checkEvery puts no record written after a rename in the backup", () => {
-    assert.equal(DEFAULT_CHECK_EVERY, 1);
     const file = freshLog();
     const { log } = open(file);
     for (let round = 1; round <= 5; round++) {
@@ -1158,8 +1149,21 @@ describe("openRotatingFile() failures", () => {
     );
     assert.throws(() => openRotatingFile(file, null as unknown as RotatingFileOptions), TypeError);
     assert.equal(fs.existsSync(file), false, "a rejected call must not create the file");
-    assert.equal(DEFAULT_MAX_BYTES, 10 * 1024 * 1024);
-    assert.equal(DEFAULT_BACKUPS, 5);
+  });
+
+  it("openRotatingFile() by default rolls over before 10 MiB and keeps 5 backups", () => {
+    const file = freshLog();
+    const { log, errors } = open(file);
+    const record = "x".repeat(1024 * 1024 - 1); // 1 MiB with its newline
+    for (let i = 0; i < 70; i++) log.write(record);
+    log.close();
+    assert.deepEqual(errors, []);
+    const limit = 10 * 1024 * 1024;
+    for (const name of [file, ...[1, 2, 3, 4, 5].map((n) => `${file}.${n}`)]) {
+      const size = fs.statSync(name).size;
+      assert.ok(size <= limit && size >= limit - 1024 * 1024, `${name}: ${size} bytes`);
+    }
+    assert.equal(fs.existsSync(`${file}.6`), false);
   });
 });
 
