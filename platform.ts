@@ -778,6 +778,28 @@ interface LibcSymbols {
 
 let libcCache: Libc | null | undefined;
 
+/** The first of `names` that `open` can load, as a {@linkcode Libc}; `null` when none loads. */
+function bindLibc(
+  names: string[],
+  open: (name: string) => LibcSymbols,
+  readErrno: (location: unknown) => number,
+): Libc | null {
+  for (const name of names) {
+    try {
+      const { write, send, poll, __errno_location: errnoLocation } = open(name);
+      return {
+        write: (fd, bytes, length) => write(fd, bytes, length) as number,
+        send: (fd, bytes, length, flags) => send(fd, bytes, length, flags) as number,
+        poll: (fds, timeoutMs) => poll(fds, 1, timeoutMs) as number,
+        errno: () => readErrno(errnoLocation()),
+      };
+    } catch {
+      // try the next libc
+    }
+  }
+  return null;
+}
+
 /**
  * libc through FFI on Deno (when `--allow-ffi` is granted: never prompts) and Bun, on Linux; `null`
  * elsewhere and on Node, which has no FFI.
@@ -803,21 +825,8 @@ function loadLibc(): Libc | null {
       poll: { parameters: ["buffer", "u32", "i32"], result: "i32" },
       __errno_location: { parameters: [], result: "pointer" },
     };
-    for (const name of names) {
-      try {
-        const s = ffi.dlopen(name, spec).symbols;
-        const { write, send, poll, __errno_location: errnoLocation } = s;
-        libcCache = {
-          write: (fd, bytes, length) => write(fd, bytes, length) as number,
-          send: (fd, bytes, length, flags) => send(fd, bytes, length, flags) as number,
-          poll: (fds, timeoutMs) => poll(fds, 1, timeoutMs) as number,
-          errno: () => new View(errnoLocation()).getInt32(0),
-        };
-        break;
-      } catch {
-        // try the next libc
-      }
-    }
+    const open = ffi.dlopen.bind(ffi);
+    libcCache = bindLibc(names, (name) => open(name, spec).symbols, (at) => new View(at).getInt32(0));
   } else if (bun) {
     try {
       const ffi = createRequire(import.meta.url)("bun:ffi") as {
@@ -830,21 +839,7 @@ function loadLibc(): Libc | null {
         poll: { args: ["ptr", "u32", "i32"], returns: "i32" },
         __errno_location: { args: [], returns: "ptr" },
       };
-      for (const name of names) {
-        try {
-          const s = ffi.dlopen(name, spec).symbols;
-          const { write, send, poll, __errno_location: errnoLocation } = s;
-          libcCache = {
-            write: (fd, bytes, length) => write(fd, bytes, length) as number,
-            send: (fd, bytes, length, flags) => send(fd, bytes, length, flags) as number,
-            poll: (fds, timeoutMs) => poll(fds, 1, timeoutMs) as number,
-            errno: () => ffi.read.i32(errnoLocation(), 0),
-          };
-          break;
-        } catch {
-          // try the next libc
-        }
-      }
+      libcCache = bindLibc(names, (name) => ffi.dlopen(name, spec).symbols, (at) => ffi.read.i32(at, 0));
     } catch {
       return null;
     }
