@@ -811,7 +811,10 @@ describe("createStdioTransport()", () => {
   });
 
   it("createStdioTransport() rejects bad options with a TypeError naming the option", () => {
-    assert.throws(() => createStdioTransport({ fd: -1 }), { name: "TypeError", message: /fd .*-1/ });
+    assert.throws(() => createStdioTransport({ fd: -1 }), {
+      name: "TypeError",
+      message: /^Cannot create a stdio transport: 'fd' must be a non-negative integer, got -1$/,
+    });
     assert.throws(() => createStdioTransport({ fd: 1.5 }), { name: "TypeError", message: /fd/ });
     assert.throws(() => createStdioTransport({ fd: "1" as unknown as number }), {
       name: "TypeError",
@@ -819,7 +822,7 @@ describe("createStdioTransport()", () => {
     });
     assert.throws(() => createStdioTransport({ flush: "yes" as unknown as boolean }), {
       name: "TypeError",
-      message: /flush .*"yes"/,
+      message: /^Cannot create a stdio transport: 'flush' must be a boolean, got "yes"$/,
     });
     assert.throws(() => createStdioTransport({ closeFd: 1 as unknown as boolean }), {
       name: "TypeError",
@@ -986,7 +989,8 @@ describe("TeeTransport", () => {
     });
     assert.throws(() => new TeeTransport(new Recorder(), {} as Transport), {
       name: "TypeError",
-      message: /secondary 0/,
+      message:
+        /^Cannot create a TeeTransport: 'secondaries\[0\]' must be a Transport \(write and close methods\), got an object$/,
     });
   });
 });
@@ -1024,7 +1028,8 @@ describe("withTransport()", () => {
   it("withTransport() rejects a non-transport and a non-function", () => {
     assert.throws(() => withTransport({} as Transport, () => 1), {
       name: "TypeError",
-      message: /withTransport/,
+      message:
+        /^Cannot bind a transport: 'transport' must be a Transport \(write and close methods\), got an object$/,
     });
     assert.throws(() => withTransport(new Recorder(), 1 as unknown as () => number), {
       name: "TypeError",
