@@ -7,27 +7,12 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { spawn } from "node:child_process";
 import * as platform from "../platform.ts";
+import { runFixture } from "./_helpers.ts";
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), "keelson-platform-"));
 after(() => fs.rmSync(dir, { recursive: true, force: true }));
 const encoder = new TextEncoder();
 const fixture = (name: string) => path.join(import.meta.dirname ?? "tests", "fixtures", name);
-
-/** Runs a fixture script with the current runtime; resolves with its exit status and output. */
-function runFixture(
-  name: string,
-  args: string[] = [],
-): Promise<{ code: number | null; signal: string | null; stdout: string; stderr: string }> {
-  const { command, args: argv } = platform.scriptCommand(fixture(name), args);
-  return new Promise((resolve) => {
-    const child = spawn(command, argv, { stdio: ["ignore", "pipe", "pipe"] });
-    let stdout = "";
-    let stderr = "";
-    child.on("close", (code, signal) => resolve({ code, signal, stdout, stderr }));
-    child.stdout?.on("data", (chunk) => (stdout += chunk));
-    child.stderr?.on("data", (chunk) => (stderr += chunk));
-  });
-}
 
 describe("platform: runtime", () => {
   it("runtime and runtimeVersion name the running runtime", () => {
@@ -469,10 +454,10 @@ describe("platform: processes", () => {
   });
 
   it("onExit() runs at a natural end and at exit(); an unsubscribed handler never runs", async () => {
-    const natural = await runFixture("platform_on_exit.ts", ["natural"]);
+    const natural = await runFixture(fixture("platform_on_exit.ts"), ["natural"]);
     assert.equal(natural.code, 0, natural.stderr);
     assert.equal(natural.stdout, "main done\ntimer done\nexit handler ran\n");
-    const exited = await runFixture("platform_on_exit.ts", ["exit"]);
+    const exited = await runFixture(fixture("platform_on_exit.ts"), ["exit"]);
     assert.equal(exited.code, 3, exited.stderr);
     assert.equal(exited.stdout, "main done\nexit handler ran\n");
   });
@@ -482,7 +467,7 @@ describe("platform: processes", () => {
   });
 
   it("exit() ends the process with the code, even with timers pending", async () => {
-    const result = await runFixture("platform_exit.ts", ["7"]);
+    const result = await runFixture(fixture("platform_exit.ts"), ["7"]);
     assert.equal(result.code, 7);
     assert.equal(result.stdout, "before\n");
   });
@@ -655,7 +640,7 @@ describe("platform: signals", () => {
   it("onSignal() delivers each handled signal by name in a real child, and unsubscribes", {
     timeout: 60_000,
   }, async () => {
-    const result = await runFixture("platform_signals.ts");
+    const result = await runFixture(fixture("platform_signals.ts"));
     assert.equal(result.code, 0, result.stderr);
     const lines = result.stdout.trim().split("\n");
     assert.deepEqual(lines, [
@@ -719,7 +704,7 @@ describe("platform: child processes", () => {
 
   it("spawnDetached() survives the death of the process that started it", { timeout: 30_000 }, async () => {
     const out = path.join(dir, "orphan.out");
-    const result = await runFixture("platform_spawn_orphan.ts", [out]);
+    const result = await runFixture(fixture("platform_spawn_orphan.ts"), [out]);
     assert.equal(result.code, 0, result.stderr);
     const orphanPid = Number(result.stdout.trim());
     let text = "";
