@@ -15,11 +15,9 @@ import {
   getUid,
   hostname,
   isAlive,
-  onSignal,
   processStartTime,
   readProcStat,
   scriptCommand,
-  signalListenerCount,
 } from "../platform.ts";
 import { freshDir, tempDir } from "./_helpers.ts";
 
@@ -1433,14 +1431,3 @@ describe("acquirePidFile() across runtimes, PID namespaces and host names", () =
 // ---------------------------------------------------------------------------------------------------
 // platform additions used here
 // ---------------------------------------------------------------------------------------------------
-
-describe("platform signalListenerCount()", () => {
-  it("signalListenerCount() counts onSignal subscriptions", () => {
-    const before = signalListenerCount("SIGUSR2");
-    assert.equal(typeof before, "number");
-    const off = onSignal("SIGUSR2", () => {});
-    assert.equal(signalListenerCount("SIGUSR2"), before! + 1);
-    off();
-    assert.equal(signalListenerCount("SIGUSR2"), before);
-  });
-});

@@ -23,7 +23,7 @@ describe("platform: runtime", () => {
   });
 });
 
-describe("platform: errorCode()", () => {
+describe("errorCode()", () => {
   it("errorCode() reads Node-style codes and maps Deno error names", () => {
     assert.equal(platform.errorCode(Object.assign(new Error("x"), { code: "EPIPE" })), "EPIPE");
     for (
@@ -652,6 +652,17 @@ describe("platform: signals", () => {
       "got SIGUSR2",
       "unsubscribed",
     ]);
+  });
+});
+
+describe("signalListenerCount()", () => {
+  it("signalListenerCount() counts onSignal subscriptions", () => {
+    const before = platform.signalListenerCount("SIGUSR2");
+    assert.equal(typeof before, "number");
+    const off = platform.onSignal("SIGUSR2", () => {});
+    assert.equal(platform.signalListenerCount("SIGUSR2"), before! + 1);
+    off();
+    assert.equal(platform.signalListenerCount("SIGUSR2"), before);
   });
 });
 

@@ -266,7 +266,7 @@ describe("WAL_INCOMPATIBLE_MARKERS", () => {
   });
 });
 
-describe("isWalIncompatibleError", () => {
+describe("isWalIncompatibleError()", () => {
   for (const [name, make] of PERMANENT_ERRORS) {
     it(`isWalIncompatibleError() is true for ${name}`, () => {
       assert.equal(isWalIncompatibleError(make()), true);
@@ -288,7 +288,7 @@ describe("isWalIncompatibleError", () => {
 // readJournalModeOnDisk
 // ---------------------------------------------------------------------------------------------------
 
-describe("readJournalModeOnDisk", () => {
+describe("readJournalModeOnDisk()", () => {
   it("readJournalModeOnDisk() says wal for a file the sqlite3 CLI made in WAL mode", {
     skip: !SQLITE3_CLI && NO_CLI,
   }, () => {
@@ -401,7 +401,7 @@ describe("readJournalModeOnDisk", () => {
 // applyWal with real SQLite
 // ---------------------------------------------------------------------------------------------------
 
-describe("applyWal (real SQLite)", () => {
+describe("applyWal() on real SQLite", () => {
   it("applyWal() puts a fresh node:sqlite database in WAL, on disk too after a write", () => {
     const file = freshPath("fresh");
     const db = new DatabaseSync(file);
@@ -765,7 +765,7 @@ function inDir<T>(dir: string, fn: () => T): T {
   }
 }
 
-describe("applyWal (every driver)", () => {
+describe("applyWal() on every driver", () => {
   it("applyWal() finalises every statement it prepares: WAL, fallback, refusal, error and no file", () => {
     const cases: Array<[string, () => SqliteLike, string]> = [
       ["wal", () => new DatabaseSync(freshPath("fin-wal")), "fresh"],
@@ -954,7 +954,7 @@ describe("applyWal (every driver)", () => {
 // applyWal with a fake driver (errors that cannot be provoked for real)
 // ---------------------------------------------------------------------------------------------------
 
-describe("applyWal (fake driver)", () => {
+describe("applyWal() on a fake driver", () => {
   for (const [name, make] of PERMANENT_ERRORS) {
     it(`applyWal() falls back to DELETE with busy_timeout 0 on a fresh file for ${name}`, () => {
       const error = make();
@@ -1366,7 +1366,7 @@ describe("applyWal (fake driver)", () => {
 // checkJournalMode
 // ---------------------------------------------------------------------------------------------------
 
-describe("checkJournalMode", () => {
+describe("checkJournalMode()", () => {
   it("checkJournalMode() agrees on a WAL database opened through applyWal", () => {
     const file = freshPath("check-wal");
     const db = new DatabaseSync(file);
@@ -1545,7 +1545,7 @@ function assertSharedDatabase(file: string, drivers: string[], results: WriterRe
   assert.equal(readJournalModeOnDisk(file), "wal");
 }
 
-describe("applyWal (several processes)", () => {
+describe("applyWal() from several processes", () => {
   it("applyWal() in 4 processes racing on one fresh file: 4000 rows, integrity ok, still WAL", {
     timeout: 120_000,
   }, async () => {
