@@ -52,6 +52,86 @@ describe("errorCode()", () => {
   });
 });
 
+describe("describeValue()", () => {
+  it("describeValue() quotes strings as JSON and names objects by kind only", () => {
+    assert.equal(platform.describeValue("yes"), '"yes"');
+    assert.equal(platform.describeValue(42), "42");
+    assert.equal(platform.describeValue(2n), "2n");
+    assert.equal(platform.describeValue(null), "null");
+    assert.equal(platform.describeValue(undefined), "undefined");
+    assert.equal(platform.describeValue(Symbol("s")), "Symbol(s)");
+    assert.equal(platform.describeValue(() => 1), "a function");
+    assert.equal(platform.describeValue([1]), "an array");
+    const cycle: Record<string, unknown> = {};
+    cycle["self"] = cycle;
+    assert.equal(platform.describeValue(cycle), "an object");
+  });
+});
+
+describe("mustBe()", () => {
+  it("mustBe() words a bad argument as Cannot <action>: '<name>' must be <expected>, got <value>", () => {
+    assert.equal(
+      platform.mustBe("apply WAL", "uri", "a boolean", "yes"),
+      `Cannot apply WAL: 'uri' must be a boolean, got "yes"`,
+    );
+  });
+});
+
+describe("describeError()", () => {
+  it("describeError() gives Name: message, or the string form, and never throws", () => {
+    assert.equal(platform.describeError(new RangeError("too big")), "RangeError: too big");
+    assert.equal(platform.describeError("plain"), "plain");
+    const hostile = {
+      toString() {
+        throw new Error("no");
+      },
+    };
+    assert.equal(platform.describeError(hostile), "unprintable error");
+  });
+});
+
+describe("stderrReporter()", () => {
+  it("stderrReporter() writes one prefixed line per report on stderr", async () => {
+    const result = await runFixture(fixture("platform_reporter.ts"), ["open"]);
+    assert.equal(result.code, 0, result.stderr);
+    assert.equal(result.stdout, "done\n");
+    assert.equal(
+      result.stderr,
+      "keelson test: a line\nkeelson test: RangeError: too big\nkeelson test: unprintable error\n",
+    );
+  });
+
+  it("stderrReporter() never throws when stderr is closed", async () => {
+    const result = await runFixture(fixture("platform_reporter.ts"), ["closed"]);
+    assert.equal(result.code, 0, result.stderr);
+    assert.equal(result.stdout, "done\n");
+  });
+});
+
+describe("createBackoff()", () => {
+  it("createBackoff() doubles from minMs up to maxMs", () => {
+    const backoff = platform.createBackoff({ minMs: 1, maxMs: 4 });
+    assert.deepEqual([backoff.next(), backoff.next(), backoff.next(), backoff.next()], [1, 2, 4, 4]);
+  });
+
+  it("createBackoff() with jitter draws each pause between half and all of its nominal length", () => {
+    const backoff = platform.createBackoff({ minMs: 8, maxMs: 8, jitter: true });
+    for (let i = 0; i < 100; i++) {
+      const pause = backoff.next()!;
+      assert.ok(pause >= 4 && pause <= 8, `pause ${pause}`);
+    }
+  });
+
+  it("createBackoff() gives null once timeoutMs has passed, and never a pause past it", () => {
+    assert.equal(platform.createBackoff({ minMs: 1, maxMs: 1, timeoutMs: 0 }).next(), null);
+    const backoff = platform.createBackoff({ minMs: 1_000_000, maxMs: 1_000_000, timeoutMs: 50 });
+    const pause = backoff.next();
+    assert.ok(pause !== null && pause <= 50, `pause ${pause}`);
+    platform.sleepSync(60);
+    assert.equal(backoff.next(), null);
+  });
+});
+
 describe("platform: files", () => {
   it("openAppend() creates with the exact mode whatever the umask, and appends", () => {
     const file = path.join(dir, "append.log");
