@@ -352,7 +352,7 @@ export interface AcquirePidFileOptions {
   /**
    * Receives failures that cannot be thrown: a release at exit or on a signal, the sweep of litter, a
    * failed heartbeat.
-   * @default writes the error to the console
+   * @default one line on stderr (`keelson pidfile: <error>`), dropped if stderr itself is gone
    */
   onError?: ((error: unknown) => void) | undefined;
 }
