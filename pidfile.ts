@@ -62,6 +62,8 @@
  */
 
 import {
+  createBackoff,
+  describeValue,
   errorCode,
   getPid,
   HANDLED_SIGNALS,
@@ -70,6 +72,7 @@ import {
   judgeIdentity,
   kill,
   link,
+  mustBe,
   onExit,
   onSignal,
   processArgv,
@@ -84,6 +87,7 @@ import {
   signalListenerCount,
   sleepSync,
   statOrNull,
+  stderrReporter,
   tempPathBeside,
   touch,
   unlinkIfExists,
@@ -348,7 +352,7 @@ export interface AcquirePidFileOptions {
   /**
    * Receives failures that cannot be thrown: a release at exit or on a signal, the sweep of litter, a
    * failed heartbeat.
-   * @default writes the error to the console
+   * @default one line on stderr (`keelson pidfile: <error>`), dropped if stderr itself is gone
    */
   onError?: ((error: unknown) => void) | undefined;
 }
@@ -497,7 +501,7 @@ const PLANNED_STOP_MARKER_SUFFIX = ".planned-stop.json";
  * ```
  */
 export function readPidFile(path: string): PidFileStatus {
-  checkPath(path, "path");
+  checkPath(path, "read the PID file", "path");
   checkPermissions(path);
   return statusOf(takeSnapshot(path), DEFAULT_HEARTBEAT_MS);
 }
@@ -560,9 +564,9 @@ export async function acquirePidFile(path: string, options: AcquirePidFileOption
  * ```
  */
 export function markPlannedStop(pidPath: string, info: Record<string, unknown> = {}): void {
-  checkPath(pidPath, "pidPath");
+  checkPath(pidPath, MARK_STOP, "pidPath");
   if (typeof info !== "object" || info === null || Array.isArray(info)) {
-    throw new TypeError(`Cannot mark a planned stop: info must be a plain object, got ${describe(info)}`);
+    throw new TypeError(mustBe(MARK_STOP, "info", "a plain object", info));
   }
   let json: string;
   try {
@@ -605,21 +609,25 @@ function checkPermissions(path: string): void {
   );
 }
 
-function checkPath(path: unknown, name: string): void {
+/** The actions argument errors name. */
+const ACQUIRE = "acquire the PID file";
+const MARK_STOP = "mark a planned stop";
+
+function checkPath(path: unknown, action: string, name: string): void {
   if (typeof path !== "string" || path === "") {
-    throw new TypeError(`Expected ${name} to be a non-empty string, got ${describe(path)}`);
+    throw new TypeError(mustBe(action, name, "a non-empty string", path));
   }
-  if (path.includes("\0")) throw new TypeError(`Expected ${name} without NUL bytes, got ${describe(path)}`);
+  if (path.includes("\0")) throw new TypeError(mustBe(action, name, "a path without NUL bytes", path));
 }
 
 function checkOptions(path: string, options: AcquirePidFileOptions): Settings {
-  checkPath(path, "path");
+  checkPath(path, ACQUIRE, "path");
   if (typeof options !== "object" || options === null) {
-    throw new TypeError(`Expected options to be an object, got ${describe(options)}`);
+    throw new TypeError(mustBe(ACQUIRE, "options", "an object", options));
   }
   const replace = options.replace ?? DEFAULT_REPLACE;
   if (typeof replace !== "boolean") {
-    throw new TypeError(`Expected options.replace to be a boolean, got ${describe(replace)}`);
+    throw new TypeError(mustBe(ACQUIRE, "replace", "a boolean", replace));
   }
   const replaceTimeoutMs = checkMs(options.replaceTimeoutMs, DEFAULT_REPLACE_TIMEOUT_MS, "replaceTimeoutMs");
   const contentionTimeoutMs = checkMs(
@@ -629,29 +637,25 @@ function checkOptions(path: string, options: AcquirePidFileOptions): Settings {
   );
   const mode = options.mode ?? DEFAULT_PID_FILE_MODE;
   if (!Number.isInteger(mode) || mode < 0 || mode > 0o7777) {
-    throw new RangeError(`Expected options.mode to be permission bits (0 to 0o7777), got ${describe(mode)}`);
+    throw new RangeError(mustBe(ACQUIRE, "mode", "permission bits (0 to 0o7777)", mode));
   }
   const releaseOnExit = options.releaseOnExit ?? DEFAULT_RELEASE_ON_EXIT;
   if (typeof releaseOnExit !== "boolean") {
-    throw new TypeError(`Expected options.releaseOnExit to be a boolean, got ${describe(releaseOnExit)}`);
+    throw new TypeError(mustBe(ACQUIRE, "releaseOnExit", "a boolean", releaseOnExit));
   }
   const releaseOnSignals = options.releaseOnSignals ?? DEFAULT_RELEASE_SIGNALS;
   if (!Array.isArray(releaseOnSignals) || releaseOnSignals.some((s) => !HANDLED_SIGNALS.includes(s))) {
     throw new TypeError(
-      `Expected options.releaseOnSignals to be a list of ${HANDLED_SIGNALS.join(", ")}, got ${
-        describe(releaseOnSignals)
-      }`,
+      mustBe(ACQUIRE, "releaseOnSignals", `a list of ${HANDLED_SIGNALS.join(", ")}`, releaseOnSignals),
     );
   }
   const heartbeatMs = options.heartbeatMs ?? DEFAULT_HEARTBEAT_MS;
   if (typeof heartbeatMs !== "number" || !Number.isFinite(heartbeatMs) || heartbeatMs < 1) {
-    throw new RangeError(
-      `Expected options.heartbeatMs to be a finite number >= 1, got ${describe(heartbeatMs)}`,
-    );
+    throw new RangeError(mustBe(ACQUIRE, "heartbeatMs", "a finite number >= 1", heartbeatMs));
   }
-  const onError = options.onError ?? reportToConsole;
+  const onError = options.onError ?? reportOnStderr;
   if (typeof onError !== "function") {
-    throw new TypeError(`Expected options.onError to be a function, got ${describe(onError)}`);
+    throw new TypeError(mustBe(ACQUIRE, "onError", "a function", onError));
   }
   return {
     replace,
@@ -668,14 +672,13 @@ function checkOptions(path: string, options: AcquirePidFileOptions): Settings {
 function checkMs(value: unknown, fallback: number, name: string): number {
   const ms = value ?? fallback;
   if (typeof ms !== "number" || !Number.isFinite(ms) || ms < 0) {
-    throw new RangeError(`Expected options.${name} to be a finite number >= 0, got ${describe(value)}`);
+    throw new RangeError(mustBe(ACQUIRE, name, "a finite number >= 0", value));
   }
   return ms;
 }
 
-function reportToConsole(error: unknown): void {
-  console.error(`keelson pidfile: ${message(error)}`);
-}
+/** Without `onError`: one line on stderr per failure, lost only if stderr is gone too. */
+const reportOnStderr = stderrReporter("keelson pidfile");
 
 // ---------------------------------------------------------------------------------------------------
 // Private: reading and judging
@@ -801,19 +804,19 @@ function parseRecord(text: string, mtimeMs: number): PidRecord | PidFileInvalid 
   }
   const fields = value as Partial<Record<keyof PidRecord, unknown>>;
   if (!validPid(fields.pid)) {
-    return { state: "invalid", reason: `pid ${describe(fields.pid)} is not a process id` };
+    return { state: "invalid", reason: `pid ${describeValue(fields.pid)} is not a process id` };
   }
   const startTime = fields.startTime ?? null;
   if (startTime !== null && (typeof startTime !== "number" || !Number.isFinite(startTime))) {
-    return { state: "invalid", reason: `startTime ${describe(startTime)} is not a number` };
+    return { state: "invalid", reason: `startTime ${describeValue(startTime)} is not a number` };
   }
   const startTicks = fields.startTicks ?? null;
   if (startTicks !== null && (!Number.isSafeInteger(startTicks) || (startTicks as number) < 0)) {
-    return { state: "invalid", reason: `startTicks ${describe(startTicks)} is not a tick count` };
+    return { state: "invalid", reason: `startTicks ${describeValue(startTicks)} is not a tick count` };
   }
   const argv = fields.argv ?? [];
   if (!Array.isArray(argv) || argv.some((arg) => typeof arg !== "string")) {
-    return { state: "invalid", reason: `argv ${describe(argv)} is not a list of strings` };
+    return { state: "invalid", reason: `argv ${describeValue(argv)} is not a list of strings` };
   }
   const createdAt = fields.createdAt ?? new Date(mtimeMs).toISOString();
   const host = fields.hostname ?? null;
@@ -827,7 +830,7 @@ function parseRecord(text: string, mtimeMs: number): PidRecord | PidFileInvalid 
   ] as const;
   for (const [name, field] of strings) {
     if (field !== null && typeof field !== "string") {
-      return { state: "invalid", reason: `${name} ${describe(field)} is not a string` };
+      return { state: "invalid", reason: `${name} ${describeValue(field)} is not a string` };
     }
   }
   const heartbeatMs = fields.heartbeatMs ?? null;
@@ -835,7 +838,7 @@ function parseRecord(text: string, mtimeMs: number): PidRecord | PidFileInvalid 
     heartbeatMs !== null &&
     (typeof heartbeatMs !== "number" || !Number.isFinite(heartbeatMs) || heartbeatMs <= 0)
   ) {
-    return { state: "invalid", reason: `heartbeatMs ${describe(heartbeatMs)} is not a period` };
+    return { state: "invalid", reason: `heartbeatMs ${describeValue(heartbeatMs)} is not a period` };
   }
   return {
     pid: fields.pid as number,
@@ -940,9 +943,12 @@ interface Stopped {
 function acquireNow(path: string, settings: Settings, stopped: Stopped | null = null): HeldPidFile {
   const record = ownRecord(settings.heartbeatMs);
   const text = JSON.stringify(record) + "\n";
-  const deadline = Date.now() + settings.contentionTimeoutMs;
+  const backoff = createBackoff({
+    minMs: WAIT_MIN_MS,
+    maxMs: WAIT_MAX_MS,
+    timeoutMs: settings.contentionTimeoutMs,
+  });
   let tmp: string | null = null;
-  let waitMs = WAIT_MIN_MS;
   let phantoms = 0;
   try {
     for (let round = 0; round < MAX_ROUNDS; round += 1) {
@@ -977,7 +983,8 @@ function acquireNow(path: string, settings: Settings, stopped: Stopped | null = 
       const claim = claimReplacement(path, found.id, tmp, settings.heartbeatMs);
       if (claim.kind === "retry") continue;
       if (claim.kind === "busy") {
-        if (Date.now() >= deadline) {
+        const pause = backoff.next();
+        if (pause === null) {
           throw new PidFileLockedError(
             path,
             claim.holder,
@@ -985,8 +992,7 @@ function acquireNow(path: string, settings: Settings, stopped: Stopped | null = 
             { acquiring: true },
           );
         }
-        sleepSync(waitMs);
-        waitMs = Math.min(waitMs * 2, WAIT_MAX_MS);
+        sleepSync(pause);
         continue;
       }
       let replaced = false;
@@ -1270,14 +1276,12 @@ function signalPinned(path: string, target: IdentityRecord, signal: string): boo
 }
 
 async function waitUntilGone(target: IdentityRecord, timeoutMs: number): Promise<boolean> {
-  const deadline = Date.now() + timeoutMs;
-  let pause = POLL_MIN_MS;
+  const backoff = createBackoff({ minMs: POLL_MIN_MS, maxMs: POLL_MAX_MS, timeoutMs });
   for (;;) {
     if (!judgeIdentity(target).alive) return true;
-    const left = deadline - Date.now();
-    if (left <= 0) return false;
-    await new Promise((resolve) => setTimeout(resolve, Math.min(pause, left)));
-    pause = Math.min(pause * 2, POLL_MAX_MS);
+    const pause = backoff.next();
+    if (pause === null) return false;
+    await new Promise((resolve) => setTimeout(resolve, pause));
   }
 }
 
@@ -1445,18 +1449,6 @@ function ioError(path: string, action: string, error: unknown): PidFileError {
 
 function message(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
-}
-
-function describe(value: unknown): string {
-  if (typeof value === "string") return JSON.stringify(value);
-  if (typeof value === "number" || typeof value === "boolean" || value === null || value === undefined) {
-    return String(value);
-  }
-  try {
-    return JSON.stringify(value) ?? typeof value;
-  } catch {
-    return typeof value;
-  }
 }
 
 function preview(text: string): string {

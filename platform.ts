@@ -12,6 +12,31 @@
  * Errors keep their original object; {@linkcode errorCode} maps Node codes and Deno error class names
  * to one set of errno names (`EPIPE`, `EBADF`, …) so callers test one thing.
  *
+ * What importing this file changes in the runtime: on Deno, `Deno.addSignalListener` and
+ * `Deno.removeSignalListener` are replaced by wrappers that call the originals and also count the
+ * listeners (Deno keeps no list; {@linkcode signalListenerCount} needs one). Nothing else happens at
+ * import: the `SIGXFSZ` listener of {@linkcode handleFileSizeSignal}, exit and uncaught-error hooks,
+ * signal listeners and the watchdog thread are installed only when a function asks for them.
+ *
+ * Contents, in file order (and the modules that use each section):
+ * - Runtime detection: `runtime`, `isLinux` (shutdown).
+ * - Errors: `errorCode` (all modules).
+ * - Messages and reporting: `describeValue`, `mustBe`, `describeError`, `stderrReporter`, the one way to
+ *   word a bad argument and to report on stderr (pidfile, shutdown, transport, sqlite_wal).
+ * - Files: `node:fs` on every runtime, descriptors, exact writes, owned appends (all modules).
+ * - Sleeping: `sleepSync`, `monotonicMs`, `createBackoff`, `setUnrefInterval` (logging, pidfile,
+ *   sqlite_wal).
+ * - Processes: pids, signals by number, `/proc`, environment (logging, pidfile, shutdown).
+ * - Process identity: who wrote a record and is it still alive (logging, pidfile, shutdown).
+ * - Signals: `onSignal`, `handleFileSizeSignal` (logging, pidfile, shutdown).
+ * - Child processes: `spawnDetached`, `runCommand` (shutdown).
+ * - Standard input: `stdinChunks` (transport).
+ * - Context binding: `createContextStore` (transport).
+ * - Running scripts with this runtime: `scriptCommand` (tests); then, under `// ---` sub-banners, the
+ *   watchdog thread (`startWatchdog`: shutdown), exit hooks and the signal listener count (`onExit`,
+ *   `signalListenerCount`: pidfile; `onUncaught`: shutdown) and `statIdentity` (logging).
+ * - Redaction: `redactArgv`, what of an argv may be written down (pidfile, shutdown).
+ *
  * @module
  */
 
@@ -142,6 +167,107 @@ const ERRNO_NAMES: Map<number, string> = new Map(
     .filter(([name]) => name !== "EWOULDBLOCK" && name !== "EDEADLOCK")
     .map(([name, number]) => [number, name]),
 );
+
+// ---------------------------------------------------------------------------------------------------
+// Messages and reporting: the one way every module quotes a value, words an argument error and
+// reports on stderr (pidfile, shutdown, transport, sqlite_wal)
+// ---------------------------------------------------------------------------------------------------
+
+/**
+ * How a received value is quoted in a message: strings as JSON (`"x"`), bigints as `1n`, other primitives
+ * as themselves (`42`, `null`, `undefined`), and functions, arrays and objects by their kind only, so a
+ * message never dumps a caller's data nor throws on a cyclic or hostile object.
+ *
+ * @param value Anything a caller passed.
+ * @returns A short, single-line description.
+ *
+ * @example
+ * ```ts
+ * import { describeValue } from "./platform.ts";
+ * console.log(describeValue("yes"), describeValue(2n), describeValue([])); // "yes" 2n an array
+ * ```
+ */
+export function describeValue(value: unknown): string {
+  if (typeof value === "string") return JSON.stringify(value);
+  if (typeof value === "bigint") return `${value}n`;
+  if (typeof value === "function") return "a function";
+  if (typeof value === "symbol") return String(value);
+  if (Array.isArray(value)) return "an array";
+  if (value === null || typeof value !== "object") return String(value);
+  return "an object";
+}
+
+/**
+ * The one wording of a bad-argument error: `Cannot <action>: '<name>' must be <expected>, got <value>`.
+ * Throw it as a `TypeError` (wrong type) or a `RangeError` (right type, out of range).
+ *
+ * @param action What could not be done, e.g. `"apply WAL"`.
+ * @param name The argument or option, e.g. `"retries"`.
+ * @param expected What it must be, e.g. `"a non-negative integer"`.
+ * @param value What was received; quoted with {@linkcode describeValue}.
+ * @returns The message.
+ *
+ * @example
+ * ```ts
+ * import { mustBe } from "./platform.ts";
+ * const error = new TypeError(mustBe("apply WAL", "uri", "a boolean", "yes"));
+ * console.log(error.message); // Cannot apply WAL: 'uri' must be a boolean, got "yes"
+ * ```
+ */
+export function mustBe(action: string, name: string, expected: string, value: unknown): string {
+  return `Cannot ${action}: '${name}' must be ${expected}, got ${describeValue(value)}`;
+}
+
+/**
+ * One line for a thrown value: `Name: message` for an `Error`, its string form otherwise; never throws
+ * (a value whose `toString` throws is `unprintable error`).
+ *
+ * @param error Anything that was thrown.
+ * @returns The line.
+ *
+ * @example
+ * ```ts
+ * import { describeError } from "./platform.ts";
+ * console.log(describeError(new RangeError("too big"))); // RangeError: too big
+ * ```
+ */
+export function describeError(error: unknown): string {
+  if (error instanceof Error) return `${error.name}: ${error.message}`;
+  try {
+    return String(error);
+  } catch {
+    return "unprintable error";
+  }
+}
+
+const reportEncoder = new TextEncoder();
+
+/**
+ * The default reporter of every fail-open path that has no `onError`: writes `<prefix>: <line>` to
+ * stderr (fd 2, synchronously, whole) and never throws: when stderr itself is gone (a closed pipe during
+ * a shutdown) there is nowhere left to report to, and the line is dropped.
+ *
+ * @param prefix What names the reporter, e.g. `"keelson transport"`; `""` writes the line as it is.
+ * @returns A reporter taking a line of text or a thrown value (worded by {@linkcode describeError}).
+ *
+ * @example
+ * ```ts
+ * import { stderrReporter } from "./platform.ts";
+ * const report = stderrReporter("my module");
+ * report(new Error("disk full")); // stderr: my module: Error: disk full
+ * ```
+ */
+export function stderrReporter(prefix: string): (report: unknown) => void {
+  return (report) => {
+    try {
+      const text = typeof report === "string" ? report : describeError(report);
+      const line = prefix === "" ? text : `${prefix}: ${text}`;
+      writeAll(2, reportEncoder.encode(line.endsWith("\n") ? line : `${line}\n`));
+    } catch {
+      // stderr is the last resort: when it is gone too there is nowhere left to report to.
+    }
+  };
+}
 
 // ---------------------------------------------------------------------------------------------------
 // Files
@@ -1568,6 +1694,63 @@ export function sleepSync(ms: number): void {
  */
 export function monotonicMs(): number {
   return performance.now();
+}
+
+/** Options of {@linkcode createBackoff}. */
+export interface BackoffOptions {
+  /** The first pause, in milliseconds. */
+  minMs: number;
+  /** The longest pause, in milliseconds; each pause doubles until it reaches this. */
+  maxMs: number;
+  /**
+   * Draw each pause between half and all of its nominal length, so that processes started together do
+   * not retry in lockstep.
+   * @default false
+   */
+  jitter?: boolean | undefined;
+  /**
+   * Give up this many milliseconds (on {@linkcode monotonicMs}) after the backoff was created.
+   * @default Infinity
+   */
+  timeoutMs?: number | undefined;
+}
+
+/** A doubling pause between retries; see {@linkcode createBackoff}. */
+export interface Backoff {
+  /**
+   * The next pause in milliseconds, never longer than the time left, or `null` once the deadline has
+   * passed (the caller gives up).
+   */
+  next(): number | null;
+}
+
+/**
+ * The one retry backoff: pauses start at `minMs` and double up to `maxMs`, optionally jittered, and
+ * stop at a deadline measured on the monotonic clock (a wall-clock step cannot stretch or cut it).
+ *
+ * @param options `minMs`, `maxMs`, `jitter`, `timeoutMs`.
+ * @returns A backoff whose `next()` gives each pause.
+ *
+ * @example Retry for at most 100 ms
+ * ```ts
+ * import { createBackoff, sleepSync } from "./platform.ts";
+ * const backoff = createBackoff({ minMs: 1, maxMs: 50, jitter: true, timeoutMs: 100 });
+ * for (let pause = backoff.next(); pause !== null; pause = backoff.next()) sleepSync(pause);
+ * ```
+ */
+export function createBackoff(options: BackoffOptions): Backoff {
+  const { minMs, maxMs, jitter = false, timeoutMs = Infinity } = options;
+  const deadline = monotonicMs() + timeoutMs;
+  let nominal = minMs;
+  return {
+    next() {
+      const left = deadline - monotonicMs();
+      if (left <= 0) return null;
+      const pause = jitter ? nominal * (0.5 + Math.random() / 2) : nominal;
+      nominal = Math.min(nominal * 2, maxMs);
+      return Math.min(left, pause);
+    },
+  };
 }
 
 /**

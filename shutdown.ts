@@ -20,6 +20,7 @@
 
 import {
   closeFd,
+  describeError,
   exit as platformExit,
   fstat,
   ftruncate,
@@ -33,6 +34,7 @@ import {
   loadAverage,
   MAX_WATCHDOG_MS,
   mkdirp,
+  mustBe,
   onSignal,
   onUncaught,
   openOwnedAppend,
@@ -47,6 +49,7 @@ import {
   spawnDetached,
   startWatchdog,
   statOrNull,
+  stderrReporter,
   warnIfProcRefused,
   type Watchdog,
   type WatchdogCapabilities,
@@ -692,21 +695,19 @@ export async function checkSystemdStopTimeout(
   options: CheckStopTimeoutOptions = {},
 ): Promise<StopTimeoutCheck | null> {
   if (typeof drainSeconds !== "number" || !Number.isFinite(drainSeconds) || drainSeconds < 0) {
-    throw new RangeError(`Cannot check the stop timeout: drainSeconds ${String(drainSeconds)} is not >= 0`);
+    throw new RangeError(mustBe(CHECK_STOP, "drainSeconds", "a finite number >= 0", drainSeconds));
   }
   const headroomSeconds = options.headroomSeconds ?? DEFAULT_STOP_HEADROOM_SECONDS;
   if (typeof headroomSeconds !== "number" || !Number.isFinite(headroomSeconds) || headroomSeconds < 0) {
-    throw new RangeError(
-      `Cannot check the stop timeout: headroomSeconds ${String(headroomSeconds)} is not >= 0`,
-    );
+    throw new RangeError(mustBe(CHECK_STOP, "headroomSeconds", "a finite number >= 0", headroomSeconds));
   }
   const timeoutMs = options.timeoutMs ?? DEFAULT_SYSTEMCTL_TIMEOUT_MS;
   if (typeof timeoutMs !== "number" || !Number.isFinite(timeoutMs) || timeoutMs <= 0) {
-    throw new RangeError(`Cannot check the stop timeout: timeoutMs ${String(timeoutMs)} is not > 0`);
+    throw new RangeError(mustBe(CHECK_STOP, "timeoutMs", "a finite number > 0", timeoutMs));
   }
   if (timeoutMs > MAX_TIMER_MS - SYSTEMCTL_GRACE_MS) {
     throw new RangeError(
-      `Cannot check the stop timeout: timeoutMs ${timeoutMs} is above ${MAX_TIMER_MS - SYSTEMCTL_GRACE_MS}`,
+      mustBe(CHECK_STOP, "timeoutMs", `at most ${MAX_TIMER_MS - SYSTEMCTL_GRACE_MS}`, timeoutMs),
     );
   }
   const unit = systemdUnitFromCgroup(options.cgroupPath ?? DEFAULT_CGROUP_PATH);
@@ -870,46 +871,46 @@ export function spawnShutdownDiagnostic(
  * ```
  */
 export function installShutdown(options: InstallShutdownOptions = {}): ShutdownHandle {
-  const fail = (what: string, error: "type" | "range" = "type"): never => {
-    const message = `Cannot install the shutdown: ${what}`;
+  const fail = (name: string, expected: string, value: unknown, error: "type" | "range" = "type"): never => {
+    const message = mustBe(INSTALL, name, expected, value);
     throw error === "range" ? new RangeError(message) : new TypeError(message);
   };
   if (options.signals !== undefined && (!Array.isArray(options.signals) || options.signals.length === 0)) {
-    fail(`signals ${JSON.stringify(options.signals)} is not a non-empty array`);
+    fail("signals", "a non-empty array", options.signals);
   }
   // One listener per signal: a name listed twice must not make one delivery count as two.
   const signals = [...new Set(options.signals ?? DEFAULT_SHUTDOWN_SIGNALS)];
   for (const signal of signals) {
     if (typeof signal !== "string" || !HANDLED_SIGNALS.includes(signal)) {
-      fail(`signal ${JSON.stringify(signal)} is not one of ${HANDLED_SIGNALS.join(", ")}`);
+      fail("signals", `a list of ${HANDLED_SIGNALS.join(", ")}`, signal);
     }
   }
   const forceExitMs = options.forceExitMs ?? DEFAULT_FORCE_EXIT_MS;
   if (typeof forceExitMs !== "number" || !Number.isFinite(forceExitMs) || forceExitMs < 0) {
-    fail(`forceExitMs ${String(forceExitMs)} is not >= 0`, "range");
+    fail("forceExitMs", "a finite number >= 0", forceExitMs, "range");
   }
-  if (forceExitMs > MAX_TIMER_MS) fail(`forceExitMs ${forceExitMs} is above ${MAX_TIMER_MS}`, "range");
+  if (forceExitMs > MAX_TIMER_MS) fail("forceExitMs", `at most ${MAX_TIMER_MS}`, forceExitMs, "range");
   const phases = [...(options.phases ?? [])];
   for (const [index, phase] of phases.entries()) {
     if (typeof phase !== "object" || phase === null || typeof phase.name !== "string" || phase.name === "") {
-      fail(`phases[${index}] has no name`);
+      fail(`phases[${index}].name`, "a non-empty string", (phase as { name?: unknown } | null)?.name);
     }
-    if (typeof phase.run !== "function") fail(`phases[${index}] (${phase.name}) has no run function`);
+    if (typeof phase.run !== "function") fail(`phases[${index}].run`, "a function", phase.run);
     const timeoutMs = phase.timeoutMs ?? DEFAULT_PHASE_TIMEOUT_MS;
     if (typeof timeoutMs !== "number" || !Number.isFinite(timeoutMs) || timeoutMs <= 0) {
-      fail(`phases[${index}] (${phase.name}) timeoutMs ${String(timeoutMs)} is not > 0`, "range");
+      fail(`phases[${index}].timeoutMs`, "a finite number > 0", timeoutMs, "range");
     }
     if (timeoutMs > MAX_TIMER_MS) {
-      fail(`phases[${index}] (${phase.name}) timeoutMs ${timeoutMs} is above ${MAX_TIMER_MS}`, "range");
+      fail(`phases[${index}].timeoutMs`, `at most ${MAX_TIMER_MS}`, timeoutMs, "range");
     }
   }
   for (const name of ["log", "exit"] as const) {
     if (options[name] !== undefined && typeof options[name] !== "function") {
-      fail(`${name} ${String(options[name])} is not a function`);
+      fail(name, "a function", options[name]);
     }
   }
   if (options.catchUncaught !== undefined && typeof options.catchUncaught !== "boolean") {
-    fail(`catchUncaught ${String(options.catchUncaught)} is not a boolean`);
+    fail("catchUncaught", "a boolean", options.catchUncaught);
   }
   // Said now, not in the signal path: a snapshot taken without /proc would silently lack the sender.
   warnIfProcRefused("the shutdown snapshot cannot name the sender (parent, tracer, start times)");
@@ -1341,6 +1342,10 @@ function readJsonObject(path: string): Record<string, unknown> | null {
 // Private helpers: formatting
 // ---------------------------------------------------------------------------------------------------
 
+/** The actions argument errors name. */
+const INSTALL = "install the shutdown";
+const CHECK_STOP = "check the stop timeout";
+
 function formatValue(value: unknown): string {
   const text = typeof value === "string" ? value : String(value);
   return /^[A-Za-z0-9_.:/@+,-]+$/.test(text) ? text : quote(text);
@@ -1377,11 +1382,6 @@ function runPhase(phase: ShutdownPhase): Promise<PhaseOutcome> {
       settle({ status: "error", error });
     }
   });
-}
-
-function describeError(error: unknown): string {
-  if (error instanceof Error) return `${error.name}: ${error.message}`;
-  return safely(() => String(error), "unprintable error");
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -1576,13 +1576,8 @@ const encoder = new TextEncoder();
 /** Room left in a run's budget for the one line the child's timer writes outside `head -c`. */
 const DIAGNOSTIC_TRAILER_BYTES = 1024;
 
-function writeStderrLine(line: string): void {
-  try {
-    writeAll(2, encoder.encode(line.endsWith("\n") ? line : `${line}\n`));
-  } catch {
-    // Documented: stderr may be a closed pipe during a shutdown; the line is dropped, nothing throws.
-  }
-}
+/** Documented: stderr may be a closed pipe during a shutdown; the line is dropped, nothing throws. */
+const writeStderrLine: (line: string) => void = stderrReporter("");
 
 function findOnPath(name: string, searchPath: string | undefined): string | null {
   for (const dir of (searchPath ?? "").split(":")) {

@@ -21,7 +21,15 @@
  * @module
  */
 
-import { errorCode, readHead, sleepSync, statOrNull } from "./platform.ts";
+import {
+  type Backoff,
+  createBackoff,
+  errorCode,
+  mustBe,
+  readHead,
+  sleepSync,
+  statOrNull,
+} from "./platform.ts";
 
 // ---------------------------------------------------------------------------------------------------
 // Public types and constants
@@ -502,8 +510,7 @@ export function applyWal(db: SqliteLike, path: string, options: ApplyWalOptions 
   checkDb(db, APPLY_WAL);
   checkPath(path, APPLY_WAL);
   const settings = checkOptions(options);
-  let lockDeadline: number | undefined; // set at the first lock error: the common path reads no clock
-  let lockPause = LOCK_PAUSE_FIRST_MS;
+  let lockBackoff: Backoff | undefined; // made at the first lock error: the common path reads no clock
   let attempt = 0;
   let file: string | null | undefined; // asked once, after the first answer that is not "wal"
   let answer: string;
@@ -519,12 +526,16 @@ export function applyWal(db: SqliteLike, path: string, options: ApplyWalOptions 
         return fallBack(db, path, file ?? databaseFile(db, path, settings.uri), error, null, settings);
       }
       if (isLockError(error)) {
-        lockDeadline ??= performance.now() + settings.lockTimeoutMs;
-        const left = lockDeadline - performance.now();
-        if (left > 0) {
-          // Jittered, so that processes started together do not retry in lockstep.
-          sleepSync(Math.min(left, lockPause * (0.5 + Math.random() / 2)));
-          lockPause = Math.min(lockPause * 2, LOCK_PAUSE_MAX_MS);
+        // Jittered, so that processes started together do not retry in lockstep.
+        lockBackoff ??= createBackoff({
+          minMs: LOCK_PAUSE_FIRST_MS,
+          maxMs: LOCK_PAUSE_MAX_MS,
+          jitter: true,
+          timeoutMs: settings.lockTimeoutMs,
+        });
+        const pause = lockBackoff.next();
+        if (pause !== null) {
+          sleepSync(pause);
           continue;
         }
       }
@@ -1033,17 +1044,3 @@ function checkUri(options: { uri?: boolean | undefined }, action: string): boole
 /** The actions argument errors name. */
 const APPLY_WAL = "apply WAL";
 const CHECK_JOURNAL_MODE = "check the journal mode";
-
-/** The one shape of an argument error: `Cannot <action>: '<name>' must be <expected>, got <value>`. */
-function mustBe(action: string, name: string, expected: string, value: unknown): string {
-  return `Cannot ${action}: '${name}' must be ${expected}, got ${describe(value)}`;
-}
-
-function describe(value: unknown): string {
-  if (typeof value === "string") return JSON.stringify(value);
-  if (typeof value === "bigint") return `${value}n`;
-  if (typeof value === "function") return "a function";
-  if (Array.isArray(value)) return "an array";
-  if (value === null || typeof value !== "object") return String(value);
-  return "an object";
-}

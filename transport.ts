@@ -18,14 +18,17 @@
 import {
   closeFd,
   createContextStore,
+  describeError,
+  describeValue,
   type DescriptorWriter,
   errorCode,
   fstat,
   fsync,
+  mustBe,
   openDescriptorWriter,
+  stderrReporter,
   type StdinChunks,
   stdinChunks,
-  writeAll,
   writeAllWithin,
 } from "./platform.ts";
 
@@ -359,41 +362,29 @@ export interface ReadFramesOptions {
  */
 export function createStdioTransport(options: StdioTransportOptions = {}): StdioTransport {
   if (typeof options !== "object" || options === null) {
-    throw new TypeError(
-      `Cannot create a stdio transport: options must be an object, got ${describe(options)}`,
-    );
+    throw new TypeError(mustBe(CREATE_STDIO, "options", "an object", options));
   }
   const fd = options.fd ?? DEFAULT_TRANSPORT_FD;
   if (!Number.isSafeInteger(fd) || fd < 0) {
-    throw new TypeError(
-      `Cannot create a stdio transport: fd must be a non-negative integer, got ${describe(options.fd)}`,
-    );
+    throw new TypeError(mustBe(CREATE_STDIO, "fd", "a non-negative integer", options.fd));
   }
   const flush = options.flush ?? DEFAULT_TRANSPORT_FLUSH;
   if (typeof flush !== "boolean") {
-    throw new TypeError(`Cannot create a stdio transport: flush must be a boolean, got ${describe(flush)}`);
+    throw new TypeError(mustBe(CREATE_STDIO, "flush", "a boolean", flush));
   }
   const shouldCloseFd = options.closeFd ?? fd > LAST_STDIO_FD;
   if (typeof shouldCloseFd !== "boolean") {
-    throw new TypeError(
-      `Cannot create a stdio transport: closeFd must be a boolean, got ${describe(options.closeFd)}`,
-    );
+    throw new TypeError(mustBe(CREATE_STDIO, "closeFd", "a boolean", options.closeFd));
   }
   const writeTimeoutMs = options.writeTimeoutMs ?? DEFAULT_WRITE_TIMEOUT_MS;
   if (typeof writeTimeoutMs !== "number" || Number.isNaN(writeTimeoutMs) || writeTimeoutMs < 0) {
     throw new TypeError(
-      `Cannot create a stdio transport: writeTimeoutMs must be a non-negative number, got ${
-        describe(options.writeTimeoutMs)
-      }`,
+      mustBe(CREATE_STDIO, "writeTimeoutMs", "a non-negative number", options.writeTimeoutMs),
     );
   }
   const redirect = options.redirectConsole ?? fd === DEFAULT_TRANSPORT_FD;
   if (typeof redirect !== "boolean") {
-    throw new TypeError(
-      `Cannot create a stdio transport: redirectConsole must be a boolean, got ${
-        describe(options.redirectConsole)
-      }`,
-    );
+    throw new TypeError(mustBe(CREATE_STDIO, "redirectConsole", "a boolean", options.redirectConsole));
   }
   let writer: DescriptorWriter;
   try {
@@ -403,7 +394,7 @@ export function createStdioTransport(options: StdioTransportOptions = {}): Stdio
     throw new TypeError(`Cannot create a stdio transport: ${reason}`, { cause: error });
   }
   if (writer.limitation !== null && (!writer.exact || Number.isFinite(writeTimeoutMs))) {
-    reportOnStderr(`keelson transport: ${writer.limitation}`);
+    reportOnStderr(writer.limitation);
   }
   return new FdTransport(writer, flush, shouldCloseFd, writeTimeoutMs, redirect);
 }
@@ -458,8 +449,10 @@ export class TeeTransport implements Transport, Disposable {
    * @param secondaries Transports that get a copy of each frame the primary accepted.
    */
   constructor(primary: Transport, ...secondaries: Transport[]) {
-    assertTransport(primary, "TeeTransport: primary");
-    secondaries.forEach((secondary, index) => assertTransport(secondary, `TeeTransport: secondary ${index}`));
+    assertTransport(primary, "create a TeeTransport", "primary");
+    secondaries.forEach((secondary, index) =>
+      assertTransport(secondary, "create a TeeTransport", `secondaries[${index}]`)
+    );
     this.primary = primary;
     this.#secondaries = secondaries;
   }
@@ -542,15 +535,7 @@ export class TeeTransport implements Transport, Disposable {
       onError(error, secondary);
       return;
     }
-    const text = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
-    try {
-      writeAll(
-        2,
-        encoder.encode(`keelson transport: a TeeTransport secondary failed and was dropped: ${text}\n`),
-      );
-    } catch {
-      // stderr is the last resort: when it is gone too there is nowhere left to report to.
-    }
+    reportOnStderr(`a TeeTransport secondary failed and was dropped: ${describeError(error)}`);
   }
 }
 
@@ -573,9 +558,9 @@ export class TeeTransport implements Transport, Disposable {
  * ```
  */
 export function withTransport<T>(transport: Transport, fn: () => T): T {
-  assertTransport(transport, "withTransport()");
+  assertTransport(transport, BIND_TRANSPORT, "transport");
   if (typeof fn !== "function") {
-    throw new TypeError(`withTransport(): fn must be a function, got ${describe(fn)}`);
+    throw new TypeError(mustBe(BIND_TRANSPORT, "fn", "a function", fn));
   }
   return transportStore.run(transport, fn);
 }
@@ -665,18 +650,18 @@ export function readFrames(
   options: ReadFramesOptions = {},
 ): AsyncIterable<unknown> {
   if (typeof options !== "object" || options === null) {
-    throw new TypeError(`readFrames(): options must be an object, got ${describe(options)}`);
+    throw new TypeError(mustBe(READ_FRAMES, "options", "an object", options));
   }
   const maxFrameBytes = options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
   if (typeof maxFrameBytes !== "number") {
-    throw new TypeError(`readFrames(): maxFrameBytes must be a number, got ${describe(maxFrameBytes)}`);
+    throw new TypeError(mustBe(READ_FRAMES, "maxFrameBytes", "a number", maxFrameBytes));
   }
   if (!Number.isSafeInteger(maxFrameBytes) || maxFrameBytes < 1) {
-    throw new RangeError(`readFrames(): maxFrameBytes must be a positive integer, got ${maxFrameBytes}`);
+    throw new RangeError(mustBe(READ_FRAMES, "maxFrameBytes", "a positive integer", maxFrameBytes));
   }
   const onInvalid = options.onInvalid;
   if (onInvalid !== undefined && typeof onInvalid !== "function") {
-    throw new TypeError(`readFrames(): onInvalid must be a function, got ${describe(onInvalid)}`);
+    throw new TypeError(mustBe(READ_FRAMES, "onInvalid", "a function", onInvalid));
   }
   const chunks = toChunkIterable(source ?? stdinChunks());
   return new FrameIterator(chunks, maxFrameBytes, onInvalid ?? reportInvalidLine);
@@ -968,13 +953,12 @@ function restoreConsole(): void {
 }
 
 /** One line on stderr, for reports nobody asked a callback for; lost only if stderr is gone too. */
-function reportOnStderr(line: string): void {
-  try {
-    writeAll(2, encoder.encode(line.endsWith("\n") ? line : `${line}\n`));
-  } catch {
-    // stderr is the last resort: when it is gone too there is nowhere left to report to.
-  }
-}
+const reportOnStderr = stderrReporter("keelson transport");
+
+/** The actions argument errors name. */
+const CREATE_STDIO = "create a stdio transport";
+const BIND_TRANSPORT = "bind a transport";
+const READ_FRAMES = "read frames";
 
 /** `JSON.stringify` that throws `TypeError` for anything it cannot turn into a JSON text. */
 function serialise(frame: unknown): string {
@@ -986,26 +970,18 @@ function serialise(frame: unknown): string {
     throw new TypeError(`Cannot serialise the frame: ${reason}`, { cause: error });
   }
   if (typeof text !== "string") {
-    throw new TypeError(`Cannot serialise the frame: JSON has no representation for ${describe(frame)}`);
+    throw new TypeError(`Cannot serialise the frame: JSON has no representation for ${describeValue(frame)}`);
   }
   return text;
 }
 
-function assertTransport(value: unknown, where: string): void {
+function assertTransport(value: unknown, action: string, name: string): void {
   if (
     typeof value !== "object" || value === null ||
     typeof (value as Transport).write !== "function" || typeof (value as Transport).close !== "function"
   ) {
-    throw new TypeError(`${where} must be a Transport (write and close methods), got ${describe(value)}`);
+    throw new TypeError(mustBe(action, name, "a Transport (write and close methods)", value));
   }
-}
-
-function describe(value: unknown): string {
-  if (typeof value === "function") return "a function";
-  if (typeof value === "symbol" || typeof value === "bigint") return `${typeof value} ${String(value)}`;
-  if (typeof value === "string") return JSON.stringify(value);
-  if (typeof value === "object" && value !== null) return Array.isArray(value) ? "an array" : "an object";
-  return String(value);
 }
 
 /** An async iterable over a ReadableStream or an async iterable. */
@@ -1021,9 +997,7 @@ function toChunkIterable(
     }
   }
   throw new TypeError(
-    `readFrames(): source must be a ReadableStream or an async iterable of Uint8Array, got ${
-      describe(source)
-    }`,
+    mustBe(READ_FRAMES, "source", "a ReadableStream or an async iterable of Uint8Array", source),
   );
 }
 
@@ -1443,7 +1417,7 @@ class FrameIterator implements AsyncIterableIterator<unknown>, LineSource {
         }
         const chunk: unknown = result.value;
         if (!(chunk instanceof Uint8Array)) {
-          throw new TypeError(`readFrames(): chunks must be Uint8Array, got ${describe(chunk)}`);
+          throw new TypeError(mustBe(READ_FRAMES, "chunk", "a Uint8Array", chunk));
         }
         this.#chunk = chunk;
         this.#state = AT_HEAD;
@@ -1472,7 +1446,7 @@ class FrameIterator implements AsyncIterableIterator<unknown>, LineSource {
 
 /** Without `onInvalid`: one line on stderr per line that is not a frame, and reading goes on. */
 function reportInvalidLine(error: FrameError): void {
-  reportOnStderr(`keelson transport: readFrames() skipped line ${error.line}: ${error.message}`);
+  reportOnStderr(`readFrames() skipped line ${error.line}: ${error.message}`);
 }
 
 /**

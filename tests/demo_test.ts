@@ -5,12 +5,12 @@ import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import * as fs from "node:fs";
-import * as os from "node:os";
 import * as path from "node:path";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
 import { readPidFile } from "../pidfile.ts";
 import { scriptCommand } from "../platform.ts";
+import { tempDir } from "./_helpers.ts";
 
 const DEMO = fileURLToPath(new URL("../examples/demo.ts", import.meta.url));
 const TOUR_TIMEOUT_MS = 120_000;
@@ -130,7 +130,7 @@ describe("examples/demo.ts", () => {
   it("--serve answers bad lines and unknown methods with error frames and exits 0 at end of input", {
     timeout: SERVE_TIMEOUT_MS + 10_000,
   }, async () => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "keelson-"));
+    const dir = tempDir();
     try {
       const input = [
         '{"id":1,"method":"ping"}',
@@ -170,7 +170,7 @@ describe("examples/demo.ts", () => {
   it("--serve exits with status 1 and says why when its folder cannot be used", {
     timeout: SERVE_TIMEOUT_MS + 10_000,
   }, async () => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "keelson-"));
+    const dir = tempDir();
     try {
       const file = path.join(dir, "not-a-folder");
       fs.writeFileSync(file, "");

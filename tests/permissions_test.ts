@@ -5,14 +5,14 @@
 import { after, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
-import * as os from "node:os";
 import * as path from "node:path";
 import { isLinux, runCommand } from "../platform.ts";
+import { tempDir } from "./_helpers.ts";
 
 const root = path.join(import.meta.dirname ?? "tests", "..");
 const deno = path.join(root, "node_modules", ".bin", "deno");
 const fixture = path.join(root, "tests", "fixtures", "deno_permissions.ts");
-const work = fs.mkdtempSync(path.join(os.tmpdir(), "keelson-permissions-"));
+const work = tempDir("keelson-permissions-");
 after(() => fs.rmSync(work, { recursive: true, force: true }));
 
 async function runWith(flags: string[]): Promise<{ outcome: Record<string, unknown>; warnings: string[] }> {

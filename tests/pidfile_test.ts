@@ -1,7 +1,6 @@
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
-import * as os from "node:os";
 import * as path from "node:path";
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import {
@@ -16,12 +15,11 @@ import {
   getUid,
   hostname,
   isAlive,
-  onSignal,
   processStartTime,
   readProcStat,
   scriptCommand,
-  signalListenerCount,
 } from "../platform.ts";
+import { freshDir, tempDir } from "./_helpers.ts";
 
 const FIXTURES = path.join(path.dirname(new URL(import.meta.url).pathname), "fixtures");
 const SERVICE = path.join(FIXTURES, "pidfile_service.ts");
@@ -31,10 +29,9 @@ const SLOW = { timeout: 120_000 };
 const IS_ROOT = getUid() === 0;
 
 let root = "";
-let counter = 0;
 
 before(() => {
-  root = fs.mkdtempSync(path.join(os.tmpdir(), "keelson-"));
+  root = tempDir();
   fs.chmodSync(root, 0o711); // the unprivileged probe must reach its own folders below
 });
 
@@ -42,16 +39,8 @@ after(() => {
   fs.rmSync(root, { recursive: true, force: true });
 });
 
-/** A new empty folder for one test. */
-function freshDir(): string {
-  counter += 1;
-  const dir = path.join(root, `t${counter}`);
-  fs.mkdirSync(dir);
-  return dir;
-}
-
 function freshPidPath(): string {
-  return path.join(freshDir(), "service.pid");
+  return path.join(freshDir(root), "service.pid");
 }
 
 function writeRecord(pidPath: string, fields: Record<string, unknown>): string {
@@ -415,7 +404,7 @@ describe("readPidFile()", () => {
   it("readPidFile() only reads: stale, invalid and live files are left byte for byte, nothing added", async () => {
     const sleeper = startSleep();
     try {
-      const dir = freshDir();
+      const dir = freshDir(root);
       const files = {
         stale: `{"pid": ${await deadPid()}, "startTime": 5}\n`,
         invalid: "garbage",
@@ -437,7 +426,7 @@ describe("readPidFile()", () => {
   });
 
   it("readPidFile() throws PidFileError naming the path for a directory", () => {
-    const dir = freshDir();
+    const dir = freshDir(root);
     assert.throws(() => readPidFile(dir), (error: unknown) => {
       assert.ok(error instanceof PidFileError);
       assert.equal(error.path, dir);
@@ -448,7 +437,7 @@ describe("readPidFile()", () => {
   });
 
   it("readPidFile() throws PidFileError for a FIFO instead of blocking on it", () => {
-    const fifo = path.join(freshDir(), "fifo.pid");
+    const fifo = path.join(freshDir(root), "fifo.pid");
     const made = spawnSync("mkfifo", [fifo]);
     assert.equal(made.status, 0);
     assert.throws(() => readPidFile(fifo), PidFileError);
@@ -457,7 +446,7 @@ describe("readPidFile()", () => {
   it("readPidFile() reports an unreadable file as invalid (permissions enforced, unprivileged probe)", async (t) => {
     const blocker = await unprivilegedBlocker();
     if (blocker) return t.skip(blocker);
-    const dir = freshDir();
+    const dir = freshDir(root);
     fs.chmodSync(dir, 0o777);
     const pidPath = path.join(dir, "secret.pid");
     fs.writeFileSync(pidPath, `{"pid": ${getPid()}}\n`);
@@ -581,7 +570,7 @@ describe("acquirePidFile()", () => {
   it("acquirePidFile() replaces an unreadable file (unprivileged probe)", async (t) => {
     const blocker = await unprivilegedBlocker();
     if (blocker) return t.skip(blocker);
-    const dir = freshDir();
+    const dir = freshDir(root);
     fs.chmodSync(dir, 0o777);
     const pidPath = path.join(dir, "secret.pid");
     fs.writeFileSync(pidPath, "1\n");
@@ -634,7 +623,7 @@ describe("acquirePidFile()", () => {
   });
 
   it("acquirePidFile() throws PidFileError naming the path for a directory and deletes nothing", async () => {
-    const dir = freshDir();
+    const dir = freshDir(root);
     const target = path.join(dir, "service.pid");
     fs.mkdirSync(target);
     fs.writeFileSync(path.join(target, "keep"), "x");
@@ -662,7 +651,7 @@ describe("acquirePidFile()", () => {
   });
 
   it("acquirePidFile() throws PidFileError naming the path for a missing folder", async () => {
-    const pidPath = path.join(freshDir(), "missing", "service.pid");
+    const pidPath = path.join(freshDir(root), "missing", "service.pid");
     await assert.rejects(acquirePidFile(pidPath), (error: unknown) => {
       assert.ok(error instanceof PidFileError);
       assert.equal(error.path, pidPath);
@@ -674,7 +663,7 @@ describe("acquirePidFile()", () => {
   it("acquirePidFile() throws PidFileError naming the path for an unwritable folder (unprivileged probe)", async (t) => {
     const blocker = await unprivilegedBlocker();
     if (blocker) return t.skip(blocker);
-    const home = freshDir();
+    const home = freshDir(root);
     fs.chmodSync(home, 0o777);
     const locked = path.join(home, "ro");
     fs.mkdirSync(locked);
@@ -934,7 +923,7 @@ describe("markPlannedStop()", () => {
     assert.throws(() => markPlannedStop(pidPath, [] as unknown as Record<string, unknown>), TypeError);
     assert.throws(() => markPlannedStop(pidPath, { big: 1n }), /JSON/);
     assert.throws(() => markPlannedStop(""), TypeError);
-    const missing = path.join(freshDir(), "missing", "service.pid");
+    const missing = path.join(freshDir(root), "missing", "service.pid");
     assert.throws(() => markPlannedStop(missing), (error: unknown) => {
       assert.ok(error instanceof PidFileError);
       assert.equal(error.path, missing + ".planned-stop.json");
@@ -972,7 +961,7 @@ describe("acquirePidFile() under a supervisor", () => {
     async () => {
       const racers = 8;
       for (let round = 0; round < 20; round += 1) {
-        const dir = freshDir();
+        const dir = freshDir(root);
         const pidPath = path.join(dir, "service.pid");
         const go = path.join(dir, "go");
         const kind = round % 3;
@@ -1002,7 +991,7 @@ describe("acquirePidFile() mutual exclusion", () => {
     "acquirePidFile() never lets two processes hold at once while holders crash (SIGKILL) and restart",
     SLOW,
     async () => {
-      const dir = freshDir();
+      const dir = freshDir(root);
       const pidPath = path.join(dir, "service.pid");
       const marker = path.join(dir, "critical-section");
       const spawnsPerWorker = 4;
@@ -1077,7 +1066,7 @@ describe("acquirePidFile() across runtimes, PID namespaces and host names", () =
       if (blocker) return t.skip(blocker);
       const perRuntime = 3;
       for (let round = 0; round < 16; round += 1) {
-        const dir = freshDir();
+        const dir = freshDir(root);
         const pidPath = path.join(dir, "service.pid");
         const go = path.join(dir, "go");
         const stale = round % 2 === 1;
@@ -1280,7 +1269,7 @@ describe("acquirePidFile() across runtimes, PID namespaces and host names", () =
       const blocker = await unprivilegedBlocker();
       if (blocker) return t.skip(blocker);
       if (!IS_ROOT) return t.skip("needs root to run the holder as another user than the replacer");
-      const dir = freshDir();
+      const dir = freshDir(root);
       fs.chmodSync(dir, 0o777);
       const pidPath = path.join(dir, "service.pid");
       const holder = startService(pidPath);
@@ -1442,14 +1431,3 @@ describe("acquirePidFile() across runtimes, PID namespaces and host names", () =
 // ---------------------------------------------------------------------------------------------------
 // platform additions used here
 // ---------------------------------------------------------------------------------------------------
-
-describe("platform signalListenerCount()", () => {
-  it("signalListenerCount() counts onSignal subscriptions", () => {
-    const before = signalListenerCount("SIGUSR2");
-    assert.equal(typeof before, "number");
-    const off = onSignal("SIGUSR2", () => {});
-    assert.equal(signalListenerCount("SIGUSR2"), before! + 1);
-    off();
-    assert.equal(signalListenerCount("SIGUSR2"), before);
-  });
-});

@@ -7,27 +7,12 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { spawn } from "node:child_process";
 import * as platform from "../platform.ts";
+import { runFixture } from "./_helpers.ts";
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), "keelson-platform-"));
 after(() => fs.rmSync(dir, { recursive: true, force: true }));
 const encoder = new TextEncoder();
 const fixture = (name: string) => path.join(import.meta.dirname ?? "tests", "fixtures", name);
-
-/** Runs a fixture script with the current runtime; resolves with its exit status and output. */
-function runFixture(
-  name: string,
-  args: string[] = [],
-): Promise<{ code: number | null; signal: string | null; stdout: string; stderr: string }> {
-  const { command, args: argv } = platform.scriptCommand(fixture(name), args);
-  return new Promise((resolve) => {
-    const child = spawn(command, argv, { stdio: ["ignore", "pipe", "pipe"] });
-    let stdout = "";
-    let stderr = "";
-    child.on("close", (code, signal) => resolve({ code, signal, stdout, stderr }));
-    child.stdout?.on("data", (chunk) => (stdout += chunk));
-    child.stderr?.on("data", (chunk) => (stderr += chunk));
-  });
-}
 
 describe("platform: runtime", () => {
   it("runtime and runtimeVersion name the running runtime", () => {
@@ -38,7 +23,7 @@ describe("platform: runtime", () => {
   });
 });
 
-describe("platform: errorCode()", () => {
+describe("errorCode()", () => {
   it("errorCode() reads Node-style codes and maps Deno error names", () => {
     assert.equal(platform.errorCode(Object.assign(new Error("x"), { code: "EPIPE" })), "EPIPE");
     for (
@@ -64,6 +49,86 @@ describe("platform: errorCode()", () => {
 
   it("errorCode() reports real filesystem errors from this runtime", () => {
     assert.throws(() => platform.stat(path.join(dir, "missing")), (e) => platform.errorCode(e) === "ENOENT");
+  });
+});
+
+describe("describeValue()", () => {
+  it("describeValue() quotes strings as JSON and names objects by kind only", () => {
+    assert.equal(platform.describeValue("yes"), '"yes"');
+    assert.equal(platform.describeValue(42), "42");
+    assert.equal(platform.describeValue(2n), "2n");
+    assert.equal(platform.describeValue(null), "null");
+    assert.equal(platform.describeValue(undefined), "undefined");
+    assert.equal(platform.describeValue(Symbol("s")), "Symbol(s)");
+    assert.equal(platform.describeValue(() => 1), "a function");
+    assert.equal(platform.describeValue([1]), "an array");
+    const cycle: Record<string, unknown> = {};
+    cycle["self"] = cycle;
+    assert.equal(platform.describeValue(cycle), "an object");
+  });
+});
+
+describe("mustBe()", () => {
+  it("mustBe() words a bad argument as Cannot <action>: '<name>' must be <expected>, got <value>", () => {
+    assert.equal(
+      platform.mustBe("apply WAL", "uri", "a boolean", "yes"),
+      `Cannot apply WAL: 'uri' must be a boolean, got "yes"`,
+    );
+  });
+});
+
+describe("describeError()", () => {
+  it("describeError() gives Name: message, or the string form, and never throws", () => {
+    assert.equal(platform.describeError(new RangeError("too big")), "RangeError: too big");
+    assert.equal(platform.describeError("plain"), "plain");
+    const hostile = {
+      toString() {
+        throw new Error("no");
+      },
+    };
+    assert.equal(platform.describeError(hostile), "unprintable error");
+  });
+});
+
+describe("stderrReporter()", () => {
+  it("stderrReporter() writes one prefixed line per report on stderr", async () => {
+    const result = await runFixture(fixture("platform_reporter.ts"), ["open"]);
+    assert.equal(result.code, 0, result.stderr);
+    assert.equal(result.stdout, "done\n");
+    assert.equal(
+      result.stderr,
+      "keelson test: a line\nkeelson test: RangeError: too big\nkeelson test: unprintable error\n",
+    );
+  });
+
+  it("stderrReporter() never throws when stderr is closed", async () => {
+    const result = await runFixture(fixture("platform_reporter.ts"), ["closed"]);
+    assert.equal(result.code, 0, result.stderr);
+    assert.equal(result.stdout, "done\n");
+  });
+});
+
+describe("createBackoff()", () => {
+  it("createBackoff() doubles from minMs up to maxMs", () => {
+    const backoff = platform.createBackoff({ minMs: 1, maxMs: 4 });
+    assert.deepEqual([backoff.next(), backoff.next(), backoff.next(), backoff.next()], [1, 2, 4, 4]);
+  });
+
+  it("createBackoff() with jitter draws each pause between half and all of its nominal length", () => {
+    const backoff = platform.createBackoff({ minMs: 8, maxMs: 8, jitter: true });
+    for (let i = 0; i < 100; i++) {
+      const pause = backoff.next()!;
+      assert.ok(pause >= 4 && pause <= 8, `pause ${pause}`);
+    }
+  });
+
+  it("createBackoff() gives null once timeoutMs has passed, and never a pause past it", () => {
+    assert.equal(platform.createBackoff({ minMs: 1, maxMs: 1, timeoutMs: 0 }).next(), null);
+    const backoff = platform.createBackoff({ minMs: 1_000_000, maxMs: 1_000_000, timeoutMs: 50 });
+    const pause = backoff.next();
+    assert.ok(pause !== null && pause <= 50, `pause ${pause}`);
+    platform.sleepSync(60);
+    assert.equal(backoff.next(), null);
   });
 });
 
@@ -469,10 +534,10 @@ describe("platform: processes", () => {
   });
 
   it("onExit() runs at a natural end and at exit(); an unsubscribed handler never runs", async () => {
-    const natural = await runFixture("platform_on_exit.ts", ["natural"]);
+    const natural = await runFixture(fixture("platform_on_exit.ts"), ["natural"]);
     assert.equal(natural.code, 0, natural.stderr);
     assert.equal(natural.stdout, "main done\ntimer done\nexit handler ran\n");
-    const exited = await runFixture("platform_on_exit.ts", ["exit"]);
+    const exited = await runFixture(fixture("platform_on_exit.ts"), ["exit"]);
     assert.equal(exited.code, 3, exited.stderr);
     assert.equal(exited.stdout, "main done\nexit handler ran\n");
   });
@@ -482,7 +547,7 @@ describe("platform: processes", () => {
   });
 
   it("exit() ends the process with the code, even with timers pending", async () => {
-    const result = await runFixture("platform_exit.ts", ["7"]);
+    const result = await runFixture(fixture("platform_exit.ts"), ["7"]);
     assert.equal(result.code, 7);
     assert.equal(result.stdout, "before\n");
   });
@@ -655,7 +720,7 @@ describe("platform: signals", () => {
   it("onSignal() delivers each handled signal by name in a real child, and unsubscribes", {
     timeout: 60_000,
   }, async () => {
-    const result = await runFixture("platform_signals.ts");
+    const result = await runFixture(fixture("platform_signals.ts"));
     assert.equal(result.code, 0, result.stderr);
     const lines = result.stdout.trim().split("\n");
     assert.deepEqual(lines, [
@@ -667,6 +732,17 @@ describe("platform: signals", () => {
       "got SIGUSR2",
       "unsubscribed",
     ]);
+  });
+});
+
+describe("signalListenerCount()", () => {
+  it("signalListenerCount() counts onSignal subscriptions", () => {
+    const before = platform.signalListenerCount("SIGUSR2");
+    assert.equal(typeof before, "number");
+    const off = platform.onSignal("SIGUSR2", () => {});
+    assert.equal(platform.signalListenerCount("SIGUSR2"), before! + 1);
+    off();
+    assert.equal(platform.signalListenerCount("SIGUSR2"), before);
   });
 });
 
@@ -719,7 +795,7 @@ describe("platform: child processes", () => {
 
   it("spawnDetached() survives the death of the process that started it", { timeout: 30_000 }, async () => {
     const out = path.join(dir, "orphan.out");
-    const result = await runFixture("platform_spawn_orphan.ts", [out]);
+    const result = await runFixture(fixture("platform_spawn_orphan.ts"), [out]);
     assert.equal(result.code, 0, result.stderr);
     const orphanPid = Number(result.stdout.trim());
     let text = "";

@@ -5,13 +5,13 @@
 import { after, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
-import * as os from "node:os";
 import * as path from "node:path";
 import process from "node:process";
 import { runCommand, scriptCommand } from "../platform.ts";
+import { tempDir } from "./_helpers.ts";
 
 const root = path.join(import.meta.dirname ?? "tests", "..");
-const work = fs.mkdtempSync(path.join(os.tmpdir(), "keelson-readme-"));
+const work = tempDir("keelson-readme-");
 after(() => fs.rmSync(work, { recursive: true, force: true }));
 
 interface Example {

@@ -4,10 +4,21 @@ import { Buffer } from "node:buffer";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
 import { readProcCmdline, scriptCommand, signalListenerCount } from "../platform.ts";
+import {
+  killChild,
+  type Running,
+  signalTwice,
+  sleep,
+  start,
+  startFixture,
+  type StartOptions,
+  tempDir,
+  waitUntil,
+} from "./_helpers.ts";
 import {
   checkSystemdStopTimeout,
   formatShutdownContext,
@@ -33,125 +44,8 @@ const DIAGNOSTIC_RUN_MAX_BYTES = 256 * 1024;
 // Helpers
 // ---------------------------------------------------------------------------------------------------
 
-function tempDir(): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), "keelson-"));
-}
-
-interface Running {
-  child: ChildProcess;
-  stdout: string[];
-  stderr: string[];
-  exited: Promise<{ code: number | null; signal: string | null }>;
-  /** Resolves with the first line of `stream` matching `pattern` (already seen or yet to come). */
-  waitFor(stream: "stdout" | "stderr", pattern: RegExp): Promise<string>;
-}
-
-function run(
-  command: string,
-  args: string[],
-  options: {
-    env?: Record<string, string | undefined>;
-    stdoutMode?: "read" | "ignore-reading";
-    stderrMode?: "read" | "ignore-reading";
-  } = {},
-): Running {
-  const child = spawn(command, args, {
-    stdio: ["ignore", "pipe", "pipe"],
-    env: options.env as NodeJS.ProcessEnv | undefined,
-  });
-  const lines = { stdout: [] as string[], stderr: [] as string[] };
-  const waiters: Array<{ stream: "stdout" | "stderr"; pattern: RegExp; resolve: (line: string) => void }> =
-    [];
-  // Listener first: a child that ends at once must still settle the promise.
-  const exited = new Promise<{ code: number | null; signal: string | null }>((resolve) => {
-    child.on("close", (code, signal) => resolve({ code, signal }));
-  });
-  const collect = (stream: "stdout" | "stderr") => {
-    let partial = "";
-    child[stream]!.setEncoding("utf8");
-    child[stream]!.on("data", (chunk: string) => {
-      partial += chunk;
-      const parts = partial.split("\n");
-      partial = parts.pop()!;
-      for (const line of parts) {
-        lines[stream].push(line);
-        for (const waiter of [...waiters]) {
-          if (waiter.stream === stream && waiter.pattern.test(line)) {
-            waiters.splice(waiters.indexOf(waiter), 1);
-            waiter.resolve(line);
-          }
-        }
-      }
-    });
-  };
-  if (options.stdoutMode !== "ignore-reading") collect("stdout");
-  if (options.stderrMode !== "ignore-reading") collect("stderr");
-  return {
-    child,
-    stdout: lines.stdout,
-    stderr: lines.stderr,
-    exited,
-    waitFor(stream, pattern) {
-      const seen = lines[stream].find((line) => pattern.test(line));
-      if (seen !== undefined) return Promise.resolve(seen);
-      return new Promise<string>((resolve, reject) => {
-        waiters.push({ stream, pattern, resolve });
-        void exited.then(() => {
-          setTimeout(() => {
-            const index = waiters.findIndex((w) => w.pattern === pattern && w.stream === stream);
-            if (index >= 0) {
-              waiters.splice(index, 1);
-              reject(
-                new Error(`child ended before ${pattern} on ${stream}:\n${lines[stream].join("\n")}`),
-              );
-            }
-          }, 200);
-        });
-      });
-    },
-  };
-}
-
-function runFixture(script: string, args: string[], options: Parameters<typeof run>[2] = {}): Running {
-  const { command, args: fullArgs } = scriptCommand(script, args);
-  return run(command, fullArgs, options);
-}
-
 function signal(pid: number, name: NodeJS.Signals): void {
   process.kill(pid, name);
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-/** Sends `name` twice, `gapMs` apart, spinning in between (a timer could take far longer). */
-function signalTwice(pid: number, name: NodeJS.Signals, gapMs: number): void {
-  process.kill(pid, name);
-  const until = performance.now() + gapMs;
-  while (performance.now() < until) {
-    // spin
-  }
-  process.kill(pid, name);
-}
-
-/** SIGKILLs a child a test gave up on, so nothing outlives the suite. */
-function killChild(child: ChildProcess): void {
-  if (typeof child.pid === "number" && child.exitCode === null && child.signalCode === null) {
-    try {
-      process.kill(child.pid, "SIGKILL");
-    } catch {
-      // already gone
-    }
-  }
-}
-
-async function waitUntil(check: () => boolean, what: string, timeoutMs = 30_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 25));
-  }
 }
 
 /** Parses a formatShutdownContext() line back into pairs (quoted values are JSON strings). */
@@ -184,7 +78,7 @@ async function childSnapshot(
 ): Promise<{ ctx: ShutdownContext; wrapperPid: number }> {
   const base = scriptCommand(SNAPSHOT_FIXTURE, snapshotArgs(options.pidFile, options.mode));
   const { command, args } = options.wrap ? options.wrap(base.command, base.args) : base;
-  const running = run(command, args, { env: options.env });
+  const running = start(command, args, { env: options.env });
   const ready = await running.waitFor("stdout", /^ready \d+$/);
   const pid = Number(ready.split(" ")[1]);
   options.beforeSignal?.(pid);
@@ -1003,10 +897,22 @@ describe("checkSystemdStopTimeout()", () => {
 
   it("checkSystemdStopTimeout() rejects a bad drain or headroom with a RangeError", async () => {
     await assert.rejects(checkSystemdStopTimeout(-1), RangeError);
-    await assert.rejects(checkSystemdStopTimeout(Number.NaN), /drainSeconds NaN/);
-    await assert.rejects(checkSystemdStopTimeout(1, { headroomSeconds: -5 }), /headroomSeconds -5/);
+    await assert.rejects(
+      checkSystemdStopTimeout(Number.NaN),
+      {
+        name: "RangeError",
+        message: /^Cannot check the stop timeout: 'drainSeconds' must be a finite number >= 0, got NaN$/,
+      },
+    );
+    await assert.rejects(checkSystemdStopTimeout(1, { headroomSeconds: -5 }), {
+      name: "RangeError",
+      message: /^Cannot check the stop timeout: 'headroomSeconds' must be a finite number >= 0, got -5$/,
+    });
     await assert.rejects(checkSystemdStopTimeout(1, { timeoutMs: 0 }), RangeError);
-    await assert.rejects(checkSystemdStopTimeout(1, { timeoutMs: 2 ** 31 }), /timeoutMs 2147483648 is above/);
+    await assert.rejects(checkSystemdStopTimeout(1, { timeoutMs: 2 ** 31 }), {
+      name: "RangeError",
+      message: /^Cannot check the stop timeout: 'timeoutMs' must be at most \d+, got 2147483648$/,
+    });
   });
 
   it("checkSystemdStopTimeout() on this host matches what its own cgroup says", SLOW, async () => {
@@ -1129,7 +1035,7 @@ describe("spawnShutdownDiagnostic()", () => {
     const dir = tempDir();
     try {
       const logPath = path.join(dir, "diag.log");
-      const running = runFixture(ORPHAN_FIXTURE, [logPath]);
+      const running = startFixture(ORPHAN_FIXTURE, [logPath]);
       const line = await running.waitFor("stdout", /^\d+$/);
       const result = await running.exited;
       assert.equal(result.code, 0);
@@ -1220,9 +1126,9 @@ async function startInstall(
   mode: string,
   pidFile = "-",
   extra?: string,
-  options: Parameters<typeof run>[2] = {},
+  options: StartOptions = {},
 ) {
-  const running = runFixture(
+  const running = startFixture(
     INSTALL_FIXTURE,
     extra === undefined ? [mode, pidFile] : [mode, pidFile, extra],
     options,
@@ -1454,7 +1360,7 @@ describe("installShutdown()", () => {
   });
 
   it("installShutdown() shutdown(reason) runs the same sequence from code", SLOW, async () => {
-    const running = runFixture(INSTALL_FIXTURE, ["code", "-"]);
+    const running = startFixture(INSTALL_FIXTURE, ["code", "-"]);
     const result = await running.exited;
     assert.equal(result.code, 0, running.stderr.join("\n"));
     const lines = logLines(running);
@@ -1479,7 +1385,7 @@ describe("installShutdown()", () => {
   );
 
   it("installShutdown() does not keep an idle process alive", SLOW, async () => {
-    const running = runFixture(INSTALL_FIXTURE, ["idle", "-"]);
+    const running = startFixture(INSTALL_FIXTURE, ["idle", "-"]);
     const result = await running.exited;
     assert.equal(result.code, 0);
   });
@@ -1489,7 +1395,7 @@ describe("installShutdown()", () => {
     try {
       const fake = fakeSystemctl(dir, "TimeoutStopUSec=1min 30s");
       const cgroupPath = fake.cgroup("0::/system.slice/app.service\n");
-      const running = runFixture(INSTALL_FIXTURE, ["warn", "-", `${cgroupPath}:${path.join(dir, "bin")}`]);
+      const running = startFixture(INSTALL_FIXTURE, ["warn", "-", `${cgroupPath}:${path.join(dir, "bin")}`]);
       const warning = await running.waitFor("stderr", /^shutdown warning: forceExitMs=/);
       assert.match(warning, /forceExitMs=90000 is not below TimeoutStopSec=90s of app\.service/);
       assert.equal((await running.exited).code, 0);
@@ -1539,12 +1445,21 @@ describe("installShutdown()", () => {
     assert.throws(() => installShutdown({ signals: [] }), TypeError);
     assert.throws(
       () => installShutdown({ signals: "SIGTERM" as unknown as string[] }),
-      /not a non-empty array/,
+      {
+        name: "TypeError",
+        message: /^Cannot install the shutdown: 'signals' must be a non-empty array, got "SIGTERM"$/,
+      },
     );
-    assert.throws(() => installShutdown({ forceExitMs: -1 }), /forceExitMs -1/);
+    assert.throws(() => installShutdown({ forceExitMs: -1 }), {
+      name: "RangeError",
+      message: /^Cannot install the shutdown: 'forceExitMs' must be a finite number >= 0, got -1$/,
+    });
     assert.throws(
       () => installShutdown({ phases: [{ name: "", run: () => {} }] }),
-      /phases\[0\] has no name/,
+      {
+        name: "TypeError",
+        message: /^Cannot install the shutdown: 'phases\[0\]\.name' must be a non-empty string, got ""$/,
+      },
     );
     assert.throws(
       () => installShutdown({ phases: [{ name: "x", run: undefined as unknown as () => void }] }),
@@ -1610,7 +1525,7 @@ describe("installShutdown() always ends", () => {
       assert.equal(spawnSync("mkfifo", [fifo]).status, 0, "mkfifo");
       const readEnd = fs.openSync(fifo, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
       const { command, args } = scriptCommand(INSTALL_FIXTURE, ["full-stderr", "-"]);
-      const running = run("sh", ["-c", 'exec "$@" 2>"$0"', fifo, command, ...args], {
+      const running = start("sh", ["-c", 'exec "$@" 2>"$0"', fifo, command, ...args], {
         stderrMode: "ignore-reading",
       });
       try {
@@ -1669,7 +1584,9 @@ describe("installShutdown() always ends", () => {
     assert.throws(
       () => installShutdown({ ...base, phases: [{ name: "x", run: () => {}, timeoutMs: huge }] }),
       (error: unknown) =>
-        error instanceof RangeError && /phases\[0\] \(x\) timeoutMs 2147483648/.test(error.message),
+        error instanceof RangeError &&
+        /^Cannot install the shutdown: 'phases\[0\]\.timeoutMs' must be at most 2147483647, got 2147483648$/
+          .test(error.message),
     );
     const { running, info } = await startInstall("huge");
     try {

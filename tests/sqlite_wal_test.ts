@@ -3,10 +3,10 @@ import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import { createRequire } from "node:module";
-import * as os from "node:os";
 import * as path from "node:path";
 import { constants as sqliteConstants, DatabaseSync } from "node:sqlite";
 import { runtime, scriptCommand } from "../platform.ts";
+import { freshDir, freshPath as freshPathIn, tempDir } from "./_helpers.ts";
 import {
   applyWal,
   checkJournalMode,
@@ -63,10 +63,9 @@ function betterSqlite3(): { open: OpenDatabase | null; reason: string } {
 const BETTER = betterSqlite3();
 
 let root = "";
-let counter = 0;
 
 before(() => {
-  root = fs.mkdtempSync(path.join(os.tmpdir(), "keelson-"));
+  root = tempDir();
 });
 
 after(() => {
@@ -75,8 +74,7 @@ after(() => {
 
 /** A fresh path (no file yet) in this run's temp dir. */
 function freshPath(name = "db"): string {
-  counter++;
-  return path.join(root, `${counter}-${name}.sqlite`);
+  return freshPathIn(root, `${name}.sqlite`);
 }
 
 /** Runs the real sqlite3 CLI on a file and returns its stdout. */
@@ -268,7 +266,7 @@ describe("WAL_INCOMPATIBLE_MARKERS", () => {
   });
 });
 
-describe("isWalIncompatibleError", () => {
+describe("isWalIncompatibleError()", () => {
   for (const [name, make] of PERMANENT_ERRORS) {
     it(`isWalIncompatibleError() is true for ${name}`, () => {
       assert.equal(isWalIncompatibleError(make()), true);
@@ -290,7 +288,7 @@ describe("isWalIncompatibleError", () => {
 // readJournalModeOnDisk
 // ---------------------------------------------------------------------------------------------------
 
-describe("readJournalModeOnDisk", () => {
+describe("readJournalModeOnDisk()", () => {
   it("readJournalModeOnDisk() says wal for a file the sqlite3 CLI made in WAL mode", {
     skip: !SQLITE3_CLI && NO_CLI,
   }, () => {
@@ -403,7 +401,7 @@ describe("readJournalModeOnDisk", () => {
 // applyWal with real SQLite
 // ---------------------------------------------------------------------------------------------------
 
-describe("applyWal (real SQLite)", () => {
+describe("applyWal() on real SQLite", () => {
   it("applyWal() puts a fresh node:sqlite database in WAL, on disk too after a write", () => {
     const file = freshPath("fresh");
     const db = new DatabaseSync(file);
@@ -756,13 +754,6 @@ function counting(real: SqliteLike): { db: SqliteLike; prepared: number; finaliz
   return Object.assign(counts, { db });
 }
 
-/** A directory of its own for a test that changes into it. */
-function freshDir(name: string): string {
-  const dir = freshPath(name);
-  fs.mkdirSync(dir);
-  return dir;
-}
-
 /** Runs `fn` with `dir` as the working directory (for relative, literal `file:` names). */
 function inDir<T>(dir: string, fn: () => T): T {
   const cwd = process.cwd();
@@ -774,7 +765,7 @@ function inDir<T>(dir: string, fn: () => T): T {
   }
 }
 
-describe("applyWal (every driver)", () => {
+describe("applyWal() on every driver", () => {
   it("applyWal() finalises every statement it prepares: WAL, fallback, refusal, error and no file", () => {
     const cases: Array<[string, () => SqliteLike, string]> = [
       ["wal", () => new DatabaseSync(freshPath("fin-wal")), "fresh"],
@@ -838,7 +829,7 @@ describe("applyWal (every driver)", () => {
       async () => {
         const open = await load();
         assert.ok(open);
-        const dir = freshDir(`literal-${driver.replace(/\W/g, "")}`);
+        const dir = freshDir(root, `literal-${driver.replace(/\W/g, "")}`);
         const literal = path.join(dir, "file:shared.db");
         inDir(dir, () => {
           const setup = open("file:shared.db"); // the driver creates a file of that very name
@@ -876,7 +867,7 @@ describe("applyWal (every driver)", () => {
   }
 
   it("applyWal() on node:sqlite reads a file: name with URI rules, as the driver opened it", () => {
-    const dir = freshDir("uri-node");
+    const dir = freshDir(root, "uri-node");
     const file = path.join(dir, "shared.db");
     const setup = new DatabaseSync(file);
     setup.exec("PRAGMA journal_mode=WAL; CREATE TABLE t (x)");
@@ -963,7 +954,7 @@ describe("applyWal (every driver)", () => {
 // applyWal with a fake driver (errors that cannot be provoked for real)
 // ---------------------------------------------------------------------------------------------------
 
-describe("applyWal (fake driver)", () => {
+describe("applyWal() on a fake driver", () => {
   for (const [name, make] of PERMANENT_ERRORS) {
     it(`applyWal() falls back to DELETE with busy_timeout 0 on a fresh file for ${name}`, () => {
       const error = make();
@@ -1066,7 +1057,7 @@ describe("applyWal (fake driver)", () => {
   });
 
   it("applyWal() reads a file: name literally for a stand-in that cannot say which file it opened", () => {
-    const dir = freshDir("literal-stand-in");
+    const dir = freshDir(root, "literal-stand-in");
     fs.copyFileSync(walFile(), path.join(dir, "file:lit.sqlite"));
     // Read literally, "file:lit.sqlite" is that WAL file; read as a URI it would be lit.sqlite (absent),
     // which would let a DELETE through.
@@ -1375,7 +1366,7 @@ describe("applyWal (fake driver)", () => {
 // checkJournalMode
 // ---------------------------------------------------------------------------------------------------
 
-describe("checkJournalMode", () => {
+describe("checkJournalMode()", () => {
   it("checkJournalMode() agrees on a WAL database opened through applyWal", () => {
     const file = freshPath("check-wal");
     const db = new DatabaseSync(file);
@@ -1554,7 +1545,7 @@ function assertSharedDatabase(file: string, drivers: string[], results: WriterRe
   assert.equal(readJournalModeOnDisk(file), "wal");
 }
 
-describe("applyWal (several processes)", () => {
+describe("applyWal() from several processes", () => {
   it("applyWal() in 4 processes racing on one fresh file: 4000 rows, integrity ok, still WAL", {
     timeout: 120_000,
   }, async () => {

@@ -7,6 +7,7 @@ import process from "node:process";
 import { execFileSync, spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { runtime, scriptCommand } from "../platform.ts";
+import { fixtureArgv, runFixture, runToEnd, tempDir } from "./_helpers.ts";
 import {
   createStdioTransport,
   currentTransport,
@@ -27,7 +28,7 @@ const encoder = new TextEncoder();
 
 let dir = "";
 before(() => {
-  dir = fs.mkdtempSync(path.join(os.tmpdir(), "keelson-"));
+  dir = tempDir();
 });
 after(() => {
   fs.rmSync(dir, { recursive: true, force: true });
@@ -37,49 +38,9 @@ after(() => {
 // Helpers
 // ---------------------------------------------------------------------------------------------------
 
-interface Outcome {
-  code: number | null;
-  signal: string | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs a command to completion, feeding `input` to its stdin. */
-function run(command: string, args: string[], input?: string | Uint8Array): Promise<Outcome> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(command, args, { stdio: [input === undefined ? "ignore" : "pipe", "pipe", "pipe"] });
-    const stdout: Uint8Array[] = [];
-    const stderr: Uint8Array[] = [];
-    child.on("error", reject);
-    child.on("close", (code, signal) => {
-      resolve({
-        code,
-        signal,
-        stdout: Buffer.concat(stdout).toString(),
-        stderr: Buffer.concat(stderr).toString(),
-      });
-    });
-    child.stdout!.on("data", (chunk: Uint8Array) => stdout.push(chunk));
-    child.stderr!.on("data", (chunk: Uint8Array) => stderr.push(chunk));
-    if (input !== undefined) child.stdin!.end(input);
-  });
-}
-
-/** Runs a fixture with this runtime. */
-function runFixture(script: string, args: string[], input?: string | Uint8Array): Promise<Outcome> {
-  const { command, args: full } = scriptCommand(script, args);
-  return run(command, full, input);
-}
-
-/** The argv that runs a fixture with this runtime, for a python3 or sh parent to start. */
-function fixtureArgv(script: string, args: string[]): string[] {
-  const { command, args: full } = scriptCommand(script, args);
-  return [command, ...full];
-}
-
 /** Runs an inline python3 program with arguments and parses the JSON it prints. */
 async function python(program: string, args: string[]): Promise<Record<string, unknown>> {
-  const outcome = await run("python3", ["-c", program, ...args]);
+  const outcome = await runToEnd("python3", ["-c", program, ...args]);
   assert.equal(outcome.code, 0, `python3 failed: ${outcome.stderr}`);
   return JSON.parse(outcome.stdout);
 }
@@ -577,7 +538,7 @@ describe("createStdioTransport()", () => {
       const script = `${
         shellQuote(fixtureArgv(WRITER, ["until-gone"]))
       } | head -n 1; echo "status=\${PIPESTATUS[0]}" >&2`;
-      const outcome = await run("bash", ["-c", script]);
+      const outcome = await runToEnd("bash", ["-c", script]);
       assert.equal(outcome.code, 0);
       assert.deepEqual(JSON.parse(outcome.stdout), { seq: 0, text: "a frame for a reader that may quit" });
       assert.match(outcome.stderr, /^gone after \d+ frames\nstatus=0\n$/);
@@ -687,7 +648,7 @@ describe("createStdioTransport()", () => {
       const script = `${
         shellQuote(fixtureArgv(WRITER, ["big", String(size), "--touch-stdout"]))
       } | (sleep 0.3; cat)`;
-      const outcome = await run("bash", ["-c", script]);
+      const outcome = await runToEnd("bash", ["-c", script]);
       assert.equal(outcome.code, 0, outcome.stderr);
       const report = JSON.parse(outcome.stderr);
       if (runtime === "node") {
@@ -769,7 +730,7 @@ describe("createStdioTransport()", () => {
       const file = path.join(dir, "flushed.jsonl");
       const trace = path.join(dir, "flush.strace");
       const argv = fixtureArgv(WRITER, ["flush", file, "5"]);
-      const outcome = await run("strace", ["-f", "-e", "trace=fsync,fdatasync", "-o", trace, ...argv]);
+      const outcome = await runToEnd("strace", ["-f", "-e", "trace=fsync,fdatasync", "-o", trace, ...argv]);
       assert.equal(outcome.code, 0, outcome.stderr);
       const report = JSON.parse(outcome.stderr.trim().split("\n").pop()!);
       assert.equal(report.fileClosed, true);
@@ -811,7 +772,10 @@ describe("createStdioTransport()", () => {
   });
 
   it("createStdioTransport() rejects bad options with a TypeError naming the option", () => {
-    assert.throws(() => createStdioTransport({ fd: -1 }), { name: "TypeError", message: /fd .*-1/ });
+    assert.throws(() => createStdioTransport({ fd: -1 }), {
+      name: "TypeError",
+      message: /^Cannot create a stdio transport: 'fd' must be a non-negative integer, got -1$/,
+    });
     assert.throws(() => createStdioTransport({ fd: 1.5 }), { name: "TypeError", message: /fd/ });
     assert.throws(() => createStdioTransport({ fd: "1" as unknown as number }), {
       name: "TypeError",
@@ -819,7 +783,7 @@ describe("createStdioTransport()", () => {
     });
     assert.throws(() => createStdioTransport({ flush: "yes" as unknown as boolean }), {
       name: "TypeError",
-      message: /flush .*"yes"/,
+      message: /^Cannot create a stdio transport: 'flush' must be a boolean, got "yes"$/,
     });
     assert.throws(() => createStdioTransport({ closeFd: 1 as unknown as boolean }), {
       name: "TypeError",
@@ -986,7 +950,8 @@ describe("TeeTransport", () => {
     });
     assert.throws(() => new TeeTransport(new Recorder(), {} as Transport), {
       name: "TypeError",
-      message: /secondary 0/,
+      message:
+        /^Cannot create a TeeTransport: 'secondaries\[0\]' must be a Transport \(write and close methods\), got an object$/,
     });
   });
 });
@@ -1024,7 +989,8 @@ describe("withTransport()", () => {
   it("withTransport() rejects a non-transport and a non-function", () => {
     assert.throws(() => withTransport({} as Transport, () => 1), {
       name: "TypeError",
-      message: /withTransport/,
+      message:
+        /^Cannot bind a transport: 'transport' must be a Transport \(write and close methods\), got an object$/,
     });
     assert.throws(() => withTransport(new Recorder(), 1 as unknown as () => number), {
       name: "TypeError",
@@ -1491,7 +1457,7 @@ cat "$0/out"
 umount "$0"
 exit $status`;
       try {
-        const outcome = await run("unshare", [
+        const outcome = await runToEnd("unshare", [
           "-m",
           "bash",
           "-c",
@@ -1546,7 +1512,7 @@ describe("round trip", () => {
     execFileSync("mkfifo", [fifo]);
     const script = `${shellQuote(fixtureArgv(PEER, ["count-to", "50"]))} < ${shellQuote([fifo])} | ` +
       `jq -c --unbuffered '{n: (.n + 1)}' > ${shellQuote([fifo])}`;
-    const outcome = await run("bash", ["-c", script]);
+    const outcome = await runToEnd("bash", ["-c", script]);
     assert.equal(outcome.code, 0, outcome.stderr);
     assert.deepEqual(JSON.parse(outcome.stderr), { last: 50 });
   });

@@ -3,12 +3,12 @@
 import { after, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
-import * as os from "node:os";
 import * as path from "node:path";
 import { runCommand, scriptCommand } from "../platform.ts";
+import { tempDir } from "./_helpers.ts";
 
 const root = path.join(import.meta.dirname ?? "tests", "..");
-const work = fs.mkdtempSync(path.join(os.tmpdir(), "keelson-vendor-"));
+const work = tempDir("keelson-vendor-");
 after(() => fs.rmSync(work, { recursive: true, force: true }));
 
 /** The contract names of ../shared/DESIGN.md that each vendored module must export. */

@@ -16,6 +16,7 @@ import {
   startWatchdog,
   type WatchdogCapabilities,
 } from "../platform.ts";
+import { killChild, signalTwice, sleep } from "./_helpers.ts";
 
 const FIXTURE = path.join(path.dirname(fileURLToPath(import.meta.url)), "fixtures", "watchdog_child.ts");
 const SLOW = { timeout: 60_000 };
@@ -70,21 +71,6 @@ function run(scenario: string): Run {
       ended.then(() => check() || reject(new Error(`child ended without "${prefix}"; stderr: ${text}`)));
     });
   return { child, ended, line, stderr: () => text };
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-/** SIGKILLs a child a test gave up on, so nothing outlives the suite. */
-function killChild(child: ChildProcess): void {
-  if (typeof child.pid === "number" && child.exitCode === null && child.signalCode === null) {
-    try {
-      process.kill(child.pid, "SIGKILL");
-    } catch {
-      // already gone
-    }
-  }
 }
 
 describe("startWatchdog() deadline", () => {
@@ -313,16 +299,6 @@ describe("startWatchdog() signals", () => {
     }
   });
 });
-
-/** Sends `signal` twice, `gapMs` apart, spinning in between (a timer could take far longer). */
-function signalTwice(pid: number, signal: NodeJS.Signals, gapMs: number): void {
-  process.kill(pid, signal);
-  const until = performance.now() + gapMs;
-  while (performance.now() < until) {
-    // spin
-  }
-  process.kill(pid, signal);
-}
 
 describe("startWatchdog() first signal and repeats", () => {
   for (const scenario of ["first-signal-blocked", "first-signal-busy"]) {
