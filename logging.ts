@@ -24,6 +24,7 @@
 import {
   chmod,
   closeFd,
+  createBackoff,
   createExclusive,
   errorCode,
   fchmod,
@@ -37,6 +38,7 @@ import {
   lstatOrNull,
   mkdirp,
   monotonicMs,
+  mustBe,
   onExit,
   openAppend,
   openRead,
@@ -476,19 +478,17 @@ export interface Logger {
  */
 export function openRotatingFile(path: string, options: RotatingFileOptions = {}): RotatingFile {
   if (typeof path !== "string" || path === "") {
-    throw new TypeError(`Cannot open log file ${safeQuote(path)}: path must be a non-empty string`);
+    throw new TypeError(mustBe(OPEN, "path", "a non-empty string", path));
   }
   if (typeof options !== "object" || options === null) {
-    throw new TypeError(
-      `Cannot open log file "${path}": options must be an object, got ${safeQuote(options)}`,
-    );
+    throw new TypeError(mustBe(OPEN, "options", "an object", options));
   }
   const settings: Settings = {
     maxBytes: checkInteger("maxBytes", options.maxBytes, DEFAULT_MAX_BYTES, 0),
     backups: checkInteger("backups", options.backups, DEFAULT_BACKUPS, 0),
     mode: checkMode(options.mode),
     checkEvery: checkInteger("checkEvery", options.checkEvery, DEFAULT_CHECK_EVERY, 1),
-    onError: checkCallback(options.onError) ?? createStderrReporter(),
+    onError: checkCallback(OPEN, options.onError) ?? createStderrReporter(),
     lockTimeoutMs: checkInteger("lockTimeoutMs", options.lockTimeoutMs, DEFAULT_LOCK_TIMEOUT_MS, 0),
     lockStaleMs: checkInteger("lockStaleMs", options.lockStaleMs, DEFAULT_LOCK_STALE_MS, 1),
     ...checkSecondEdition(options),
@@ -513,23 +513,21 @@ export function openRotatingFile(path: string, options: RotatingFileOptions = {}
  */
 export function createLogger(options: LoggerOptions): Logger {
   if (typeof options !== "object" || options === null) {
-    throw new TypeError(`Cannot create logger: options must be an object, got ${safeQuote(options)}`);
+    throw new TypeError(mustBe("create logger", "options", "an object", options));
   }
   const { sink } = options;
   if (typeof sink !== "object" || sink === null || typeof sink.write !== "function") {
-    throw new TypeError(`Cannot create logger: option "sink" must have a write(line) method`);
+    throw new TypeError(mustBe("create logger", "sink", "an object with a write(line) method", sink));
   }
   const level = options.level ?? DEFAULT_LOG_LEVEL;
   if (!LOG_LEVELS.includes(level)) {
-    throw new TypeError(
-      `Cannot create logger: option "level" must be one of ${LOG_LEVELS.join(", ")}, got ${safeQuote(level)}`,
-    );
+    throw new TypeError(mustBe("create logger", "level", `one of ${LOG_LEVELS.join(", ")}`, level));
   }
   const fields = options.fields ?? {};
   if (typeof fields !== "object" || fields === null || Array.isArray(fields)) {
-    throw new TypeError(`Cannot create logger: option "fields" must be an object, got ${safeQuote(fields)}`);
+    throw new TypeError(mustBe("create logger", "fields", "an object", fields));
   }
-  const onError = checkCallback(options.onError) ?? createStderrReporter();
+  const onError = checkCallback("create logger", options.onError) ?? createStderrReporter();
   return new JsonLogger(sink, level, toPlainFields(fields), { onError, reporting: false });
 }
 
@@ -1996,31 +1994,26 @@ function checkSecondEdition(options: RotatingFileOptions): Pick<
     if (wanted === "hourly" || wanted === "daily" || wanted === "weekly") interval = wanted;
     else if (typeof wanted !== "number" || !Number.isSafeInteger(wanted)) {
       fail(
-        `Option "interval" must be "hourly", "daily", "weekly" or an integer of milliseconds, got ${
-          safeQuote(wanted)
-        }`,
+        mustBe(OPEN, "interval", `"hourly", "daily", "weekly" or an integer of milliseconds`, wanted),
         typeof wanted === "string" ? "range" : "type",
       );
     } else if (wanted < 1000) {
-      fail(`Option "interval" must be at least 1000 milliseconds, got ${wanted}`, "range");
+      fail(mustBe(OPEN, "interval", "at least 1000 milliseconds", wanted), "range");
     } else interval = wanted;
   }
   const utc: unknown = options.utc ?? false;
-  if (typeof utc !== "boolean") fail(`Option "utc" must be a boolean, got ${safeQuote(utc)}`, "type");
+  if (typeof utc !== "boolean") fail(mustBe(OPEN, "utc", "a boolean", utc), "type");
   const compress: unknown = options.compress;
   if (compress !== undefined && compress !== "gzip") {
-    fail(
-      `Option "compress" must be "gzip", got ${safeQuote(compress)}`,
-      typeof compress === "string" ? "range" : "type",
-    );
+    fail(mustBe(OPEN, "compress", `"gzip"`, compress), typeof compress === "string" ? "range" : "type");
   }
   const bufferBytes = checkInteger("bufferBytes", options.bufferBytes, 0, 0);
   if (bufferBytes > MAX_BUFFER_BYTES) {
-    fail(`Option "bufferBytes" must be at most ${MAX_BUFFER_BYTES}, got ${bufferBytes}`, "range");
+    fail(mustBe(OPEN, "bufferBytes", `at most ${MAX_BUFFER_BYTES}`, bufferBytes), "range");
   }
   const flushMs = checkInteger("flushMs", options.flushMs, DEFAULT_FLUSH_MS, 0);
   if (flushMs > MAX_FLUSH_MS) {
-    fail(`Option "flushMs" must be at most ${MAX_FLUSH_MS}, got ${flushMs}`, "range");
+    fail(mustBe(OPEN, "flushMs", `at most ${MAX_FLUSH_MS}`, flushMs), "range");
   }
   return {
     interval,
@@ -2079,8 +2072,7 @@ function acquireLock(
   const record: LockRecord = { ...me, token, at: new Date().toISOString() };
   const text = JSON.stringify(record) + "\n";
   const fileOptions = settings.mode === undefined ? {} : { mode: settings.mode };
-  const deadline = monotonicMs() + waitMs;
-  let sleepMs = LOCK_SLEEP_MIN_MS;
+  const backoff = createBackoff({ minMs: LOCK_SLEEP_MIN_MS, maxMs: LOCK_SLEEP_MAX_MS, timeoutMs: waitMs });
   let tmp: string | null = tempPathBeside(lockPath);
   try {
     writeTextFile(tmp, text, fileOptions);
@@ -2117,16 +2109,15 @@ function acquireLock(
         }
         // Another process is taking it over right now: wait for its outcome like for a holder.
       }
-      const left = deadline - monotonicMs();
-      if (left <= 0) {
+      const pause = backoff.next();
+      if (pause === null) {
         const holder = readTextFileOrNull(lockPath)?.trim() ?? "gone";
         return {
           error: new Error(`lock "${lockPath}" still held after ${waitMs} ms by ${holder}`),
           busy: true,
         };
       }
-      sleepSync(Math.min(sleepMs, left));
-      sleepMs = Math.min(sleepMs * 2, LOCK_SLEEP_MAX_MS);
+      sleepSync(pause);
     }
   } catch (error) {
     return { error, busy: false };
@@ -2370,7 +2361,7 @@ class JsonLogger implements Logger {
 
   child(fields: LogFields): Logger {
     if (typeof fields !== "object" || fields === null || Array.isArray(fields)) {
-      throw new TypeError(`Cannot create child logger: fields must be an object, got ${safeQuote(fields)}`);
+      throw new TypeError(mustBe("create child logger", "fields", "an object", fields));
     }
     return new JsonLogger(
       this.#sink,
@@ -2387,7 +2378,12 @@ class JsonLogger implements Logger {
   #write(level: LogLevel, msg: unknown, fields: LogFields | undefined): void {
     if (fields !== undefined && fields !== null && (typeof fields !== "object" || Array.isArray(fields))) {
       throw new TypeError(
-        `Cannot write a ${level} record: fields must be an object, got ${safeQuote(fields)}`,
+        mustBe(
+          `write ${level === "info" || level === "error" ? "an" : "a"} ${level} record`,
+          "fields",
+          "an object",
+          fields,
+        ),
       );
     }
     let line: string;
@@ -2635,38 +2631,28 @@ function describeCause(cause: unknown): string {
   }
 }
 
-function safeQuote(value: unknown): string {
-  try {
-    if (typeof value === "bigint") return `${value}n`;
-    return JSON.stringify(value) ?? String(value);
-  } catch {
-    return String(value);
-  }
-}
+/** The action named in every argument error of {@linkcode openRotatingFile}. */
+const OPEN = "open rotating file";
 
 function checkInteger(name: string, value: unknown, fallback: number, min: number): number {
   if (value === undefined) return fallback;
   if (typeof value !== "number" || !Number.isSafeInteger(value)) {
-    throw new TypeError(`Option "${name}" must be an integer, got ${safeQuote(value)}`);
+    throw new TypeError(mustBe(OPEN, name, "an integer", value));
   }
-  if (value < min) throw new RangeError(`Option "${name}" must be at least ${min}, got ${value}`);
+  if (value < min) throw new RangeError(mustBe(OPEN, name, `at least ${min}`, value));
   return value;
 }
 
 function checkMode(value: unknown): number | undefined {
   if (value === undefined) return undefined;
   if (typeof value !== "number" || !Number.isInteger(value) || value < 0 || value > 0o7777) {
-    throw new RangeError(
-      `Option "mode" must be permission bits between 0 and 0o7777, got ${safeQuote(value)}`,
-    );
+    throw new RangeError(mustBe(OPEN, "mode", "permission bits between 0 and 0o7777", value));
   }
   return value;
 }
 
-function checkCallback(value: unknown): ((error: unknown) => void) | undefined {
+function checkCallback(action: string, value: unknown): ((error: unknown) => void) | undefined {
   if (value === undefined) return undefined;
-  if (typeof value !== "function") {
-    throw new TypeError(`Option "onError" must be a function, got ${safeQuote(value)}`);
-  }
+  if (typeof value !== "function") throw new TypeError(mustBe(action, "onError", "a function", value));
   return value as (error: unknown) => void;
 }

@@ -1140,12 +1140,16 @@ describe("openRotatingFile() failures", () => {
     );
     assert.throws(
       () => openRotatingFile(file, { mode: 0o17777 }),
-      (e: Error) => e instanceof RangeError && /mode/.test(e.message),
+      (e: Error) =>
+        e instanceof RangeError &&
+        /^Cannot open rotating file: 'mode' must be permission bits/.test(e.message),
     );
     assert.throws(() => openRotatingFile(file, { mode: "644" as unknown as number }), /mode/);
     assert.throws(
       () => openRotatingFile(file, { onError: "x" as unknown as () => void }),
-      (e: Error) => e instanceof TypeError && /onError/.test(e.message),
+      (e: Error) =>
+        e instanceof TypeError &&
+        /^Cannot open rotating file: 'onError' must be a function, got "x"$/.test(e.message),
     );
     assert.throws(() => openRotatingFile(file, null as unknown as RotatingFileOptions), TypeError);
     assert.equal(fs.existsSync(file), false, "a rejected call must not create the file");
@@ -2224,7 +2228,9 @@ describe("createLogger()", () => {
     for (const bad of ["str", 42, true, ["a"]]) {
       assert.throws(
         () => log.info("m", bad as unknown as Record<string, unknown>),
-        (e: Error) => e instanceof TypeError && /fields must be an object/.test(e.message),
+        (e: Error) =>
+          e instanceof TypeError &&
+          /^Cannot write an info record: 'fields' must be an object, got /.test(e.message),
       );
     }
     log.info("no fields");
@@ -2590,20 +2596,32 @@ describe("openRotatingFile() buffered", () => {
   it("openRotatingFile() rejects bad second-edition options with a TypeError or RangeError", () => {
     const file = freshLog();
     const bad: [RotatingFileOptions, ErrorConstructor, RegExp][] = [
-      [{ interval: "monthly" as "daily" }, RangeError, /"interval"/],
-      [{ interval: 999 }, RangeError, /at least 1000/],
-      [{ interval: 1.5 }, TypeError, /"interval"/],
-      [{ interval: true as unknown as number }, TypeError, /"interval"/],
-      [{ utc: "yes" as unknown as boolean }, TypeError, /"utc" must be a boolean/],
-      [{ maxAgeMs: 0 }, RangeError, /"maxAgeMs"/],
-      [{ maxAgeMs: "1d" as unknown as number }, TypeError, /"maxAgeMs"/],
-      [{ compress: "zstd" as "gzip" }, RangeError, /"compress" must be "gzip"/],
-      [{ compress: true as unknown as "gzip" }, TypeError, /"compress"/],
-      [{ bufferBytes: -1 }, RangeError, /"bufferBytes"/],
-      [{ bufferBytes: 2 ** 31 }, RangeError, /"bufferBytes"/],
-      [{ bufferBytes: 10.5 }, TypeError, /"bufferBytes"/],
-      [{ flushMs: -5 }, RangeError, /"flushMs"/],
-      [{ flushMs: 2 ** 31 }, RangeError, /"flushMs"/],
+      [{ interval: "monthly" as "daily" }, RangeError, /'interval'/],
+      [
+        { interval: 999 },
+        RangeError,
+        /^Cannot open rotating file: 'interval' must be at least 1000 milliseconds, got 999$/,
+      ],
+      [{ interval: 1.5 }, TypeError, /'interval'/],
+      [{ interval: true as unknown as number }, TypeError, /'interval'/],
+      [
+        { utc: "yes" as unknown as boolean },
+        TypeError,
+        /^Cannot open rotating file: 'utc' must be a boolean, got "yes"$/,
+      ],
+      [{ maxAgeMs: 0 }, RangeError, /'maxAgeMs'/],
+      [{ maxAgeMs: "1d" as unknown as number }, TypeError, /'maxAgeMs'/],
+      [
+        { compress: "zstd" as "gzip" },
+        RangeError,
+        /^Cannot open rotating file: 'compress' must be "gzip", got "zstd"$/,
+      ],
+      [{ compress: true as unknown as "gzip" }, TypeError, /'compress'/],
+      [{ bufferBytes: -1 }, RangeError, /'bufferBytes'/],
+      [{ bufferBytes: 2 ** 31 }, RangeError, /'bufferBytes'/],
+      [{ bufferBytes: 10.5 }, TypeError, /'bufferBytes'/],
+      [{ flushMs: -5 }, RangeError, /'flushMs'/],
+      [{ flushMs: 2 ** 31 }, RangeError, /'flushMs'/],
     ];
     for (const [options, type, message] of bad) {
       assert.throws(() => openRotatingFile(file, options), (error: Error) => {
