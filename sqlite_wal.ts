@@ -525,7 +525,7 @@ export function applyWal(db: SqliteLike, path: string, options: ApplyWalOptions 
       if (isWalIncompatibleError(error)) {
         return fallBack(db, path, file ?? databaseFile(db, path, settings.uri), error, null, settings);
       }
-      if (isLockError(error)) {
+      if (isSqliteErrorOf(error, LOCK_ERRORS)) {
         // Jittered, so that processes started together do not retry in lockstep.
         lockBackoff ??= createBackoff({
           minMs: LOCK_PAUSE_FIRST_MS,
@@ -539,7 +539,7 @@ export function applyWal(db: SqliteLike, path: string, options: ApplyWalOptions 
           continue;
         }
       }
-      if (attempt >= settings.retries || !isTransientError(error)) throw error;
+      if (attempt >= settings.retries || !isSqliteErrorOf(error, TRANSIENT_ERRORS)) throw error;
       attempt++;
       sleepSync(settings.retryDelayMs);
     }
@@ -658,17 +658,25 @@ const PERMANENT_RESULT_CODES: readonly number[] = [SQLITE_PROTOCOL, SQLITE_AUTH]
 const PERMANENT_CODE_NAMES: readonly string[] = ["SQLITE_PROTOCOL", "SQLITE_AUTH"];
 /** `sqlite3_errstr()` of SQLITE_PROTOCOL and SQLITE_AUTH, as node:sqlite puts it in `errstr`. */
 const PERMANENT_ERRSTRS: readonly string[] = ["locking protocol", "authorization denied"];
-const LOCK_RESULT_CODES: readonly number[] = [SQLITE_BUSY, SQLITE_LOCKED];
-const LOCK_CODE_NAMES: readonly string[] = ["SQLITE_BUSY", "SQLITE_LOCKED"];
-/** `sqlite3_errstr()` of the lock codes and the messages SQLite builds from them. */
-const LOCK_MESSAGES: readonly string[] = [
-  "database is locked",
-  "database table is locked",
-  "database schema is locked",
-];
-const TRANSIENT_RESULT_CODES: readonly number[] = [...LOCK_RESULT_CODES, SQLITE_IOERR];
-const TRANSIENT_CODE_NAMES: readonly string[] = [...LOCK_CODE_NAMES, "SQLITE_IOERR"];
-const TRANSIENT_MESSAGES: readonly string[] = [...LOCK_MESSAGES, "disk i/o error"];
+/** How an error of one kind shows itself across drivers: result code, code name, or message text. */
+interface SqliteErrorKind {
+  resultCodes: readonly number[];
+  codeNames: readonly string[];
+  /** `sqlite3_errstr()` and the messages SQLite builds from these codes, lower case. */
+  messages: readonly string[];
+}
+/** Another connection holds a lock: `SQLITE_BUSY` or `SQLITE_LOCKED`, extended codes included. */
+const LOCK_ERRORS: SqliteErrorKind = {
+  resultCodes: [SQLITE_BUSY, SQLITE_LOCKED],
+  codeNames: ["SQLITE_BUSY", "SQLITE_LOCKED"],
+  messages: ["database is locked", "database table is locked", "database schema is locked"],
+};
+/** A lock, or an I/O error that a retry may get past. */
+const TRANSIENT_ERRORS: SqliteErrorKind = {
+  resultCodes: [...LOCK_ERRORS.resultCodes, SQLITE_IOERR],
+  codeNames: [...LOCK_ERRORS.codeNames, "SQLITE_IOERR"],
+  messages: [...LOCK_ERRORS.messages, "disk i/o error"],
+};
 
 /** The connection modes that use a rollback journal (or none) in the database file itself. */
 const ROLLBACK_MODES: readonly string[] = ["delete", "truncate", "persist", "off"];
@@ -897,29 +905,16 @@ function firstColumn(row: unknown): unknown {
   return undefined;
 }
 
-/** Another connection holds a lock: `SQLITE_BUSY` or `SQLITE_LOCKED`, extended codes included. */
-function isLockError(error: unknown): boolean {
+/** Whether `error` is of `kind`, by whichever of code, code name or message text its driver gives. */
+function isSqliteErrorOf(error: unknown, kind: SqliteErrorKind): boolean {
   const code = sqliteResultCode(error);
-  if (code !== undefined && LOCK_RESULT_CODES.includes(code & PRIMARY_CODE_MASK)) return true;
+  if (code !== undefined && kind.resultCodes.includes(code & PRIMARY_CODE_MASK)) return true;
   const codeName = sqliteCodeName(error);
-  if (codeName !== undefined && LOCK_CODE_NAMES.some((name) => isCodeName(codeName, name))) return true;
+  if (codeName !== undefined && kind.codeNames.some((name) => isCodeName(codeName, name))) return true;
   for (const text of [errorField(error, "message"), errorField(error, "errstr")]) {
     if (typeof text !== "string") continue;
     const lower = text.toLowerCase();
-    if (LOCK_MESSAGES.some((message) => lower.includes(message))) return true;
-  }
-  return false;
-}
-
-function isTransientError(error: unknown): boolean {
-  const code = sqliteResultCode(error);
-  if (code !== undefined && TRANSIENT_RESULT_CODES.includes(code & PRIMARY_CODE_MASK)) return true;
-  const codeName = sqliteCodeName(error);
-  if (codeName !== undefined && TRANSIENT_CODE_NAMES.some((name) => isCodeName(codeName, name))) return true;
-  for (const text of [errorField(error, "message"), errorField(error, "errstr")]) {
-    if (typeof text !== "string") continue;
-    const lower = text.toLowerCase();
-    if (TRANSIENT_MESSAGES.some((message) => lower.includes(message))) return true;
+    if (kind.messages.some((message) => lower.includes(message))) return true;
   }
   return false;
 }
