@@ -4,7 +4,7 @@
 // then tsc type-checks a consumer under `node16` and `bundler` resolution with the strictest flags and
 // `skipLibCheck: false`. Plain JavaScript, like tools/runtimes.mjs, so any Node.js with npm can start it.
 //
-//   node tools/check_package.mjs
+//   node tools/check_package.mjs        (KEEP=1 keeps the temporary project for a look)
 import { spawnSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -52,6 +52,16 @@ check(readJournalModeOnDisk(join(dir, "none.db")) === "absent", "keelson/sqlite_
 check(typeof all.acquirePidFile === "function" && typeof all.installShutdown === "function", "keelson");
 console.log("package ok");
 `;
+
+// The consumer's own node imports, declared by hand, so the bundler-style check runs without @types/node.
+const NODE_DECLARATIONS = [
+  "declare function mkdtempSync(prefix: string): string;",
+  "declare function readFileSync(path: string, encoding: string): string;",
+  "declare function tmpdir(): string;",
+  "declare function join(...parts: string[]): string;",
+  "declare const console: { log(...args: unknown[]): void };",
+  "",
+].join("\n");
 
 const STRICT = {
   target: "ES2022",
@@ -116,7 +126,7 @@ try {
 
   writeFileSync(
     join(project, "typed.ts"),
-    CONSUMER.replace(/^import \{ mkdtempSync[^\n]*\n[^\n]*\n[^\n]*\n/m, DECLARE_NODE_BITS()),
+    CONSUMER.replace(/^import \{ mkdtempSync[^\n]*\n[^\n]*\n[^\n]*\n/m, NODE_DECLARATIONS),
   );
   // Four consumers: a Node project (node16, ES2023 with @types/node), a bundler/Bun-style one (ESNext and
   // DOM libs, no node types), a bare one (ES2022 lib only, no node types: keelson's declarations must bring
@@ -140,16 +150,4 @@ try {
   }
 } finally {
   if (!process.env.KEEP) rmSync(work, { recursive: true, force: true });
-}
-
-// The consumer's own node imports, declared by hand, so the bundler-style check runs without @types/node.
-function DECLARE_NODE_BITS() {
-  return [
-    "declare function mkdtempSync(prefix: string): string;",
-    "declare function readFileSync(path: string, encoding: string): string;",
-    "declare function tmpdir(): string;",
-    "declare function join(...parts: string[]): string;",
-    "declare const console: { log(...args: unknown[]): void };",
-    "",
-  ].join("\n");
 }
