@@ -18,23 +18,26 @@
  * import: the `SIGXFSZ` listener of {@linkcode handleFileSizeSignal}, exit and uncaught-error hooks,
  * signal listeners and the watchdog thread are installed only when a function asks for them.
  *
- * Contents, in file order (and the modules that use each section):
+ * Contents, in file order, and the modules that use each section:
  * - Runtime detection: `runtime`, `isLinux` (shutdown).
- * - Errors: `errorCode` (all modules).
- * - Messages and reporting: `describeValue`, `mustBe`, `describeError`, `stderrReporter`, the one way to
- *   word a bad argument and to report on stderr (pidfile, shutdown, transport, sqlite_wal).
- * - Files: `node:fs` on every runtime, descriptors, exact writes, owned appends (all modules).
- * - Sleeping: `sleepSync`, `monotonicMs`, `createBackoff`, `setUnrefInterval` (logging, pidfile,
- *   sqlite_wal).
- * - Processes: pids, signals by number, `/proc`, environment (logging, pidfile, shutdown).
- * - Process identity: who wrote a record and is it still alive (logging, pidfile, shutdown).
- * - Signals: `onSignal`, `handleFileSizeSignal` (logging, pidfile, shutdown).
- * - Child processes: `spawnDetached`, `runCommand` (shutdown).
+ * - Errors: `errorCode`, one errno name for every runtime's errors (all but shutdown).
+ * - Messages and reporting: `describeValue`, `mustBe`, `describeError`, `stderrReporter`: the one way to
+ *   word a bad argument and to report on stderr (all modules).
+ * - Time: `sleepSync`, `monotonicMs`, `createBackoff`, `setUnrefInterval`, `setUnrefTimeout` (logging,
+ *   pidfile, sqlite_wal).
+ * - Files: thin wrappers of `node:fs` (among the stats, `statIdentity`: the cheap check before every log
+ *   write), then `writeFileAtomic`, `openOwnedAppend` and `gzipFile` (all modules).
+ * - Writing to descriptors: `writeAll`, and `openDescriptorWriter` / `writeAllWithin`, exact and bounded
+ *   writes to any descriptor number (logging, shutdown, transport); libc through FFI behind them.
+ * - Processes: pids, `kill`, `/proc` readers, the environment (logging, pidfile, shutdown).
+ * - Process identity: `selfIdentity`, `judgeIdentity`: who wrote a record and is it still alive (logging,
+ *   pidfile, shutdown).
+ * - Signals and exit hooks: `onSignal`, `signalListenerCount`, `ignoreSignalRepeats`,
+ *   `handleFileSizeSignal`, `onExit`, `onUncaught` (logging, pidfile, shutdown).
+ * - Watchdog: `startWatchdog`, a thread that ends the process while the main thread is blocked (shutdown).
+ * - Child processes: `spawnDetached`, `runCommand` (shutdown); `scriptCommand` (tests, benches).
  * - Standard input: `stdinChunks` (transport).
  * - Context binding: `createContextStore` (transport).
- * - Running scripts with this runtime: `scriptCommand` (tests); then, under `// ---` sub-banners, the
- *   watchdog thread (`startWatchdog`: shutdown), exit hooks and the signal listener count (`onExit`,
- *   `signalListenerCount`: pidfile; `onUncaught`: shutdown) and `statIdentity` (logging).
  * - Redaction: `redactArgv`, what of an argv may be written down (pidfile, shutdown).
  *
  * @module
@@ -283,16 +286,8 @@ export function stderrReporter(prefix: string): (report: unknown) => void {
 const sleepCell = new Int32Array(new SharedArrayBuffer(4));
 
 /**
- * Sleeps synchronously without burning a core (`Atomics.wait`, allowed on the main thread of all three
- * runtimes). For lock waits and `EAGAIN` backoff in synchronous code paths.
- *
- * @param ms Milliseconds to sleep.
- *
- * @example
- * ```ts
- * import { sleepSync } from "./platform.ts";
- * sleepSync(5);
- * ```
+ * Sleeps synchronously without burning a core: `Atomics.wait`, which all three runtimes allow on the
+ * main thread. For lock waits and `EAGAIN` backoff on synchronous paths.
  */
 export function sleepSync(ms: number): void {
   if (ms > 0) Atomics.wait(sleepCell, 0, 0, ms);
@@ -389,13 +384,9 @@ export function createBackoff(options: BackoffOptions): Backoff {
  * ```
  */
 export function setUnrefInterval(fn: () => void, ms: number): () => void {
-  const handle: unknown = setInterval(fn, ms);
-  if (typeof handle === "number") {
-    (deno as { unrefTimer?: (id: number) => void } | undefined)?.unrefTimer?.(handle);
-  } else {
-    (handle as { unref?: () => void } | null)?.unref?.();
-  }
-  return () => clearInterval(handle as Parameters<typeof clearInterval>[0]);
+  const handle = setInterval(fn, ms);
+  unrefTimer(handle);
+  return () => clearInterval(handle);
 }
 
 /**
@@ -414,15 +405,22 @@ export function setUnrefInterval(fn: () => void, ms: number): () => void {
  * ```
  */
 export function setUnrefTimeout(callback: () => void, ms: number): () => void {
-  const id = setTimeout(callback, ms);
-  const unrefTimer = (deno as { unrefTimer?: (id: number) => void } | undefined)?.unrefTimer;
-  if (unrefTimer) unrefTimer(id as unknown as number);
-  else (id as unknown as { unref?: () => void }).unref?.();
-  return () => clearTimeout(id);
+  const handle = setTimeout(callback, ms);
+  unrefTimer(handle);
+  return () => clearTimeout(handle);
+}
+
+/** Deno's timers are numbers (`Deno.unrefTimer` lets them go); Node's and Bun's have `unref()`. */
+function unrefTimer(handle: unknown): void {
+  if (typeof handle === "number") {
+    (deno as { unrefTimer?: (id: number) => void } | undefined)?.unrefTimer?.(handle);
+  } else {
+    (handle as { unref?: () => void } | null)?.unref?.();
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Files: node:fs on every runtime (thin wrappers first, then owned appends, atomic writes, gzip)
+// Files: node:fs on every runtime (thin wrappers first, then atomic writes, owned appends, gzip)
 // ---------------------------------------------------------------------------------------------------
 
 /**
@@ -589,85 +587,27 @@ export function createExclusive(path: string, options: OpenOptions = {}): number
   return fd;
 }
 
-/**
- * Opens an existing file read-only.
- *
- * @param path The file.
- * @returns The descriptor.
- *
- * @example
- * ```ts
- * import { closeFd, fstat, openRead } from "./platform.ts";
- * const fd = openRead("/etc/hostname");
- * console.log(fstat(fd).size);
- * closeFd(fd);
- * ```
- */
+/** Opens an existing file read-only; returns the descriptor. */
 export function openRead(path: string): number {
   return fs.openSync(path, O_RDONLY);
 }
 
-/**
- * Closes a descriptor.
- *
- * @param fd The descriptor.
- *
- * @example
- * ```ts
- * import { closeFd, openRead } from "./platform.ts";
- * closeFd(openRead("/etc/hostname"));
- * ```
- */
+/** `close(2)`. */
 export function closeFd(fd: number): void {
   fs.closeSync(fd);
 }
 
-/**
- * `fstat` of an open descriptor.
- *
- * @param fd The descriptor.
- * @returns The file's facts; `ino` is `null` when unknown.
- *
- * @example
- * ```ts
- * import { closeFd, fstat, openAppend } from "./platform.ts";
- * const fd = openAppend("/tmp/example.log");
- * console.log(fstat(fd).size);
- * closeFd(fd);
- * ```
- */
+/** `fstat(2)` of an open descriptor. */
 export function fstat(fd: number): FileStat {
   return toFileStat(fs.fstatSync(fd));
 }
 
-/**
- * `stat` of a path (following symlinks). Throws `ENOENT` when nothing is there.
- *
- * @param path The path.
- * @returns The file's facts; `ino` is `null` when unknown.
- *
- * @example
- * ```ts
- * import { stat } from "./platform.ts";
- * console.log(stat("/etc/hostname").isFile);
- * ```
- */
+/** `stat(2)` of a path, symlinks followed; throws `ENOENT` when nothing is there. */
 export function stat(path: string): FileStat {
   return toFileStat(fs.statSync(path));
 }
 
-/**
- * `stat` of a path, or `null` when nothing is there (`ENOENT`, `ENOTDIR`). Other errors are thrown.
- *
- * @param path The path.
- * @returns The file's facts, or `null`.
- *
- * @example
- * ```ts
- * import { statOrNull } from "./platform.ts";
- * console.log(statOrNull("/no/such/file")); // null
- * ```
- */
+/** `stat(2)` of a path, or `null` when nothing is there (`ENOENT`, `ENOTDIR`); other errors are thrown. */
 export function statOrNull(path: string): FileStat | null {
   try {
     return toFileStat(fs.statSync(path));
@@ -678,19 +618,7 @@ export function statOrNull(path: string): FileStat | null {
   }
 }
 
-/**
- * `lstat` of a path (a symbolic link is reported as itself, not followed), or `null` when nothing is
- * there (`ENOENT`, `ENOTDIR`). Other errors are thrown.
- *
- * @param path The path.
- * @returns The facts of the name itself, or `null`.
- *
- * @example Is the path a symbolic link?
- * ```ts
- * import { lstatOrNull } from "./platform.ts";
- * console.log(lstatOrNull("/proc/self")?.isSymbolicLink); // true on Linux
- * ```
- */
+/** `lstat(2)` of a path (a symlink is reported as itself), or `null` when nothing is there. */
 export function lstatOrNull(path: string): FileStat | null {
   try {
     return toFileStat(fs.lstatSync(path));
@@ -775,24 +703,7 @@ export function statIdentity(path: string): FileIdentity | null {
   }
 }
 
-/**
- * Reads up to `length` bytes of an open descriptor at `position` (`pread(2)`: the file offset is not
- * moved). Fewer bytes come back at the end of the file.
- *
- * @param fd The descriptor (opened for reading).
- * @param length How many bytes at most.
- * @param position Where to read from.
- * @returns The bytes read.
- *
- * @example Does a file end with a newline?
- * ```ts
- * import { closeFd, fstat, openRead, readAt, writeTextFile } from "./platform.ts";
- * writeTextFile("/tmp/example-last.log", "one\ntwo");
- * const fd = openRead("/tmp/example-last.log");
- * console.log(readAt(fd, 1, fstat(fd).size - 1)[0] === 0x0a); // false
- * closeFd(fd);
- * ```
- */
+/** `pread(2)` of up to `length` bytes at `position` (the file offset stays); fewer at the end of the file. */
 export function readAt(fd: number, length: number, position: number): Uint8Array {
   const buffer = new Uint8Array(length);
   let filled = 0;
@@ -804,48 +715,17 @@ export function readAt(fd: number, length: number, position: number): Uint8Array
   return buffer.subarray(0, filled);
 }
 
-/**
- * Reads at most the first `length` bytes of a file (fewer when the file is shorter).
- *
- * @param path The file.
- * @param length How many bytes at most.
- * @returns The bytes read.
- *
- * @example Read an SQLite header
- * ```ts
- * import { readHead, writeTextFile } from "./platform.ts";
- * writeTextFile("/tmp/example.bin", "SQLite format 3\0");
- * console.log(readHead("/tmp/example.bin", 100).length); // 16
- * ```
- */
+/** At most the first `length` bytes of a file. */
 export function readHead(path: string, length: number): Uint8Array {
   const fd = fs.openSync(path, O_RDONLY);
   try {
-    const buffer = new Uint8Array(length);
-    let filled = 0;
-    while (filled < length) {
-      const n = fs.readSync(fd, buffer, filled, length - filled, filled);
-      if (n === 0) break;
-      filled += n;
-    }
-    return buffer.subarray(0, filled);
+    return readAt(fd, length, 0);
   } finally {
     fs.closeSync(fd);
   }
 }
 
-/**
- * Reads a whole file as UTF-8 text, or returns `null` when it is absent (`ENOENT`, `ENOTDIR`).
- *
- * @param path The file.
- * @returns Its text, or `null`.
- *
- * @example
- * ```ts
- * import { readTextFileOrNull } from "./platform.ts";
- * console.log(readTextFileOrNull("/no/such/file")); // null
- * ```
- */
+/** A whole file as UTF-8 text, or `null` when it is absent (`ENOENT`, `ENOTDIR`). */
 export function readTextFileOrNull(path: string): string | null {
   try {
     return fs.readFileSync(path, "utf8");
@@ -856,122 +736,30 @@ export function readTextFileOrNull(path: string): string | null {
   }
 }
 
-/**
- * Reads a whole file.
- *
- * @param path The file.
- * @returns Its bytes.
- *
- * @example
- * ```ts
- * import { readFile } from "./platform.ts";
- * console.log(readFile("/etc/hostname").length);
- * ```
- */
-export function readFile(path: string): Uint8Array {
-  return fs.readFileSync(path);
-}
-
-/**
- * Reads a whole file as UTF-8 text.
- *
- * @param path The file.
- * @returns Its text.
- *
- * @example
- * ```ts
- * import { readTextFile } from "./platform.ts";
- * console.log(readTextFile("/etc/hostname").trim());
- * ```
- */
-export function readTextFile(path: string): string {
-  return fs.readFileSync(path, "utf8");
-}
-
-/**
- * The names in a directory (no `.` or `..`).
- *
- * @param path The directory.
- * @returns The entry names.
- *
- * @example
- * ```ts
- * import { readDir } from "./platform.ts";
- * console.log(readDir("/tmp").length);
- * ```
- */
+/** The names in a folder, without `.` and `..`. */
 export function readDir(path: string): string[] {
   return fs.readdirSync(path);
 }
 
 /**
- * `link(2)`: makes `newPath` a second name of `existingPath`. Fails with `EEXIST` when anything is at
- * `newPath`, which makes it an atomic "publish if absent" of a fully written temporary file.
- *
- * @param existingPath The file to link.
- * @param newPath The new name.
- *
- * @example Publish a file only if nobody else did
- * ```ts
- * import { link, unlink, writeTextFile } from "./platform.ts";
- * const tmp = `/tmp/example.${Date.now()}.tmp`;
- * writeTextFile(tmp, "1234\n");
- * try {
- *   link(tmp, "/tmp/example.pid");
- * } finally {
- *   unlink(tmp);
- * }
- * ```
+ * `link(2)`: fails with `EEXIST` when anything is at `newPath`, so linking a fully written temporary
+ * file into place is an atomic "publish if absent".
  */
 export function link(existingPath: string, newPath: string): void {
   fs.linkSync(existingPath, newPath);
 }
 
-/**
- * `rename(2)`: atomically replaces whatever is at `newPath`.
- *
- * @param oldPath The current name.
- * @param newPath The new name.
- *
- * @example
- * ```ts
- * import { rename, writeTextFile } from "./platform.ts";
- * writeTextFile("/tmp/example.new", "data\n");
- * rename("/tmp/example.new", "/tmp/example.txt");
- * ```
- */
+/** `rename(2)`: atomically replaces whatever is at `newPath`. */
 export function rename(oldPath: string, newPath: string): void {
   fs.renameSync(oldPath, newPath);
 }
 
-/**
- * `unlink(2)`: removes a name. Throws `ENOENT` when it is absent.
- *
- * @param path The name to remove.
- *
- * @example
- * ```ts
- * import { unlink, writeTextFile } from "./platform.ts";
- * writeTextFile("/tmp/example.gone", "");
- * unlink("/tmp/example.gone");
- * ```
- */
+/** `unlink(2)`; throws `ENOENT` when the name is absent. */
 export function unlink(path: string): void {
   fs.unlinkSync(path);
 }
 
-/**
- * `unlink(2)` that treats an absent path as done. Returns whether it removed something.
- *
- * @param path The name to remove.
- * @returns `true` when a file was removed, `false` when nothing was there.
- *
- * @example
- * ```ts
- * import { unlinkIfExists } from "./platform.ts";
- * console.log(unlinkIfExists("/tmp/never-there")); // false
- * ```
- */
+/** `unlink(2)` that counts an absent name as done; returns whether it removed something. */
 export function unlinkIfExists(path: string): boolean {
   try {
     fs.unlinkSync(path);
@@ -982,130 +770,38 @@ export function unlinkIfExists(path: string): boolean {
   }
 }
 
-/**
- * Sets a file's modification (and access) time, by default to now: a heartbeat that a file's readers
- * can judge without reading it.
- *
- * @param path The file.
- * @param timeMs The new time, in milliseconds since the epoch.
- * @default timeMs Date.now()
- *
- * @example
- * ```ts
- * import { touch, writeTextFile } from "./platform.ts";
- * writeTextFile("/tmp/example.heartbeat", "alive\n");
- * touch("/tmp/example.heartbeat");
- * ```
- */
+/** Sets a file's access and modification times (default: now): a heartbeat that readers judge by `stat`. */
 export function touch(path: string, timeMs: number = Date.now()): void {
   const time = new Date(timeMs);
   fs.utimesSync(path, time, time);
 }
 
-/**
- * `chmod(2)` of a path.
- *
- * @param path The file.
- * @param mode The permission bits.
- *
- * @example
- * ```ts
- * import { chmod, writeTextFile } from "./platform.ts";
- * writeTextFile("/tmp/example.secret", "s3cret\n");
- * chmod("/tmp/example.secret", 0o600);
- * ```
- */
+/** `chmod(2)`. */
 export function chmod(path: string, mode: number): void {
   fs.chmodSync(path, mode);
 }
 
-/**
- * `fchmod(2)` of an open descriptor: immune to the path being renamed meanwhile.
- *
- * @param fd The descriptor.
- * @param mode The permission bits.
- *
- * @example
- * ```ts
- * import { closeFd, fchmod, openAppend } from "./platform.ts";
- * const fd = openAppend("/tmp/example.log");
- * fchmod(fd, 0o640);
- * closeFd(fd);
- * ```
- */
+/** `fchmod(2)`: immune to the path being renamed meanwhile. */
 export function fchmod(fd: number, mode: number): void {
   fs.fchmodSync(fd, mode);
 }
 
-/**
- * `fchown(2)` of an open descriptor (root only, to give a file another owner).
- *
- * @param fd The descriptor.
- * @param uid The new owner's user id.
- * @param gid The new group id.
- *
- * @example Hand a file created by root back to the owner of the one it replaces
- * ```ts ignore
- * import { closeFd, fchown, openAppend, stat } from "./platform.ts";
- * const previous = stat("/var/log/app/app.log.1");
- * const fd = openAppend("/var/log/app/app.log", { mode: previous.mode & 0o7777 });
- * fchown(fd, previous.uid, previous.gid);
- * closeFd(fd);
- * ```
- */
+/** `fchown(2)` (root only: gives a file another owner). */
 export function fchown(fd: number, uid: number, gid: number): void {
   fs.fchownSync(fd, uid, gid);
 }
 
-/**
- * `ftruncate(2)` of an open descriptor.
- *
- * @param fd The descriptor (opened for writing).
- * @param length The new size.
- * @default length 0
- *
- * @example
- * ```ts
- * import { closeFd, ftruncate, openAppend } from "./platform.ts";
- * const fd = openAppend("/tmp/example.log");
- * ftruncate(fd, 0);
- * closeFd(fd);
- * ```
- */
+/** `ftruncate(2)`, to 0 bytes by default. */
 export function ftruncate(fd: number, length = 0): void {
   fs.ftruncateSync(fd, length);
 }
 
-/**
- * `fsync(2)`: flushes the file's data and metadata to the device.
- *
- * @param fd The descriptor.
- *
- * @example
- * ```ts
- * import { closeFd, fsync, openAppend } from "./platform.ts";
- * const fd = openAppend("/tmp/example.log");
- * fsync(fd);
- * closeFd(fd);
- * ```
- */
+/** `fsync(2)`: the file's data and metadata reach the device. */
 export function fsync(fd: number): void {
   fs.fsyncSync(fd);
 }
 
-/**
- * Creates a directory and its missing parents; an existing directory is fine.
- *
- * @param path The directory.
- * @param mode Permission bits of the directories created (narrowed by the umask).
- * @default mode 0o777
- *
- * @example
- * ```ts
- * import { mkdirp } from "./platform.ts";
- * mkdirp("/tmp/example/a/b");
- * ```
- */
+/** `mkdir -p`: a folder and its missing parents (`mode` narrowed by the umask); one that exists is fine. */
 export function mkdirp(path: string, mode = 0o777): void {
   fs.mkdirSync(path, { recursive: true, mode });
 }
@@ -1156,16 +852,8 @@ export function writeTextFile(path: string, text: string, options: WriteFileOpti
 let tempCounter = 0;
 
 /**
- * A unique name for a temporary file next to `path` (same directory, so `rename`/`link` stay atomic).
- *
- * @param path The file the temporary stands in for.
- * @returns A path that nobody else will pick.
- *
- * @example
- * ```ts
- * import { tempPathBeside } from "./platform.ts";
- * console.log(tempPathBeside("/run/app.pid")); // /run/app.pid.<pid>.<n>.<random>.tmp
- * ```
+ * A name for a temporary file beside `path` (same folder, so `rename` and `link` stay atomic) that
+ * no other process or call picks.
  */
 export function tempPathBeside(path: string): string {
   tempCounter += 1;
@@ -1203,11 +891,12 @@ export function writeFileAtomic(path: string, text: string, options: WriteFileOp
 }
 
 /**
- * Opens a private file for appending (and reading back) that a planted link cannot redirect: `O_NOFOLLOW` (a symlink at
- * `path` fails with `ELOOP`, its target untouched), `O_NONBLOCK` for the open only (a FIFO fails with
- * `ENXIO` instead of hanging), created with `mode` itself so it is never wider for an instant. What was
- * opened must be a regular file with one link, owned by this process's user; otherwise the descriptor is
- * closed and a {@linkcode NotOwnedFileError} is thrown. An existing file wider than `mode` is narrowed.
+ * Opens a private file for appending (and reading back) that a planted link cannot redirect:
+ * `O_NOFOLLOW` (a symlink at `path` fails with `ELOOP`, its target untouched), `O_NONBLOCK` for the open
+ * only (a FIFO fails with `ENXIO` instead of hanging), created with `mode` itself so it is never wider for
+ * an instant. What was opened must be a regular file with one link, owned by this process's user;
+ * otherwise the descriptor is closed and a {@linkcode NotOwnedFileError} is thrown. An existing file
+ * wider than `mode` is narrowed.
  *
  * @param path The file (created when absent; its folder must exist).
  * @param mode Permission bits, e.g. `0o600`.
@@ -1257,7 +946,7 @@ export function openOwnedAppend(path: string, mode: number): number {
 export class NotOwnedFileError extends Error {
   /** The path that was refused. */
   readonly path: string;
-  /** `"not-a-file"` (a device, FIFO, socket or folder), or `"file"` (a regular file of another user, or hard-linked). */
+  /** `"not-a-file"` (a device, FIFO, socket or folder), or `"file"` (another user's, or hard-linked). */
   readonly kind: "file" | "not-a-file";
   /** The owner's user id. */
   readonly uid: number;
@@ -1541,7 +1230,7 @@ export interface DescriptorWriter {
  */
 export function openDescriptorWriter(fd: number): DescriptorWriter {
   if (!Number.isSafeInteger(fd) || fd < 0) {
-    throw new TypeError(`Cannot open a descriptor writer: fd must be a non-negative integer, got ${fd}`);
+    throw new TypeError(mustBe("open a descriptor writer", "fd", "a non-negative integer", fd));
   }
   const lib = runtime === "node" ? null : loadLibc();
   let known = true; // node:fs can write to this number (on Deno: one it opened itself, or 0-2)
@@ -1884,29 +1573,12 @@ function libcWrite(lib: Libc, fd: number, bytes: Uint8Array, send: boolean): num
 // Processes: pids, /proc, the environment
 // ---------------------------------------------------------------------------------------------------
 
-/**
- * This process's id.
- *
- * @example
- * ```ts
- * import { getPid } from "./platform.ts";
- * console.log(getPid());
- * ```
- */
+/** This process's id. */
 export function getPid(): number {
   return deno ? deno.pid : process.pid;
 }
 
-/**
- * The parent's process id, read fresh each time (it changes when the parent dies and we are
- * re-parented).
- *
- * @example
- * ```ts
- * import { getPpid } from "./platform.ts";
- * console.log(getPpid());
- * ```
- */
+/** The parent's pid, read fresh each time: it changes when the parent dies and we are re-parented. */
 export function getPpid(): number {
   if (isLinux) {
     const stat = readProcStat(getPid());
@@ -1930,7 +1602,7 @@ export function getPpid(): number {
  */
 export function kill(pid: number, signal: string | number): void {
   if (!Number.isInteger(pid) || pid <= 0) {
-    throw new RangeError(`Cannot signal pid ${JSON.stringify(pid)}: not a positive integer`);
+    throw new RangeError(mustBe("send a signal", "pid", "a positive integer", pid));
   }
   process.kill(pid, signal);
 }
@@ -2001,29 +1673,12 @@ export function readProcStat(pid: number): ProcStat | null {
   return text === null ? null : parseProcStat(text);
 }
 
-/**
- * Clock ticks per second of `/proc` times (`sysconf(_SC_CLK_TCK)`: 100 on Linux x86_64 and arm64).
- *
- * @example How long after boot this process started
- * ```ts
- * import { CLOCK_TICKS_PER_SECOND, getPid, readProcStat } from "./platform.ts";
- * const stat = readProcStat(getPid());
- * if (stat !== null) console.log(`started ${stat.startTicks / CLOCK_TICKS_PER_SECOND} s after boot`);
- * ```
- */
+/** Clock ticks per second of `/proc` times (`sysconf(_SC_CLK_TCK)`: 100 on Linux x86_64 and arm64). */
 export const CLOCK_TICKS_PER_SECOND = 100;
 
 let bootTimeCache: number | null | undefined;
 
-/**
- * The boot time in milliseconds since the epoch (`btime` of `/proc/stat`), or `null` off Linux.
- *
- * @example
- * ```ts
- * import { bootTimeMs } from "./platform.ts";
- * console.log(bootTimeMs() === null ? "unknown" : new Date(bootTimeMs()!).toISOString());
- * ```
- */
+/** The boot time in milliseconds since the epoch (`btime` of `/proc/stat`), or `null` off Linux. */
 export function bootTimeMs(): number | null {
   if (bootTimeCache !== undefined) return bootTimeCache;
   bootTimeCache = null;
@@ -2055,22 +1710,17 @@ export function bootTimeMs(): number | null {
 export function processStartTime(pid: number): number | null {
   const stat = readProcStat(pid);
   const boot = bootTimeMs();
-  if (!stat || boot === null) return null;
-  return boot + Math.round((stat.startTicks * 1000) / CLOCK_TICKS_PER_SECOND);
+  return stat === null || boot === null ? null : startTimeOf(stat.startTicks, boot);
+}
+
+/** Boot time plus start ticks, in milliseconds since the epoch. */
+function startTimeOf(startTicks: number, bootMs: number): number {
+  return bootMs + Math.round((startTicks * 1000) / CLOCK_TICKS_PER_SECOND);
 }
 
 /**
- * `/proc/<pid>/status` as a map of field → value (`Name`, `State`, `PPid`, `Uid`, `TracerPid`, …),
- * or `null` off Linux or when the process is gone.
- *
- * @param pid The pid.
- * @returns The fields, values trimmed.
- *
- * @example
- * ```ts
- * import { getPid, readProcStatus } from "./platform.ts";
- * console.log(readProcStatus(getPid())?.TracerPid); // "0" unless traced
- * ```
+ * `/proc/<pid>/status` as field → trimmed value (`State`, `PPid`, `TracerPid`, …), or `null` off Linux
+ * or when the process is gone.
  */
 export function readProcStatus(pid: number): Record<string, string> | null {
   if (!isLinux || !Number.isInteger(pid) || pid <= 0) return null;
@@ -2089,17 +1739,8 @@ export function readProcStatus(pid: number): Record<string, string> | null {
 }
 
 /**
- * `/proc/<pid>/cmdline` as argv, or `null` off Linux, when the process is gone, or for a kernel
- * thread / zombie (empty cmdline).
- *
- * @param pid The pid.
- * @returns The arguments.
- *
- * @example
- * ```ts
- * import { getPid, readProcCmdline } from "./platform.ts";
- * console.log(readProcCmdline(getPid())?.[0]);
- * ```
+ * `/proc/<pid>/cmdline` as argv, or `null` off Linux, when the process is gone, or for a kernel thread or
+ * a zombie (their cmdline is empty).
  */
 export function readProcCmdline(pid: number): string[] | null {
   if (!isLinux || !Number.isInteger(pid) || pid <= 0) return null;
@@ -2115,15 +1756,7 @@ export function readProcCmdline(pid: number): string[] | null {
   return args;
 }
 
-/**
- * The 1, 5 and 15 minute load averages, or `null` where the OS does not report them.
- *
- * @example
- * ```ts
- * import { loadAverage } from "./platform.ts";
- * console.log(loadAverage()?.[0]);
- * ```
- */
+/** The 1, 5 and 15 minute load averages, or `null` where the OS keeps none. */
 export function loadAverage(): [number, number, number] | null {
   const [one, five, fifteen] = os.loadavg();
   if (process.platform === "win32" || one === undefined || five === undefined || fifteen === undefined) {
@@ -2132,28 +1765,12 @@ export function loadAverage(): [number, number, number] | null {
   return [one, five, fifteen];
 }
 
-/**
- * The host name.
- *
- * @example
- * ```ts
- * import { hostname } from "./platform.ts";
- * console.log(hostname());
- * ```
- */
+/** The host name (of this process's UTS namespace). */
 export function hostname(): string {
   return os.hostname();
 }
 
-/**
- * The real user id, or `null` where it cannot be known (Windows; Deno without `--allow-sys`).
- *
- * @example
- * ```ts
- * import { getUid } from "./platform.ts";
- * console.log(getUid());
- * ```
- */
+/** The real user id, or `null` where it cannot be known (Windows; Deno without `--allow-sys`). */
 export function getUid(): number | null {
   try {
     return typeof process.getuid === "function" ? process.getuid() : null;
@@ -2163,78 +1780,19 @@ export function getUid(): number | null {
 }
 
 /**
- * This process's argv as the user typed it: the runtime executable, then the script and its
- * arguments (the same on all three runtimes).
- *
- * @example
- * ```ts
- * import { processArgv } from "./platform.ts";
- * console.log(processArgv().length > 0);
- * ```
+ * This process's argv as typed: the runtime executable, the script, its arguments (one shape on all
+ * three runtimes).
  */
 export function processArgv(): string[] {
   return [...process.argv];
 }
 
-/**
- * Reads an environment variable; `undefined` when unset.
- *
- * @param name The variable.
- * @returns Its value.
- *
- * @example
- * ```ts
- * import { getEnv } from "./platform.ts";
- * console.log(getEnv("INVOCATION_ID") ?? "not under systemd");
- * ```
- */
+/** An environment variable, or `undefined` when unset. */
 export function getEnv(name: string): string | undefined {
   return process.env[name];
 }
 
-/**
- * Sets an environment variable for this process and the children it spawns later.
- *
- * @param name The variable.
- * @param value Its value.
- *
- * @example
- * ```ts
- * import { setEnv } from "./platform.ts";
- * setEnv("LANG", "C");
- * ```
- */
-export function setEnv(name: string, value: string): void {
-  process.env[name] = value;
-}
-
-/**
- * Removes an environment variable.
- *
- * @param name The variable.
- *
- * @example
- * ```ts
- * import { deleteEnv } from "./platform.ts";
- * deleteEnv("INVOCATION_ID");
- * ```
- */
-export function deleteEnv(name: string): void {
-  delete process.env[name];
-}
-
-/**
- * Ends the process at once with `code`.
- *
- * @param code The exit status.
- * @default code 0
- *
- * @example
- * ```ts ignore
- * import { exit } from "./platform.ts";
- * exit(1);
- * ```
- */
+/** Ends the process at once with `code` (default 0). */
 export function exit(code = 0): never {
   if (deno) deno.exit(code);
   process.exit(code);
@@ -2501,10 +2059,6 @@ function readIdentity(pid: number): ProcessIdentity | "gone" | "zombie" {
   };
 }
 
-function startTimeOf(startTicks: number, bootMs: number): number {
-  return bootMs + Math.round((startTicks * 1000) / CLOCK_TICKS_PER_SECOND);
-}
-
 /** `kill(pid, 0)`, where a sandbox refusal (Deno without --allow-run) counts as "may exist". */
 function existsOrUnknown(pid: number): boolean {
   try {
@@ -2575,6 +2129,7 @@ function warnIdentityDegraded(): void {
 }
 
 const procRefusalWarnings = new Set<string>();
+const reportProcRefusal = stderrReporter("keelson");
 
 /**
  * Says once per `consequence`, on stderr, what a module loses where `/proc` is refused (Deno without
@@ -2593,11 +2148,7 @@ export function warnIfProcRefused(consequence: string): void {
   const problem = identityPermissionProblem();
   if (problem === null) return;
   procRefusalWarnings.add(consequence);
-  try {
-    fs.writeSync(2, `keelson: ${consequence}: ${problem}\n`);
-  } catch {
-    // stderr is gone: there is nowhere left to report to.
-  }
+  reportProcRefusal(`${consequence}: ${problem}`);
 }
 
 /**
@@ -2815,18 +2366,7 @@ const SIGNAL_NUMBERS: Record<string, number> = (() => {
   return table && typeof table["SIGTERM"] === "number" ? { ...table } : { ...FALLBACK_SIGNALS };
 })();
 
-/**
- * The number of a signal on this OS (`"SIGTERM"` → 15 on Linux), or `undefined` for an unknown name.
- *
- * @param name A signal name such as `"SIGTERM"`.
- * @returns Its number, or `undefined`.
- *
- * @example
- * ```ts
- * import { signalNumber } from "./platform.ts";
- * console.log(signalNumber("SIGTERM")); // 15 on Linux
- * ```
- */
+/** The number of a signal on this OS (`"SIGTERM"` → 15 on Linux), or `undefined` for an unknown name. */
 export function signalNumber(name: string): number | undefined {
   return Object.hasOwn(SIGNAL_NUMBERS, name) ? SIGNAL_NUMBERS[name] : undefined;
 }
@@ -2844,6 +2384,7 @@ export function signalNumber(name: string): number | undefined {
  * ```
  */
 export function signalName(signal: number): string | undefined {
+  // SIGIOT and SIGPOLL are Linux's second names of SIGABRT and SIGIO: report the usual ones.
   for (const [name, number] of Object.entries(SIGNAL_NUMBERS)) {
     if (number === signal && name !== "SIGIOT" && name !== "SIGPOLL") return name;
   }
@@ -2868,7 +2409,7 @@ export function signalName(signal: number): string | undefined {
 export function onSignal(signal: string, handler: (signal: string) => void): () => void {
   if (!HANDLED_SIGNALS.includes(signal)) {
     throw new TypeError(
-      `Cannot subscribe to signal ${JSON.stringify(signal)}: expected one of ${HANDLED_SIGNALS.join(", ")}`,
+      mustBe("subscribe to a signal", "signal", `one of ${HANDLED_SIGNALS.join(", ")}`, signal),
     );
   }
   const listener = () => handler(signal);
@@ -3167,17 +2708,7 @@ export interface WatchdogOptions {
   onError?: ((error: unknown) => void) | undefined;
 }
 
-/**
- * Default of {@linkcode WatchdogOptions.signals}.
- *
- * @example The default signals without SIGHUP
- * ```ts
- * import { DEFAULT_WATCHDOG_SIGNALS, startWatchdog } from "./platform.ts";
- * const signals = DEFAULT_WATCHDOG_SIGNALS.filter((signal) => signal !== "SIGHUP"); // SIGHUP reloads
- * const watchdog = startWatchdog({ signals });
- * watchdog.stop();
- * ```
- */
+/** Default of {@linkcode WatchdogOptions.signals}. */
 export const DEFAULT_WATCHDOG_SIGNALS: readonly string[] = Object.freeze([
   "SIGTERM",
   "SIGINT",
@@ -3185,30 +2716,10 @@ export const DEFAULT_WATCHDOG_SIGNALS: readonly string[] = Object.freeze([
   "SIGQUIT",
 ]);
 
-/**
- * Default of {@linkcode WatchdogOptions.secondSignalGraceMs}: the watchdog acts at once.
- *
- * @example Give a second-signal handler 250 ms to log and exit
- * ```ts
- * import { DEFAULT_WATCHDOG_SECOND_SIGNAL_GRACE_MS, startWatchdog } from "./platform.ts";
- * const watchdog = startWatchdog({ secondSignalGraceMs: DEFAULT_WATCHDOG_SECOND_SIGNAL_GRACE_MS + 250 });
- * watchdog.stop();
- * ```
- */
+/** Default of {@linkcode WatchdogOptions.secondSignalGraceMs}: the watchdog acts at once. */
 export const DEFAULT_WATCHDOG_SECOND_SIGNAL_GRACE_MS = 0;
 
-/**
- * Default of {@linkcode WatchdogOptions.secondSignalExit}.
- *
- * @example Let the environment override the default
- * ```ts
- * import { DEFAULT_WATCHDOG_SECOND_SIGNAL_EXIT, getEnv, startWatchdog } from "./platform.ts";
- * const setting = getEnv("SECOND_SIGNAL_EXIT"); // "0" or "1", usually unset
- * const secondSignalExit = setting === undefined ? DEFAULT_WATCHDOG_SECOND_SIGNAL_EXIT : setting === "1";
- * const watchdog = startWatchdog({ secondSignalExit });
- * watchdog.stop();
- * ```
- */
+/** Default of {@linkcode WatchdogOptions.secondSignalExit}. */
 export const DEFAULT_WATCHDOG_SECOND_SIGNAL_EXIT = true;
 
 /**
@@ -3340,13 +2851,17 @@ export function startWatchdog(options: WatchdogOptions = {}): Watchdog {
   const signals = validateWatchdogSignals(options.signals ?? [...DEFAULT_WATCHDOG_SIGNALS]);
   const secondSignalExit = options.secondSignalExit ?? DEFAULT_WATCHDOG_SECOND_SIGNAL_EXIT;
   if (typeof secondSignalExit !== "boolean") {
-    throw new TypeError(`Invalid secondSignalExit ${String(secondSignalExit)}: expected a boolean`);
+    throw new TypeError(mustBe(START_WATCHDOG, "secondSignalExit", "a boolean", secondSignalExit));
   }
-  const graceMs = validateWatchdogMs("secondSignalGraceMs", options.secondSignalGraceMs ?? 0);
-  const armOnFirstSignalMs = validateWatchdogMs("armOnFirstSignalMs", options.armOnFirstSignalMs ?? 0);
+  const graceMs = validateWatchdogMs(START_WATCHDOG, "secondSignalGraceMs", options.secondSignalGraceMs ?? 0);
+  const armOnFirstSignalMs = validateWatchdogMs(
+    START_WATCHDOG,
+    "armOnFirstSignalMs",
+    options.armOnFirstSignalMs ?? 0,
+  );
   const onError = options.onError ?? reportWatchdogError;
   if (typeof onError !== "function") {
-    throw new TypeError(`Invalid onError ${String(onError)}: expected a function`);
+    throw new TypeError(mustBe(START_WATCHDOG, "onError", "a function", onError));
   }
   const heard = secondSignalExit || armOnFirstSignalMs > 0 ? signals : [];
   return new WatchdogThread({ signals: heard, secondSignalExit, graceMs, armOnFirstSignalMs, onError })
@@ -3431,13 +2946,8 @@ class WatchdogThread implements Watchdog {
   }
 
   arm(ms: number): void {
-    if (typeof ms !== "number") {
-      throw new TypeError(`Invalid watchdog deadline ${String(ms)}: expected a number of milliseconds`);
-    }
-    if (!Number.isFinite(ms) || ms < 0 || ms > MAX_WATCHDOG_MS) {
-      throw new RangeError(`Invalid watchdog deadline ${String(ms)}: expected 0 to ${MAX_WATCHDOG_MS} ms`);
-    }
-    if (this.#stopped) throw new Error("Cannot arm a watchdog that was stopped");
+    validateWatchdogMs("arm the watchdog", "ms", ms);
+    if (this.#stopped) throw new Error("Cannot arm the watchdog: it was stopped");
     Atomics.store(this.#cells, WD.AUTO_ARM, 0);
     this.#armShared(ms);
   }
@@ -3492,8 +3002,8 @@ class WatchdogThread implements Watchdog {
   }
 
   /**
-   * The main thread counts what its own listeners see (used where the worker cannot hear signals). Subscribing first also makes Bun install its
-   * handler, which the Bun worker then hooks. When our listener is the only one, nobody handles the
+   * The main thread counts what its own listeners see (used where the worker cannot hear signals).
+   * Subscribing first also makes Bun install its handler, which the Bun worker then hooks. When our listener is the only one, nobody handles the
    * signal: stop and re-raise it, so its default action happens as if there were no watchdog.
    */
   #listenOnMainThread(): void {
@@ -3589,38 +3099,31 @@ class WatchdogThread implements Watchdog {
   }
 }
 
+const START_WATCHDOG = "start the watchdog";
+
 function validateWatchdogSignals(signals: unknown): string[] {
   if (!Array.isArray(signals)) {
-    throw new TypeError(`Invalid signals ${String(signals)}: expected an array of signal names`);
+    throw new TypeError(mustBe(START_WATCHDOG, "signals", "an array of signal names", signals));
   }
   for (const signal of signals) {
     if (typeof signal !== "string" || !HANDLED_SIGNALS.includes(signal)) {
       throw new TypeError(
-        `Invalid signal ${JSON.stringify(signal)} in signals: expected one of ${HANDLED_SIGNALS.join(", ")}`,
+        mustBe(START_WATCHDOG, "signals", `names among ${HANDLED_SIGNALS.join(", ")}`, signal),
       );
     }
   }
   return [...new Set(signals as string[])];
 }
 
-function validateWatchdogMs(name: string, value: unknown): number {
-  if (typeof value !== "number") {
-    throw new TypeError(`Invalid ${name} ${String(value)}: expected a number of milliseconds`);
-  }
+function validateWatchdogMs(action: string, name: string, value: unknown): number {
+  if (typeof value !== "number") throw new TypeError(mustBe(action, name, "a number of milliseconds", value));
   if (!Number.isFinite(value) || value < 0 || value > MAX_WATCHDOG_MS) {
-    throw new RangeError(`Invalid ${name} ${value}: expected 0 to ${MAX_WATCHDOG_MS}`);
+    throw new RangeError(mustBe(action, name, `0 to ${MAX_WATCHDOG_MS} milliseconds`, value));
   }
   return value;
 }
 
-function reportWatchdogError(error: unknown): void {
-  const text = error instanceof Error ? error.message : String(error);
-  try {
-    fs.writeSync(2, `keelson watchdog: ${text}\n`);
-  } catch {
-    // stderr is gone: there is nowhere left to report to.
-  }
-}
+const reportWatchdogError = stderrReporter("keelson watchdog");
 
 function createWatchdogWorker(data: WatchdogWorkerData): Worker {
   // CommonJS on purpose: `eval: true` workers get `require` on all three runtimes.
@@ -3685,12 +3188,6 @@ interface WatchdogWorkerBunFfi {
   ): WatchdogWorkerBunLibrary;
 }
 
-/**
- * The watchdog worker. Its source text is evaluated in the worker, so it must not use anything from
- * this module's scope: everything comes in through `require` and `data`. It waits on the shared cells
- * with Atomics.waitAsync so its own event loop keeps running signal listeners; an interval keeps that
- * loop alive (the Worker itself is unref'd by the main thread).
- */
 /** `Atomics.waitAsync` (ES2024), typed here so the source also compiles under an ES2022/ES2023 lib. */
 type AtomicsWithWaitAsync = {
   waitAsync(
@@ -3701,6 +3198,12 @@ type AtomicsWithWaitAsync = {
   ): { async: false; value: "not-equal" | "timed-out" } | { async: true; value: Promise<"ok" | "timed-out"> };
 };
 
+/**
+ * The watchdog worker. Its source text is evaluated in the worker, so it must not use anything from
+ * this module's scope: everything comes in through `require` and `data`. It waits on the shared cells
+ * with Atomics.waitAsync so its own event loop keeps running signal listeners; an interval keeps that
+ * loop alive (the Worker itself is unref'd by the main thread).
+ */
 function watchdogWorker(require: (id: string) => unknown, data: WatchdogWorkerData): void {
   const L = data.layout;
   const cells = new Int32Array(data.shared, 0, L.CELLS);
@@ -3808,6 +3311,8 @@ function watchdogWorker(require: (id: string) => unknown, data: WatchdogWorkerDa
       rmSync(path: string, options: { recursive: boolean; force: boolean }): void;
     };
     const os = require("node:os") as { tmpdir(): string };
+    // In the C below: `flags & 4` is SA_SIGINFO (a three-argument handler), handler 0 and 1 are SIG_DFL
+    // and SIG_IGN (nothing to chain to), clock 1 is CLOCK_MONOTONIC; 65 covers every Linux signal number.
     const source = [
       "struct ksa { void *handler; unsigned long mask[16]; int flags; void *restorer; };",
       "struct kts { long sec; long nsec; };",
@@ -3914,6 +3419,9 @@ function watchdogWorker(require: (id: string) => unknown, data: WatchdogWorkerDa
     }
   };
 
+  // One pass per change of the WAKE cell. WAKE is read before the state, so a change the main thread makes
+  // while this pass decides makes waitAsync return at once ("not-equal") and the loop looks again: no
+  // arm, disarm or signal is ever missed between reading the cells and starting to wait.
   const step = (): void => {
     for (;;) {
       const wakeValue = Atomics.load(cells, L.WAKE);
@@ -3930,6 +3438,7 @@ function watchdogWorker(require: (id: string) => unknown, data: WatchdogWorkerDa
         armGen = gen;
         if (Atomics.load(cells, L.STATE) === L.STATE_ARMED) {
           const ms = floats[L.ARM_MS] ?? 0;
+          // The deadline counts from arm(), not from this wake-up: subtract how late the worker woke.
           const latency = Math.min(Math.max(Date.now() - (floats[L.ARMED_AT] ?? 0), 0), ms);
           deadline = performance.now() + ms - latency;
         } else {
@@ -4078,17 +3587,7 @@ export interface CommandResult {
   error: Error | null;
 }
 
-/**
- * Default of {@linkcode RunCommandOptions.timeoutMs}.
- *
- * @example Give a slow command more time than the default
- * ```ts
- * import { DEFAULT_COMMAND_TIMEOUT_MS, runCommand } from "./platform.ts";
- * const timeoutMs = 3 * DEFAULT_COMMAND_TIMEOUT_MS; // 30 s instead of 10 s
- * const result = await runCommand("sh", ["-c", "sync; uptime"], { timeoutMs });
- * console.log(result.code, result.timedOut);
- * ```
- */
+/** Default of {@linkcode RunCommandOptions.timeoutMs}. */
 export const DEFAULT_COMMAND_TIMEOUT_MS = 10_000;
 
 /**
@@ -4353,20 +3852,7 @@ export interface ContextStore<T> {
   get(): T | undefined;
 }
 
-/**
- * Creates a store that binds a value to an async call tree (`AsyncLocalStorage`, available on all
- * three runtimes).
- *
- * @example
- * ```ts
- * import { createContextStore } from "./platform.ts";
- * const requestId = createContextStore<string>();
- * await requestId.run("req-1", async () => {
- *   await Promise.resolve();
- *   console.log(requestId.get()); // "req-1"
- * });
- * ```
- */
+/** A {@linkcode ContextStore} on `AsyncLocalStorage`, which all three runtimes have. */
 export function createContextStore<T>(): ContextStore<T> {
   const storage = new AsyncLocalStorage<T>();
   return {

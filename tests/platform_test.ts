@@ -254,14 +254,12 @@ describe("platform: files", () => {
     assert.equal(fs.readFileSync(file, "utf8"), "ab");
   });
 
-  it("openRead(), readFile(), readTextFile(), readTextFileOrNull() read what was written", () => {
+  it("openRead(), readTextFileOrNull() read what was written", () => {
     const file = path.join(dir, "read.txt");
     fs.writeFileSync(file, "héllo\n");
     const fd = platform.openRead(file);
     assert.equal(platform.fstat(fd).size, 7);
     platform.closeFd(fd);
-    assert.deepEqual([...platform.readFile(file)], [...encoder.encode("héllo\n")]);
-    assert.equal(platform.readTextFile(file), "héllo\n");
     assert.equal(platform.readTextFileOrNull(file), "héllo\n");
     assert.equal(platform.readTextFileOrNull(path.join(dir, "absent")), null);
     assert.throws(() => platform.readTextFileOrNull(dir), (e) => platform.errorCode(e) === "EISDIR");
@@ -523,13 +521,11 @@ describe("platform: processes", () => {
     assert.equal(platform.getUid(), process.getuid?.() ?? null);
   });
 
-  it("getEnv(), setEnv(), deleteEnv() change this process's environment and its children's", async () => {
+  it("getEnv() reads this process's environment as it is now (set and removed at run time)", () => {
     const name = "KEELSON_PLATFORM_TEST";
-    platform.setEnv(name, "value 1");
+    process.env[name] = "value 1";
     assert.equal(platform.getEnv(name), "value 1");
-    const seen = await platform.runCommand("sh", ["-c", `printf %s "$${name}"`]);
-    assert.equal(seen.stdout, "value 1");
-    platform.deleteEnv(name);
+    delete process.env[name];
     assert.equal(platform.getEnv(name), undefined);
   });
 
