@@ -27,12 +27,14 @@ import {
   createBackoff,
   createExclusive,
   errorCode,
+  errorMessage,
   fchmod,
   fchown,
   fstat,
   getUid,
   gzipFile,
   handleFileSizeSignal,
+  isError,
   judgeIdentity,
   link,
   lstatOrNull,
@@ -52,6 +54,7 @@ import {
   stat,
   statIdentity,
   statOrNull,
+  stderrReporter,
   tempPathBeside,
   touch,
   unlinkIfExists,
@@ -1520,7 +1523,7 @@ class RotatingFileHandle implements RotatingFile {
 
   #fail(operation: RotatingFileOperation, what: string, cause: unknown, lost: boolean): void {
     if (this.#reporting) return; // failing inside onError (which wrote to this file): not reported again
-    const reason = cause === undefined ? "" : `: ${describeCause(cause)}`;
+    const reason = cause === undefined ? "" : `: ${errorMessage(cause)}`;
     const message = `Log file "${this.path}" (${operation}): ${what}${reason}`;
     const error = new RotatingFileError(this.path, operation, message, { cause, lost });
     if (this.#held !== null) {
@@ -2297,7 +2300,7 @@ function releaseLock(lockPath: string, token: string): string | null {
     unlinkIfExists(lockPath);
     return null;
   } catch (error) {
-    return `cannot release the rollover lock "${lockPath}": ${describeCause(error)}`;
+    return `cannot release the rollover lock "${lockPath}": ${errorMessage(error)}`;
   }
 }
 
@@ -2457,7 +2460,7 @@ function readField(fields: object, key: string): unknown {
   try {
     return (fields as LogFields)[key];
   } catch (error) {
-    return `[Unserializable: ${describeCause(error)}]`;
+    return `[Unserializable: ${errorMessage(error)}]`;
   }
 }
 
@@ -2547,12 +2550,12 @@ function toJsonValue(value: unknown, ancestors: unknown[], depth: number): unkno
       try {
         out[key] = toJsonValue((value as Record<string, unknown>)[key], ancestors, depth + 1);
       } catch (error) {
-        out[key] = `[Unserializable: ${describeCause(error)}]`;
+        out[key] = `[Unserializable: ${errorMessage(error)}]`;
       }
     }
     return out;
   } catch (error) {
-    return `[Unserializable: ${describeCause(error)}]`;
+    return `[Unserializable: ${errorMessage(error)}]`;
   } finally {
     ancestors.pop();
   }
@@ -2569,7 +2572,7 @@ function errorToJson(error: Error, ancestors: unknown[], depth: number): Record<
     try {
       out[key] = toJsonValue((error as unknown as Record<string, unknown>)[key], ancestors, depth + 1);
     } catch (cause) {
-      out[key] = `[Unserializable: ${describeCause(cause)}]`;
+      out[key] = `[Unserializable: ${errorMessage(cause)}]`;
     }
   }
   if ("cause" in error && error.cause !== undefined) {
@@ -2585,32 +2588,9 @@ function errorToJson(error: Error, ancestors: unknown[], depth: number): Record<
 // Private: small helpers
 // ---------------------------------------------------------------------------------------------------
 
-/** The default `onError`: one line on stderr, then at most one every interval, counting the rest. */
-const STDERR_REPORT_INTERVAL_MS = 5_000;
-
+/** The default `onError`: one line on stderr, then at most one every 5 s, counting the rest. */
 function createStderrReporter(): (error: unknown) => void {
-  let lastAt = -Infinity;
-  let heldBack = 0;
-  return (error: unknown) => {
-    const now = Date.now();
-    if (now - lastAt < STDERR_REPORT_INTERVAL_MS) {
-      heldBack += 1;
-      return;
-    }
-    lastAt = now;
-    const more = heldBack > 0 ? ` (${heldBack} more since the last report)` : "";
-    heldBack = 0;
-    const text = `keelson logging: ${describeCause(error)}${more}\n`;
-    try {
-      writeOnce(2, encoder.encode(text));
-    } catch {
-      // stderr is closed or full: the report has nowhere to go, and logging must not throw.
-    }
-  };
-}
-
-function isError(value: unknown): boolean {
-  return value instanceof Error || Object.prototype.toString.call(value) === "[object Error]";
+  return stderrReporter("keelson logging", { holdBackMs: 5_000 });
 }
 
 function safeGet(read: () => unknown): unknown {
@@ -2618,16 +2598,7 @@ function safeGet(read: () => unknown): unknown {
     const value = read();
     return typeof value === "string" ? value : value === undefined ? undefined : String(value);
   } catch (error) {
-    return `[Unserializable: ${describeCause(error)}]`;
-  }
-}
-
-function describeCause(cause: unknown): string {
-  try {
-    if (isError(cause)) return String((cause as Error).message);
-    return String(cause);
-  } catch {
-    return "(an error that cannot be described)";
+    return `[Unserializable: ${errorMessage(error)}]`;
   }
 }
 

@@ -65,6 +65,7 @@ import {
   createBackoff,
   describeValue,
   errorCode,
+  errorMessage,
   getPid,
   HANDLED_SIGNALS,
   identityPermissionProblem,
@@ -572,9 +573,8 @@ export function markPlannedStop(pidPath: string, info: Record<string, unknown> =
   try {
     json = JSON.stringify({ pid: getPid(), at: new Date().toISOString(), ...info });
   } catch (error) {
-    throw new TypeError(`Cannot mark a planned stop: info is not JSON-serialisable (${message(error)})`, {
-      cause: error,
-    });
+    const why = `a JSON-serialisable object (${errorMessage(error)})`;
+    throw new TypeError(mustBe(MARK_STOP, "info", why, info), { cause: error });
   }
   writeMarker(pidPath + PLANNED_STOP_MARKER_SUFFIX, json + "\n");
 }
@@ -1269,7 +1269,7 @@ function signalPinned(path: string, target: IdentityRecord, signal: string): boo
       path,
       `Cannot replace the holder of PID file ${
         JSON.stringify(path)
-      }: ${signal} to pid ${target.pid} failed (${errorCode(error) ?? message(error)})`,
+      }: ${signal} to pid ${target.pid} failed (${errorCode(error) ?? errorMessage(error)})`,
       { code: errorCode(error), cause: error },
     );
   }
@@ -1436,7 +1436,7 @@ function ioError(path: string, action: string, error: unknown): PidFileError {
     ? "a part of its folder is not a directory"
     : code === "EISDIR"
     ? "it is a directory"
-    : message(error);
+    : errorMessage(error);
   return new PidFileError(
     path,
     `Cannot ${action} ${JSON.stringify(path)}: ${why}${code ? ` (${code})` : ""}`,
@@ -1445,10 +1445,6 @@ function ioError(path: string, action: string, error: unknown): PidFileError {
       cause: error,
     },
   );
-}
-
-function message(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
 }
 
 function preview(text: string): string {

@@ -21,8 +21,9 @@
  * Contents, in file order, and the modules that use each section:
  * - Runtime detection: `runtime`, `isLinux` (shutdown).
  * - Errors: `errorCode`, one errno name for every runtime's errors (all but shutdown).
- * - Messages and reporting: `describeValue`, `mustBe`, `describeError`, `stderrReporter`: the one way to
- *   word a bad argument and to report on stderr (all modules).
+ * - Messages and reporting: `describeValue`, `mustBe`, `describeError`, `errorMessage`, `isError`,
+ *   `stderrReporter` (optionally rate-limited): the one way to word a bad argument, quote an error and
+ *   report on stderr (all modules).
  * - Time: `sleepSync`, `monotonicMs`, `createBackoff`, `setUnrefInterval`, `setUnrefTimeout` (logging,
  *   pidfile, sqlite_wal).
  * - Files: thin wrappers of `node:fs` (among the stats, `statIdentity`: the cheap check before every log
@@ -242,39 +243,124 @@ export function mustBe(action: string, name: string, expected: string, value: un
  * ```
  */
 export function describeError(error: unknown): string {
-  if (error instanceof Error) return `${error.name}: ${error.message}`;
   try {
-    return String(error);
+    return isError(error) ? `${(error as Error).name}: ${(error as Error).message}` : String(error);
   } catch {
     return "unprintable error";
   }
 }
 
+/**
+ * The message of a thrown value: `message` for an `Error`, its string form otherwise; never throws (a
+ * value that cannot be turned into text is `unprintable error`). For a cause quoted inside another
+ * sentence, where {@linkcode describeError}'s class name would be noise.
+ *
+ * @param error Anything that was thrown.
+ * @returns The message.
+ *
+ * @example
+ * ```ts
+ * import { errorMessage } from "./platform.ts";
+ * console.log(`cannot parse the record (${errorMessage(new SyntaxError("bad JSON"))})`); // (bad JSON)
+ * ```
+ */
+export function errorMessage(error: unknown): string {
+  try {
+    return isError(error) ? String((error as Error).message) : String(error);
+  } catch {
+    return "unprintable error";
+  }
+}
+
+/**
+ * Whether a value is an `Error`, also one made in another realm (a worker, a `vm` context), where
+ * `instanceof Error` is false.
+ *
+ * @param value Anything.
+ * @returns `true` for an error object.
+ *
+ * @example
+ * ```ts
+ * import { isError } from "./platform.ts";
+ * console.log(isError(new TypeError("x")), isError({ message: "x" })); // true false
+ * ```
+ */
+export function isError(value: unknown): boolean {
+  return value instanceof Error || Object.prototype.toString.call(value) === "[object Error]";
+}
+
 const reportEncoder = new TextEncoder();
 
 /**
+ * Writes what `fd` takes now and drops the rest. A writer is opened per call, not kept: a daemon that
+ * later points fd 2 elsewhere (`dup2` onto a log file) must get its reports there.
+ */
+function writeWithoutWaiting(fd: number, bytes: Uint8Array): void {
+  const writer = openDescriptorWriter(fd);
+  try {
+    for (let offset = 0; offset < bytes.length;) {
+      const taken = writer.writeSome(offset === 0 ? bytes : bytes.subarray(offset));
+      if (taken <= 0) break;
+      offset += taken;
+    }
+  } finally {
+    writer.close();
+  }
+}
+
+/** Options of {@linkcode stderrReporter}. */
+export interface StderrReporterOptions {
+  /**
+   * After a report is written, hold back the next ones for this many milliseconds and count them; the
+   * next report written says how many were held back. For a failure that repeats on every call (a full
+   * disk fails every log record), so stderr gets one line every interval instead of a flood.
+   * @default 0 (every report is written)
+   */
+  holdBackMs?: number | undefined;
+}
+
+/**
  * The default reporter of every fail-open path that has no `onError`: writes `<prefix>: <line>` to
- * stderr (fd 2, synchronously, whole) and never throws: when stderr itself is gone (a closed pipe during
- * a shutdown) there is nowhere left to report to, and the line is dropped.
+ * stderr (fd 2, synchronously) and never throws nor waits: when stderr is gone (a closed pipe during a
+ * shutdown) or full (a reader that stopped reading), there is nowhere to report to, and the line is
+ * dropped rather than stall the program. Where a write cannot be bounded (see
+ * {@linkcode DescriptorWriter.limitation}: a blocking socket on Node) a full stderr still blocks.
  *
  * @param prefix What names the reporter, e.g. `"keelson transport"`; `""` writes the line as it is.
+ * @param options `holdBackMs` rate-limits a repeating failure.
  * @returns A reporter taking a line of text or a thrown value (worded by {@linkcode describeError}).
  *
  * @example
  * ```ts
  * import { stderrReporter } from "./platform.ts";
- * const report = stderrReporter("my module");
+ * const report = stderrReporter("my module", { holdBackMs: 5_000 });
  * report(new Error("disk full")); // stderr: my module: Error: disk full
+ * report(new Error("disk full")); // held back: the next line written ends "(1 more since the last report)"
  * ```
  */
-export function stderrReporter(prefix: string): (report: unknown) => void {
+export function stderrReporter(
+  prefix: string,
+  options: StderrReporterOptions = {},
+): (report: unknown) => void {
+  const holdBackMs = options.holdBackMs ?? 0;
+  let lastAt = -Infinity;
+  let heldBack = 0;
   return (report) => {
     try {
-      const text = typeof report === "string" ? report : describeError(report);
-      const line = prefix === "" ? text : `${prefix}: ${text}`;
-      writeAll(2, reportEncoder.encode(line.endsWith("\n") ? line : `${line}\n`));
+      if (holdBackMs > 0) {
+        const now = monotonicMs();
+        if (now - lastAt < holdBackMs) {
+          heldBack += 1;
+          return;
+        }
+        lastAt = now;
+      }
+      const more = heldBack > 0 ? ` (${heldBack} more since the last report)` : "";
+      heldBack = 0;
+      const text = (typeof report === "string" ? report : describeError(report)).replace(/\n$/, "");
+      writeWithoutWaiting(2, reportEncoder.encode(`${prefix === "" ? "" : `${prefix}: `}${text}${more}\n`));
     } catch {
-      // stderr is the last resort: when it is gone too there is nowhere left to report to.
+      // stderr is the last resort: when it is gone or full there is nowhere left to report to.
     }
   };
 }

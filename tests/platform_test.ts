@@ -7,7 +7,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { spawn } from "node:child_process";
 import * as platform from "../platform.ts";
-import { runFixture } from "./_helpers.ts";
+import { fixtureArgv, killChild, runFixture, start } from "./_helpers.ts";
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), "keelson-platform-"));
 after(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -105,6 +105,32 @@ describe("stderrReporter()", () => {
     const result = await runFixture(fixture("platform_reporter.ts"), ["closed"]);
     assert.equal(result.code, 0, result.stderr);
     assert.equal(result.stdout, "done\n");
+  });
+
+  it("stderrReporter({ holdBackMs }) writes the first report, holds back repeats and counts them on the next line", async () => {
+    const result = await runFixture(fixture("platform_reporter.ts"), ["hold-back"]);
+    assert.equal(result.code, 0, result.stderr);
+    assert.equal(result.stdout, "done\n");
+    assert.equal(result.stderr, "keelson test: one\nkeelson test: four (2 more since the last report)\n");
+  });
+
+  it("stderrReporter() drops a report rather than wait on a full stderr pipe", async () => {
+    // A python3 parent gives the fixture a real pipe as stderr and never reads it (node:child_process
+    // would hand it a socket pair); the fixture fills it, reports, and must still print "done".
+    const parent = [
+      "import os, subprocess, sys",
+      "r, w = os.pipe()",
+      "child = subprocess.Popen(sys.argv[1:], stderr=w)",
+      "os.close(w)",
+      "print('exit', child.wait(), flush=True)",
+    ].join("\n");
+    const child = start("python3", ["-c", parent, ...fixtureArgv(fixture("platform_reporter.ts"), ["full"])]);
+    try {
+      assert.deepEqual(await child.exited, { code: 0, signal: null });
+      assert.deepEqual(child.stdout, ["done", "exit 0"]);
+    } finally {
+      killChild(child.child);
+    }
   });
 });
 
