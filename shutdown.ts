@@ -778,21 +778,23 @@ export function spawnShutdownDiagnostic(
   options: DiagnosticOptions = {},
 ): number | null {
   if (typeof logPath !== "string" || logPath === "") {
-    throw new TypeError(`Cannot start a diagnostic: logPath ${JSON.stringify(logPath)} is not a path`);
+    throw new TypeError(mustBe(DIAGNOSE, "logPath", "a non-empty path", logPath));
   }
-  if (typeof signal !== "string") {
-    throw new TypeError(`Cannot start a diagnostic: signal ${String(signal)} is not a string`);
-  }
+  if (typeof signal !== "string") throw new TypeError(mustBe(DIAGNOSE, "signal", "a signal name", signal));
   const timeoutSeconds = options.timeoutSeconds ?? DEFAULT_DIAGNOSTIC_TIMEOUT_SECONDS;
-  if (typeof timeoutSeconds !== "number" || !Number.isFinite(timeoutSeconds) || timeoutSeconds <= 0) {
-    throw new RangeError(`Cannot start a diagnostic: timeoutSeconds ${String(timeoutSeconds)} is not > 0`);
+  if (typeof timeoutSeconds !== "number") {
+    throw new TypeError(mustBe(DIAGNOSE, "timeoutSeconds", "a number", timeoutSeconds));
+  }
+  if (!Number.isFinite(timeoutSeconds) || timeoutSeconds <= 0) {
+    throw new RangeError(mustBe(DIAGNOSE, "timeoutSeconds", "a positive number", timeoutSeconds));
   }
   const maxLogBytes = options.maxLogBytes ?? DEFAULT_DIAGNOSTIC_MAX_BYTES;
+  if (typeof maxLogBytes !== "number") {
+    throw new TypeError(mustBe(DIAGNOSE, "maxLogBytes", "an integer", maxLogBytes));
+  }
   if (!Number.isInteger(maxLogBytes) || maxLogBytes < 2 * DIAGNOSTIC_RUN_MAX_BYTES) {
     throw new RangeError(
-      `Cannot start a diagnostic: maxLogBytes ${String(maxLogBytes)} is below ${
-        2 * DIAGNOSTIC_RUN_MAX_BYTES
-      }`,
+      mustBe(DIAGNOSE, "maxLogBytes", `an integer of at least ${2 * DIAGNOSTIC_RUN_MAX_BYTES}`, maxLogBytes),
     );
   }
   const env = options.env ?? undefined;
@@ -1344,6 +1346,7 @@ function readJsonObject(path: string): Record<string, unknown> | null {
 
 /** The actions argument errors name. */
 const INSTALL = "install the shutdown";
+const DIAGNOSE = "start a shutdown diagnostic";
 const CHECK_STOP = "check the stop timeout";
 
 function formatValue(value: unknown): string {

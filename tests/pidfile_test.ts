@@ -920,8 +920,15 @@ describe("markPlannedStop()", () => {
 
   it("markPlannedStop() rejects bad info with a TypeError and an unwritable place with PidFileError", () => {
     const pidPath = freshPidPath();
-    assert.throws(() => markPlannedStop(pidPath, [] as unknown as Record<string, unknown>), TypeError);
-    assert.throws(() => markPlannedStop(pidPath, { big: 1n }), /JSON/);
+    assert.throws(() => markPlannedStop(pidPath, [] as unknown as Record<string, unknown>), {
+      name: "TypeError",
+      message: "Cannot mark a planned stop: 'info' must be a plain object, got an array",
+    });
+    assert.throws(() => markPlannedStop(pidPath, { big: 1n }), {
+      name: "TypeError",
+      message:
+        /^Cannot mark a planned stop: 'info' must be a JSON-serialisable object \(.*BigInt.*\), got an object$/,
+    });
     assert.throws(() => markPlannedStop(""), TypeError);
     const missing = path.join(freshDir(root), "missing", "service.pid");
     assert.throws(() => markPlannedStop(missing), (error: unknown) => {

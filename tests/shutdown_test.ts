@@ -1108,13 +1108,28 @@ describe("spawnShutdownDiagnostic()", () => {
   });
 
   it("spawnShutdownDiagnostic() rejects bad arguments with typed errors", () => {
-    assert.throws(() => spawnShutdownDiagnostic("", "SIGTERM"), TypeError);
-    assert.throws(() => spawnShutdownDiagnostic("/tmp/x.log", 15 as unknown as string), TypeError);
+    const cannot = "Cannot start a shutdown diagnostic:";
+    assert.throws(() => spawnShutdownDiagnostic("", "SIGTERM"), {
+      name: "TypeError",
+      message: `${cannot} 'logPath' must be a non-empty path, got ""`,
+    });
+    assert.throws(() => spawnShutdownDiagnostic("/tmp/x.log", 15 as unknown as string), {
+      name: "TypeError",
+      message: `${cannot} 'signal' must be a signal name, got 15`,
+    });
+    assert.throws(() => spawnShutdownDiagnostic("/tmp/x.log", "SIGTERM", { timeoutSeconds: 0 }), {
+      name: "RangeError",
+      message: `${cannot} 'timeoutSeconds' must be a positive number, got 0`,
+    });
     assert.throws(
-      () => spawnShutdownDiagnostic("/tmp/x.log", "SIGTERM", { timeoutSeconds: 0 }),
-      /timeoutSeconds 0/,
+      () => spawnShutdownDiagnostic("/tmp/x.log", "SIGTERM", { timeoutSeconds: "5" as unknown as number }),
+      { name: "TypeError", message: `${cannot} 'timeoutSeconds' must be a number, got "5"` },
     );
-    assert.throws(() => spawnShutdownDiagnostic("/tmp/x.log", "SIGTERM", { maxLogBytes: 1000 }), RangeError);
+    assert.throws(() => spawnShutdownDiagnostic("/tmp/x.log", "SIGTERM", { maxLogBytes: 1000 }), {
+      name: "RangeError",
+      message:
+        /^Cannot start a shutdown diagnostic: 'maxLogBytes' must be an integer of at least \d+, got 1000$/,
+    });
   });
 });
 
