@@ -25,6 +25,7 @@ import {
   type Backoff,
   createBackoff,
   errorCode,
+  errorMessage,
   mustBe,
   readHead,
   sleepSync,
@@ -276,7 +277,7 @@ export class WalDowngradeRefusedError extends Error {
   constructor(path: string, evidence: WalEvidence, cause: unknown, answeredMode: string | null) {
     super(
       `Cannot switch ${JSON.stringify(path)} from WAL to DELETE: ${walEvidenceText(evidence)}, so other ` +
-        `connections may be using WAL (WAL failed: ${reasonText(cause)})`,
+        `connections may be using WAL (WAL failed: ${errorMessage(cause)})`,
       { cause },
     );
     this.name = "WalDowngradeRefusedError";
@@ -329,7 +330,7 @@ export class WalUnsupportedError extends Error {
    */
   constructor(path: string, evidence: WalEvidence, cause: unknown, answeredMode: string | null) {
     super(
-      `Cannot use WAL on ${JSON.stringify(path)} as 'requireWal' demands: ${reasonText(cause)}`,
+      `Cannot use WAL on ${JSON.stringify(path)} as 'requireWal' demands: ${errorMessage(cause)}`,
       { cause },
     );
     this.name = "WalUnsupportedError";
@@ -725,7 +726,7 @@ function fallBack(
   if (mode !== "delete" && mode !== "memory") {
     throw new Error(
       `Cannot fall back to DELETE on ${JSON.stringify(path)}: '${PRAGMA_SET_DELETE}' must answer "delete", ` +
-        `got ${JSON.stringify(mode)} (WAL failed: ${reasonText(cause)})`,
+        `got ${JSON.stringify(mode)} (WAL failed: ${errorMessage(cause)})`,
       { cause },
     );
   }
@@ -977,11 +978,6 @@ function walEvidenceText(evidence: WalEvidence): string {
   else if (evidence.onDisk === "not-sqlite") parts.push("its header cannot be read as SQLite");
   if (evidence.walFilePresent) parts.push("a -wal file is beside it");
   return parts.join(" and ");
-}
-
-function reasonText(cause: unknown): string {
-  if (cause instanceof Error) return cause.message;
-  return String(cause);
 }
 
 function checkDb(db: unknown, action: string): void {

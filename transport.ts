@@ -22,6 +22,7 @@ import {
   describeValue,
   type DescriptorWriter,
   errorCode,
+  errorMessage,
   fstat,
   fsync,
   mustBe,
@@ -206,7 +207,7 @@ export class TransportWriteError extends Error {
    */
   constructor(fd: number, cause: unknown, bytesWritten: number, frameBytes: number) {
     const code = errorCode(cause);
-    const reason = cause instanceof Error ? cause.message : String(cause);
+    const reason = errorMessage(cause);
     super(
       `Cannot write a frame to fd ${fd}: ${code ?? "error"} after ${bytesWritten} of ${frameBytes} bytes ` +
         `(${reason})`,
@@ -390,7 +391,7 @@ export function createStdioTransport(options: StdioTransportOptions = {}): Stdio
   try {
     writer = openDescriptorWriter(fd);
   } catch (error) {
-    const reason = error instanceof Error ? error.message : String(error);
+    const reason = errorMessage(error);
     throw new TypeError(`Cannot create a stdio transport: ${reason}`, { cause: error });
   }
   if (writer.limitation !== null && (!writer.exact || Number.isFinite(writeTimeoutMs))) {
@@ -966,7 +967,7 @@ function serialise(frame: unknown): string {
   try {
     text = JSON.stringify(frame);
   } catch (error) {
-    const reason = error instanceof Error ? error.message : String(error);
+    const reason = errorMessage(error);
     throw new TypeError(`Cannot serialise the frame: ${reason}`, { cause: error });
   }
   if (typeof text !== "string") {
@@ -1191,7 +1192,7 @@ class LineParser {
   }
 
   #notJson(length: number, error: unknown): void {
-    const reason = error instanceof Error ? error.message : String(error);
+    const reason = errorMessage(error);
     this.#onInvalid(
       new FrameError(this.line, "invalid-json", length, `Line ${this.line} is not JSON: ${reason}`, error),
     );
