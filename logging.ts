@@ -888,13 +888,7 @@ class RotatingFileHandle implements RotatingFile {
   #rollover(incoming: number, force: boolean): void {
     if (this.#held !== null || this.#reporting) return;
     if (!force && monotonicMs() < this.#rolloverRetryAt) return;
-    this.#held = [];
-    let token: string | null = null;
-    try {
-      const lock = this.#takeLock(force);
-      if (lock === null) return;
-      token = lock.token;
-      this.#lockToken = token;
+    this.#whileLocked("rollover", "rollover failed", () => this.#takeLock(force)?.token ?? null, () => {
       this.#finishLeftovers();
       if (!this.#recheck(incoming, force)) return;
       if (!this.#shiftBackups()) return;
@@ -903,14 +897,34 @@ class RotatingFileHandle implements RotatingFile {
       this.#publish(aside);
       this.#open("rollover", false);
       this.#afterRollover();
+    });
+  }
+
+  /**
+   * Runs `steps` while holding the rollover lock that `take` acquires (`null`: not taken, nothing to
+   * do), then releases it. Reports wait until the release: `onError` may write to this very file.
+   */
+  #whileLocked(
+    operation: RotatingFileOperation,
+    failure: string,
+    take: () => string | null,
+    steps: () => void,
+  ): void {
+    this.#held = [];
+    let token: string | null = null;
+    try {
+      token = take();
+      if (token === null) return;
+      this.#lockToken = token;
+      steps();
     } catch (error) {
       // A lost lock is reported by the release below; what this handle moved aside stays for the holder.
-      if (!(error instanceof LockLost)) this.#fail("rollover", "rollover failed", error, false);
+      if (!(error instanceof LockLost)) this.#fail(operation, failure, error, false);
     } finally {
       this.#lockToken = null;
       if (token !== null) {
         const released = releaseLock(this.#lockPath, token);
-        if (released !== null) this.#fail("rollover", released, undefined, false);
+        if (released !== null) this.#fail(operation, released, undefined, false);
       }
       const held = this.#held;
       this.#held = null;
@@ -1210,28 +1224,16 @@ class RotatingFileHandle implements RotatingFile {
         (name.startsWith(`${this.#base}${ASIDE_INFIX}`) || name.startsWith(`${this.#base}.lock.`)))
     );
     if (!leftovers) return;
-    this.#held = [];
-    let token: string | null = null;
-    try {
+    const take = () => {
       const lock = acquireLock(this.#lockPath, this.#settings, 0, this.#lockSeen);
-      if (!("token" in lock)) return; // a live holder: it finishes them
-      token = lock.token;
-      this.#lockToken = token;
-      this.#finishLeftovers();
-    } catch (error) {
-      if (!(error instanceof LockLost)) {
-        this.#fail("open", "finishing an interrupted rollover failed", error, false);
-      }
-    } finally {
-      this.#lockToken = null;
-      if (token !== null) {
-        const released = releaseLock(this.#lockPath, token);
-        if (released !== null) this.#fail("open", released, undefined, false);
-      }
-      const held = this.#held;
-      this.#held = null;
-      for (const error of held) this.#report(error);
-    }
+      return "token" in lock ? lock.token : null; // a live holder finishes them
+    };
+    this.#whileLocked(
+      "open",
+      "finishing an interrupted rollover failed",
+      take,
+      () => this.#finishLeftovers(),
+    );
   }
 
   // --- Second edition: buffered batches, time rollover, dated backups, retention, compression

@@ -688,6 +688,12 @@ export function fstat(fd: number): FileStat {
   return toFileStat(fs.fstatSync(fd));
 }
 
+/** Whether a path error means nothing is there: `ENOENT`, or `ENOTDIR` (a file where a folder was named). */
+function isAbsent(error: unknown): boolean {
+  const code = errorCode(error);
+  return code === "ENOENT" || code === "ENOTDIR";
+}
+
 /** `stat(2)` of a path, symlinks followed; throws `ENOENT` when nothing is there. */
 export function stat(path: string): FileStat {
   return toFileStat(fs.statSync(path));
@@ -698,8 +704,7 @@ export function statOrNull(path: string): FileStat | null {
   try {
     return toFileStat(fs.statSync(path));
   } catch (error) {
-    const code = errorCode(error);
-    if (code === "ENOENT" || code === "ENOTDIR") return null;
+    if (isAbsent(error)) return null;
     throw error;
   }
 }
@@ -709,8 +714,7 @@ export function lstatOrNull(path: string): FileStat | null {
   try {
     return toFileStat(fs.lstatSync(path));
   } catch (error) {
-    const code = errorCode(error);
-    if (code === "ENOENT" || code === "ENOTDIR") return null;
+    if (isAbsent(error)) return null;
     throw error;
   }
 }
@@ -783,8 +787,7 @@ export function statIdentity(path: string): FileIdentity | null {
       isFile: s.isFile(),
     };
   } catch (error) {
-    const code = errorCode(error);
-    if (code === "ENOENT" || code === "ENOTDIR") return null;
+    if (isAbsent(error)) return null;
     throw error;
   }
 }
@@ -816,8 +819,7 @@ export function readTextFileOrNull(path: string): string | null {
   try {
     return fs.readFileSync(path, "utf8");
   } catch (error) {
-    const code = errorCode(error);
-    if (code === "ENOENT" || code === "ENOTDIR") return null;
+    if (isAbsent(error)) return null;
     throw error;
   }
 }
