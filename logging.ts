@@ -22,6 +22,7 @@
  */
 
 import {
+  checkMode,
   chmod,
   closeFd,
   createBackoff,
@@ -489,7 +490,7 @@ export function openRotatingFile(path: string, options: RotatingFileOptions = {}
   const settings: Settings = {
     maxBytes: checkInteger("maxBytes", options.maxBytes, DEFAULT_MAX_BYTES, 0),
     backups: checkInteger("backups", options.backups, DEFAULT_BACKUPS, 0),
-    mode: checkMode(options.mode),
+    mode: options.mode === undefined ? undefined : checkMode(OPEN, options.mode),
     checkEvery: checkInteger("checkEvery", options.checkEvery, DEFAULT_CHECK_EVERY, 1),
     onError: checkCallback(OPEN, options.onError) ?? createStderrReporter(),
     lockTimeoutMs: checkInteger("lockTimeoutMs", options.lockTimeoutMs, DEFAULT_LOCK_TIMEOUT_MS, 0),
@@ -2613,14 +2614,6 @@ function checkInteger(name: string, value: unknown, fallback: number, min: numbe
     throw new TypeError(mustBe(OPEN, name, "an integer", value));
   }
   if (value < min) throw new RangeError(mustBe(OPEN, name, `at least ${min}`, value));
-  return value;
-}
-
-function checkMode(value: unknown): number | undefined {
-  if (value === undefined) return undefined;
-  if (typeof value !== "number" || !Number.isInteger(value) || value < 0 || value > 0o7777) {
-    throw new RangeError(mustBe(OPEN, "mode", "permission bits between 0 and 0o7777", value));
-  }
   return value;
 }
 

@@ -62,6 +62,8 @@
  */
 
 import {
+  checkMode,
+  checkNumber,
   createBackoff,
   describeValue,
   errorCode,
@@ -635,10 +637,7 @@ function checkOptions(path: string, options: AcquirePidFileOptions): Settings {
     DEFAULT_CONTENTION_TIMEOUT_MS,
     "contentionTimeoutMs",
   );
-  const mode = options.mode ?? DEFAULT_PID_FILE_MODE;
-  if (!Number.isInteger(mode) || mode < 0 || mode > 0o7777) {
-    throw new RangeError(mustBe(ACQUIRE, "mode", "permission bits (0 to 0o7777)", mode));
-  }
+  const mode = checkMode(ACQUIRE, options.mode ?? DEFAULT_PID_FILE_MODE);
   const releaseOnExit = options.releaseOnExit ?? DEFAULT_RELEASE_ON_EXIT;
   if (typeof releaseOnExit !== "boolean") {
     throw new TypeError(mustBe(ACQUIRE, "releaseOnExit", "a boolean", releaseOnExit));
@@ -649,10 +648,13 @@ function checkOptions(path: string, options: AcquirePidFileOptions): Settings {
       mustBe(ACQUIRE, "releaseOnSignals", `a list of ${HANDLED_SIGNALS.join(", ")}`, releaseOnSignals),
     );
   }
-  const heartbeatMs = options.heartbeatMs ?? DEFAULT_HEARTBEAT_MS;
-  if (typeof heartbeatMs !== "number" || !Number.isFinite(heartbeatMs) || heartbeatMs < 1) {
-    throw new RangeError(mustBe(ACQUIRE, "heartbeatMs", "a finite number >= 1", heartbeatMs));
-  }
+  const heartbeatMs = checkNumber(
+    ACQUIRE,
+    "heartbeatMs",
+    options.heartbeatMs ?? DEFAULT_HEARTBEAT_MS,
+    "a finite number >= 1",
+    (n) => Number.isFinite(n) && n >= 1,
+  );
   const onError = options.onError ?? reportOnStderr;
   if (typeof onError !== "function") {
     throw new TypeError(mustBe(ACQUIRE, "onError", "a function", onError));
@@ -670,11 +672,13 @@ function checkOptions(path: string, options: AcquirePidFileOptions): Settings {
 }
 
 function checkMs(value: unknown, fallback: number, name: string): number {
-  const ms = value ?? fallback;
-  if (typeof ms !== "number" || !Number.isFinite(ms) || ms < 0) {
-    throw new RangeError(mustBe(ACQUIRE, name, "a finite number >= 0", value));
-  }
-  return ms;
+  return checkNumber(
+    ACQUIRE,
+    name,
+    value ?? fallback,
+    "a finite number >= 0",
+    (n) => Number.isFinite(n) && n >= 0,
+  );
 }
 
 /** Without `onError`: one line on stderr per failure, lost only if stderr is gone too. */
@@ -795,12 +799,12 @@ function parseRecord(text: string, mtimeMs: number): PidRecord | PidFileInvalid 
   } catch {
     return {
       state: "invalid",
-      reason: `not a PID file (neither a decimal pid nor a JSON record): ${preview(text)}`,
+      reason: `not a PID file (neither a decimal pid nor a JSON record): ${describeValue(text)}`,
     };
   }
   if (typeof value === "number") return { state: "invalid", reason: `${value} is not a process id` };
   if (typeof value !== "object" || value === null || Array.isArray(value)) {
-    return { state: "invalid", reason: `not a PID record: ${preview(text)}` };
+    return { state: "invalid", reason: `not a PID record: ${describeValue(text)}` };
   }
   const fields = value as Partial<Record<keyof PidRecord, unknown>>;
   if (!validPid(fields.pid)) {
@@ -1445,9 +1449,4 @@ function ioError(path: string, action: string, error: unknown): PidFileError {
       cause: error,
     },
   );
-}
-
-function preview(text: string): string {
-  const line = JSON.stringify(text.length > 40 ? text.slice(0, 40) + "…" : text);
-  return line;
 }

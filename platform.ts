@@ -14,22 +14,24 @@
  *
  * What importing this file changes in the runtime: on Deno, `Deno.addSignalListener` and
  * `Deno.removeSignalListener` are replaced by wrappers that call the originals and also count the
- * listeners (Deno keeps no list; {@linkcode signalListenerCount} needs one). Nothing else happens at
- * import: the `SIGXFSZ` listener of {@linkcode handleFileSizeSignal}, exit and uncaught-error hooks,
+ * listeners (Deno keeps no list; {@linkcode signalListenerCount} needs one). The count is kept on
+ * `globalThis` under `Symbol.for("keelson.denoSignalListeners")`, so two copies of this file (a vendored
+ * module beside the npm package) wrap once and count alike. Nothing else happens at import: the `SIGXFSZ` listener of {@linkcode handleFileSizeSignal}, exit and uncaught-error hooks,
  * signal listeners and the watchdog thread are installed only when a function asks for them.
  *
  * Contents, in file order, and the modules that use each section:
  * - Runtime detection: `runtime`, `isLinux` (shutdown).
  * - Errors: `errorCode`, one errno name for every runtime's errors (all but shutdown).
- * - Messages and reporting: `describeValue`, `mustBe`, `describeError`, `errorMessage`, `isError`,
- *   `stderrReporter` (optionally rate-limited): the one way to word a bad argument, quote an error and
- *   report on stderr (all modules).
+ * - Messages and reporting: `describeValue`, `mustBe`, `checkNumber`, `checkMode`, `describeError`,
+ *   `errorMessage`, `isError`, `stderrReporter` (optionally rate-limited): the one way to word a bad
+ *   argument, quote an error and report on stderr (all modules).
  * - Time: `sleepSync`, `monotonicMs`, `createBackoff`, `setUnrefInterval`, `setUnrefTimeout` (logging,
  *   pidfile, sqlite_wal).
  * - Files: thin wrappers of `node:fs` (among the stats, `statIdentity`: the cheap check before every log
  *   write), then `writeFileAtomic`, `openOwnedAppend` and `gzipFile` (all modules).
- * - Writing to descriptors: `writeAll`, and `openDescriptorWriter` / `writeAllWithin`, exact and bounded
- *   writes to any descriptor number (logging, shutdown, transport); libc through FFI behind them.
+ * - Writing to descriptors: `writeOnce`, `writeAll`, and `openDescriptorWriter` / `writeAllWithin`, exact
+ *   and bounded writes to any descriptor number (logging, shutdown, transport).
+ * - libc through FFI: `write(2)`, `send(2)` and `poll(2)` with their exact counts, behind the writers above.
  * - Processes: pids, `kill`, `/proc` readers, the environment (logging, pidfile, shutdown).
  * - Process identity: `selfIdentity`, `judgeIdentity`: who wrote a record and is it still alive (logging,
  *   pidfile, shutdown).
@@ -75,6 +77,7 @@ interface DenoLike {
   addSignalListener(signal: string, handler: () => void): void;
   removeSignalListener(signal: string, handler: () => void): void;
   exit(code?: number): never;
+  stdin: { readable: ReadableStream<Uint8Array> };
 }
 
 interface BunLike {
@@ -166,6 +169,7 @@ export function errorCode(error: unknown): string | undefined {
   return osError ? ERRNO_NAMES.get(Number(osError[1])) : undefined;
 }
 
+/** errno number → name; EWOULDBLOCK and EDEADLOCK are Linux's second names of EAGAIN and EDEADLK. */
 const ERRNO_NAMES: Map<number, string> = new Map(
   Object.entries((os.constants as { errno?: Record<string, number> }).errno ?? {})
     .filter(([name]) => name !== "EWOULDBLOCK" && name !== "EDEADLOCK")
@@ -185,9 +189,10 @@ function errnoError(errno: number, syscall: string, fd: number, message?: string
 // ---------------------------------------------------------------------------------------------------
 
 /**
- * How a received value is quoted in a message: strings as JSON (`"x"`), bigints as `1n`, other primitives
- * as themselves (`42`, `null`, `undefined`), and functions, arrays and objects by their kind only, so a
- * message never dumps a caller's data nor throws on a cyclic or hostile object.
+ * How a received value is quoted in a message: strings as JSON (`"x"`, cut after 40 characters with
+ * `…`), bigints as `1n`, other primitives as themselves (`42`, `null`, `undefined`), and functions,
+ * arrays and objects by their kind only, so a message never dumps a caller's data nor throws on a
+ * cyclic or hostile object (a revoked proxy is `an object`).
  *
  * @param value Anything a caller passed.
  * @returns A short, single-line description.
@@ -199,14 +204,22 @@ function errnoError(errno: number, syscall: string, fd: number, message?: string
  * ```
  */
 export function describeValue(value: unknown): string {
-  if (typeof value === "string") return JSON.stringify(value);
+  if (typeof value === "string") {
+    return JSON.stringify(value.length > QUOTED_CHARS ? `${value.slice(0, QUOTED_CHARS)}…` : value);
+  }
   if (typeof value === "bigint") return `${value}n`;
   if (typeof value === "function") return "a function";
   if (typeof value === "symbol") return String(value);
-  if (Array.isArray(value)) return "an array";
   if (value === null || typeof value !== "object") return String(value);
-  return "an object";
+  try {
+    return Array.isArray(value) ? "an array" : "an object";
+  } catch {
+    return "an object"; // Array.isArray throws on a revoked proxy
+  }
 }
+
+/** How much of a string {@linkcode describeValue} quotes. */
+const QUOTED_CHARS = 40;
 
 /**
  * The one wording of a bad-argument error: `Cannot <action>: '<name>' must be <expected>, got <value>`.
@@ -227,6 +240,55 @@ export function describeValue(value: unknown): string {
  */
 export function mustBe(action: string, name: string, expected: string, value: unknown): string {
   return `Cannot ${action}: '${name}' must be ${expected}, got ${describeValue(value)}`;
+}
+
+/**
+ * Checks a numeric argument the one way: a value that is not a number throws `TypeError`, a number that
+ * `accept` refuses (NaN, out of range, not an integer, …) throws `RangeError`, both worded by
+ * {@linkcode mustBe} with `expected`.
+ *
+ * @param action What could not be done, e.g. `"acquire PID file"`.
+ * @param name The argument or option.
+ * @param value What was received.
+ * @param expected What it must be, e.g. `"a finite number >= 0"`.
+ * @param accept Whether a number is acceptable.
+ * @returns The value, as a number.
+ *
+ * @example
+ * ```ts
+ * import { checkNumber } from "./platform.ts";
+ * const ms = checkNumber("wait", "timeoutMs", 250, "a finite number >= 0", (n) => Number.isFinite(n) && n >= 0);
+ * console.log(ms); // 250
+ * ```
+ */
+export function checkNumber(
+  action: string,
+  name: string,
+  value: unknown,
+  expected: string,
+  accept: (value: number) => boolean,
+): number {
+  if (typeof value !== "number") throw new TypeError(mustBe(action, name, expected, value));
+  if (!accept(value)) throw new RangeError(mustBe(action, name, expected, value));
+  return value;
+}
+
+/**
+ * Checks permission bits (an integer from 0 to 0o7777) the one way; see {@linkcode checkNumber}.
+ *
+ * @param action What could not be done.
+ * @param value What was received as `mode`.
+ * @returns The bits.
+ *
+ * @example
+ * ```ts
+ * import { checkMode } from "./platform.ts";
+ * console.log(checkMode("open the log", 0o640).toString(8)); // 640
+ * ```
+ */
+export function checkMode(action: string, value: unknown): number {
+  const expected = "permission bits from 0 to 0o7777";
+  return checkNumber(action, "mode", value, expected, (n) => Number.isInteger(n) && n >= 0 && n <= 0o7777);
 }
 
 /**
@@ -324,7 +386,8 @@ export interface StderrReporterOptions {
  * stderr (fd 2, synchronously) and never throws nor waits: when stderr is gone (a closed pipe during a
  * shutdown) or full (a reader that stopped reading), there is nowhere to report to, and the line is
  * dropped rather than stall the program. Where a write cannot be bounded (see
- * {@linkcode DescriptorWriter.limitation}: a blocking socket on Node) a full stderr still blocks.
+ * {@linkcode DescriptorWriter.limitation}: a blocking pipe on Deno without `-A`, which may not reopen it
+ * through `/proc`; a blocking socket on Node) a full stderr still blocks.
  *
  * @param prefix What names the reporter, e.g. `"keelson transport"`; `""` writes the line as it is.
  * @param options `holdBackMs` rate-limits a repeating failure.
@@ -1166,9 +1229,8 @@ export function writeOnce(fd: number, bytes: Uint8Array): number {
   }
 }
 
-/** How long {@linkcode writeAll} sleeps on `EAGAIN`: doubles from the first to the last value. */
-const EAGAIN_SLEEP_MIN_MS = 1;
-const EAGAIN_SLEEP_MAX_MS = 50;
+/** How long {@linkcode writeAll} sleeps on `EAGAIN`: doubles from `minMs` to `maxMs` until a write moves. */
+const EAGAIN_BACKOFF: BackoffOptions = { minMs: 1, maxMs: 50 };
 
 /**
  * `PIPE_BUF` on Linux: a write of at most this many bytes to a pipe is all-or-nothing, even when the
@@ -1209,35 +1271,37 @@ export function writeAll(fd: number, bytes: Uint8Array): void {
   const exact = !WRITE_LOOPS_INTERNALLY || lib !== null;
   const piece = !exact && bytes.length > PIPE_BUF && !fs.fstatSync(fd).isFile() ? PIPE_BUF : bytes.length;
   let offset = 0;
-  let sleepMs = EAGAIN_SLEEP_MIN_MS;
+  let backoff: Backoff | null = null; // while the reader is behind
   while (offset < bytes.length) {
     try {
       const length = Math.min(piece, bytes.length - offset);
       const n = lib === null
         ? fs.writeSync(fd, bytes, offset, length)
         : libcWrite(lib, fd, bytes.subarray(offset, offset + length), false);
-      if (n === 0) { // libc's EAGAIN
-        sleepSync(sleepMs);
-        sleepMs = Math.min(sleepMs * 2, EAGAIN_SLEEP_MAX_MS);
+      if (n > 0) {
+        offset += n;
+        backoff = null;
         continue;
       }
-      offset += n;
-      sleepMs = EAGAIN_SLEEP_MIN_MS;
+      // 0: libc's EAGAIN (a write(2) of a non-empty buffer returns 0 for nothing else)
     } catch (error) {
       const code = errorCode(error);
-      if (code === "EAGAIN" || code === "EWOULDBLOCK") {
-        sleepSync(sleepMs);
-        sleepMs = Math.min(sleepMs * 2, EAGAIN_SLEEP_MAX_MS);
-        continue;
-      }
       if (code === "EINTR") continue;
-      if (typeof error === "object" && error !== null) {
-        (error as { bytesWritten?: number }).bytesWritten = offset;
-        (error as { bytesWrittenExact?: boolean }).bytesWrittenExact = exact;
+      if (code !== "EAGAIN" && code !== "EWOULDBLOCK") {
+        throw withBytesWritten(error, offset, exact);
       }
-      throw error;
     }
+    backoff ??= createBackoff(EAGAIN_BACKOFF);
+    sleepSync(backoff.next() ?? EAGAIN_BACKOFF.maxMs);
   }
+}
+
+/** Puts how much was written before a write failed on the error: `bytesWritten`, `bytesWrittenExact`. */
+function withBytesWritten(error: unknown, offset: number, exact: boolean): unknown {
+  if (typeof error === "object" && error !== null) {
+    Object.assign(error, { bytesWritten: offset, bytesWrittenExact: exact });
+  }
+  return error;
 }
 
 /**
@@ -1317,9 +1381,13 @@ export interface DescriptorWriter {
  * ```
  */
 export function openDescriptorWriter(fd: number): DescriptorWriter {
-  if (!Number.isSafeInteger(fd) || fd < 0) {
-    throw new TypeError(mustBe("open a descriptor writer", "fd", "a non-negative integer", fd));
-  }
+  checkNumber(
+    "open a descriptor writer",
+    "fd",
+    fd,
+    "a non-negative integer",
+    (n) => Number.isSafeInteger(n) && n >= 0,
+  );
   const lib = runtime === "node" ? null : loadLibc();
   let known = true; // node:fs can write to this number (on Deno: one it opened itself, or 0-2)
   let stats: fs.Stats;
@@ -1406,8 +1474,8 @@ export function openDescriptorWriter(fd: number): DescriptorWriter {
   }
   if (!bounded && limitation === null) {
     limitation = nonBlocking === null
-      ? `fd ${fd} is a ${kind} whose flags ${runtime} cannot read here (on Deno: without --allow-all or ` +
-        `--allow-ffi): if it is blocking, a reader that stops reading blocks the write`
+      ? `fd ${fd} is a ${kind} whose flags ${runtime} cannot read here (on Deno: without --allow-all): ` +
+        `if it is blocking, a reader that stops reading blocks the write`
       : `fd ${fd} is a blocking ${kind} that ${runtime} cannot write without blocking: ` +
         `a reader that stops reading blocks the write`;
   }
@@ -1471,40 +1539,34 @@ export function openDescriptorWriter(fd: number): DescriptorWriter {
  */
 export function writeAllWithin(writer: DescriptorWriter, bytes: Uint8Array, timeoutMs: number): number {
   let offset = 0;
-  let sleepMs = WAIT_WRITABLE_MIN_MS;
-  let stalledSince = 0;
+  let stalled: Backoff | null = null; // from the first write that made no progress
   while (offset < bytes.length) {
     let n: number;
     try {
       n = writer.writeSome(offset === 0 ? bytes : bytes.subarray(offset));
     } catch (error) {
-      if (typeof error === "object" && error !== null) {
-        (error as { bytesWritten?: number }).bytesWritten = offset;
-        (error as { bytesWrittenExact?: boolean }).bytesWrittenExact = writer.exact;
-      }
-      throw error;
+      throw withBytesWritten(error, offset, writer.exact);
     }
     if (n > 0) {
       offset += n;
-      sleepMs = WAIT_WRITABLE_MIN_MS;
-      stalledSince = 0;
+      stalled = null;
       continue;
     }
-    const now = Date.now();
-    if (stalledSince === 0) stalledSince = now;
-    else if (now - stalledSince >= timeoutMs) return offset;
     // poll(2) wakes as soon as the reader drains; the sleep it falls back to starts short (a reader
-    // such as `cat` drains a full pipe in microseconds) and backs off.
-    writer.waitWritable(Math.min(sleepMs, stalledSince + timeoutMs - now));
-    sleepMs = Math.min(sleepMs * 2, EAGAIN_SLEEP_MAX_MS);
+    // such as `cat` drains a full pipe in microseconds) and backs off. The deadline is monotonic.
+    stalled ??= createBackoff({ ...WAIT_WRITABLE_BACKOFF, timeoutMs });
+    const pause = stalled.next();
+    if (pause === null) return offset;
+    writer.waitWritable(pause);
   }
   return offset;
 }
 
 /** The largest single write: keeps FFI counts within 32 bits and the kernel's own cap. */
 const MAX_WRITE_BYTES = 1 << 30;
-/** The first wait of {@linkcode writeAllWithin} after `EAGAIN`; doubles up to `EAGAIN_SLEEP_MAX_MS`. */
-const WAIT_WRITABLE_MIN_MS = 0.05;
+/** The waits of {@linkcode writeAllWithin} while a descriptor takes nothing. */
+const WAIT_WRITABLE_BACKOFF: BackoffOptions = { minMs: 0.05, maxMs: 50 };
+// Linux values (x86_64 and arm64 alike), used only where libc was loaded, which is only on Linux.
 const POLLOUT = 4;
 const pollBytes = new Uint8Array(8);
 const pollFd = new DataView(pollBytes.buffer);
@@ -1689,9 +1751,7 @@ export function getPpid(): number {
  * ```
  */
 export function kill(pid: number, signal: string | number): void {
-  if (!Number.isInteger(pid) || pid <= 0) {
-    throw new RangeError(mustBe("send a signal", "pid", "a positive integer", pid));
-  }
+  checkNumber("send a signal", "pid", pid, "a positive integer", (n) => Number.isInteger(n) && n > 0);
   process.kill(pid, signal);
 }
 
@@ -1764,20 +1824,37 @@ export function readProcStat(pid: number): ProcStat | null {
 /** Clock ticks per second of `/proc` times (`sysconf(_SC_CLK_TCK)`: 100 on Linux x86_64 and arm64). */
 export const CLOCK_TICKS_PER_SECOND = 100;
 
+/** What the runtime refused us when reading `/proc` (Deno's own "NotCapable" messages name the missing flag). */
+const identityRefusals: string[] = [];
+
+/** Reads a `/proc` file; `null` when absent; notes (and swallows) a sandbox refusal (Deno without -A). */
+function readProcText(path: string, link = false): string | null {
+  if (!isLinux) return null;
+  try {
+    return link ? fs.readlinkSync(path) : fs.readFileSync(path, "utf8");
+  } catch (error) {
+    noteNotCapable(error);
+    return null;
+  }
+}
+
+/** Keeps one line per kind of sandbox refusal, for {@linkcode identityPermissionProblem}. */
+function noteNotCapable(error: unknown): void {
+  if ((error as { name?: unknown } | null)?.name !== "NotCapable") return;
+  const text = errorMessage(error);
+  // "Requires all access to "/proc/42/stat", …": one entry per kind of refusal, not per path.
+  const kind = text.replace(/"[^"]*"/g, "").replace(/,.*$/, "").trim();
+  if (!identityRefusals.some((seen) => seen.startsWith(kind))) identityRefusals.push(text);
+}
+
 let bootTimeCache: number | null | undefined;
 
 /** The boot time in milliseconds since the epoch (`btime` of `/proc/stat`), or `null` off Linux. */
 export function bootTimeMs(): number | null {
   if (bootTimeCache !== undefined) return bootTimeCache;
-  bootTimeCache = null;
-  if (isLinux) {
-    try {
-      const match = /^btime (\d+)$/m.exec(fs.readFileSync("/proc/stat", "utf8"));
-      if (match) bootTimeCache = Number(match[1]) * 1000;
-    } catch {
-      // No /proc/stat (a restricted container): the boot time stays unknown.
-    }
-  }
+  // No /proc/stat (off Linux, a restricted container, Deno without -A): the boot time stays unknown.
+  const match = /^btime (\d+)$/m.exec(readProcText("/proc/stat") ?? "");
+  bootTimeCache = match ? Number(match[1]) * 1000 : null;
   return bootTimeCache;
 }
 
@@ -1811,13 +1888,9 @@ function startTimeOf(startTicks: number, bootMs: number): number {
  * or when the process is gone.
  */
 export function readProcStatus(pid: number): Record<string, string> | null {
-  if (!isLinux || !Number.isInteger(pid) || pid <= 0) return null;
-  let text: string;
-  try {
-    text = fs.readFileSync(`/proc/${pid}/status`, "utf8");
-  } catch {
-    return null;
-  }
+  if (!Number.isInteger(pid) || pid <= 0) return null;
+  const text = readProcText(`/proc/${pid}/status`);
+  if (text === null) return null;
   const fields: Record<string, string> = {};
   for (const line of text.split("\n")) {
     const colon = line.indexOf(":");
@@ -1831,14 +1904,9 @@ export function readProcStatus(pid: number): Record<string, string> | null {
  * a zombie (their cmdline is empty).
  */
 export function readProcCmdline(pid: number): string[] | null {
-  if (!isLinux || !Number.isInteger(pid) || pid <= 0) return null;
-  let text: string;
-  try {
-    text = fs.readFileSync(`/proc/${pid}/cmdline`, "utf8");
-  } catch {
-    return null;
-  }
-  if (text === "") return null;
+  if (!Number.isInteger(pid) || pid <= 0) return null;
+  const text = readProcText(`/proc/${pid}/cmdline`);
+  if (text === null || text === "") return null;
   const args = text.split("\0");
   if (args[args.length - 1] === "") args.pop();
   return args;
@@ -2033,29 +2101,8 @@ const BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id";
 
 let selfIdentityCache: Omit<ProcessIdentity, "hostname"> | null = null;
 let bootIdCache: string | null | undefined;
-/** What the runtime refused us (Deno's own "NotCapable" messages name the missing flag). */
-const identityRefusals: string[] = [];
 let identityProbed = false;
 let identityWarned = false;
-
-/** Reads a `/proc` file; `null` when absent; notes (and swallows) a sandbox refusal (Deno without -A). */
-function readProcText(path: string, link = false): string | null {
-  if (!isLinux) return null;
-  try {
-    return link ? fs.readlinkSync(path) : fs.readFileSync(path, "utf8");
-  } catch (error) {
-    noteNotCapable(error);
-    return null;
-  }
-}
-
-function noteNotCapable(error: unknown): void {
-  if ((error as { name?: unknown } | null)?.name !== "NotCapable") return;
-  const text = error instanceof Error ? error.message : String(error);
-  // "Requires all access to "/proc/42/stat", …": one entry per kind of refusal, not per path.
-  const kind = text.replace(/"[^"]*"/g, "").replace(/,.*$/, "").trim();
-  if (!identityRefusals.some((seen) => seen.startsWith(kind))) identityRefusals.push(text);
-}
 
 function currentBootId(): string | null {
   if (bootIdCache === undefined) bootIdCache = readProcText(BOOT_ID_PATH)?.trim() || null;
@@ -2201,8 +2248,7 @@ export function identityPermissionProblem(): string | null {
   if (!identityProbed) {
     identityProbed = true;
     selfIdentityCache = null;
-    selfIdentity(); // reading our own identity notes every refusal
-    if (isLinux) readProcText("/proc/stat"); // bootTimeMs() swallows its errors: probe it here
+    selfIdentity(); // reading our own identity (boot time included) notes every refusal
   }
   if (identityRefusals.length === 0) return null;
   return `run Deno with --allow-all (-A); it refuses /proc reads without it, whatever --allow-read says (${
@@ -2327,7 +2373,7 @@ export function judgeIdentity(record: IdentityRecord, options: JudgeIdentityOpti
     return verdict(true, "heartbeat", `${where}, and its heartbeat is ${Math.max(age, 0)} ms old`);
   }
   if (!Number.isInteger(pid) || pid <= 0) {
-    return verdict(false, "pid", `pid ${JSON.stringify(pid)} is not a process id`);
+    return verdict(false, "pid", `pid ${describeValue(pid)} is not a process id`);
   }
   const live = readIdentity(pid);
   if (live === "zombie") return verdict(false, "pid", `process ${pid} has exited (a zombie not yet reaped)`);
@@ -2512,27 +2558,39 @@ export function onSignal(signal: string, handler: (signal: string) => void): () 
   };
 }
 
-/** Deno keeps no visible listener list: count what goes through `Deno.addSignalListener` from here on. */
-const denoSignalListeners = new Map<string, Set<() => void>>();
-let denoSignalCounting = false;
-if (deno) {
+/**
+ * Deno keeps no visible listener list, so `Deno.addSignalListener` is wrapped once per process to count
+ * what goes through it from then on. The count lives on `globalThis` under a registered symbol: a second
+ * copy of this file (a vendored module beside the npm package) must see what the first one counted, and
+ * must not wrap the wrapper. `null`: not Deno, or a frozen Deno namespace (the count is unknown).
+ */
+const denoSignalListeners: Map<string, Set<() => void>> | null = deno ? sharedDenoSignalCount(deno) : null;
+
+function sharedDenoSignalCount(api: DenoLike): Map<string, Set<() => void>> | null {
+  const key = Symbol.for("keelson.denoSignalListeners");
+  const store = globalThis as unknown as Record<symbol, Map<string, Set<() => void>> | null | undefined>;
+  const shared = store[key];
+  if (shared !== undefined) return shared;
+  let listeners: Map<string, Set<() => void>> | null = new Map();
   try {
-    const add = deno.addSignalListener.bind(deno);
-    const remove = deno.removeSignalListener.bind(deno);
-    deno.addSignalListener = (signal: string, handler: () => void) => {
+    const add = api.addSignalListener.bind(api);
+    const remove = api.removeSignalListener.bind(api);
+    const counted = listeners;
+    api.addSignalListener = (signal: string, handler: () => void) => {
       add(signal, handler);
-      let set = denoSignalListeners.get(signal);
-      if (!set) denoSignalListeners.set(signal, set = new Set());
+      let set = counted.get(signal);
+      if (!set) counted.set(signal, set = new Set());
       set.add(handler);
     };
-    deno.removeSignalListener = (signal: string, handler: () => void) => {
+    api.removeSignalListener = (signal: string, handler: () => void) => {
       remove(signal, handler);
-      denoSignalListeners.get(signal)?.delete(handler);
+      counted.get(signal)?.delete(handler);
     };
-    denoSignalCounting = true;
   } catch {
-    // A frozen Deno namespace: the count stays unknown (see signalListenerCount).
+    listeners = null; // a frozen Deno namespace
   }
+  store[key] = listeners;
+  return listeners;
 }
 
 /**
@@ -2559,7 +2617,7 @@ if (deno) {
  */
 export function signalListenerCount(signal: string): number | null {
   if (!deno) return process.listenerCount(signal as NodeJS.Signals);
-  if (!denoSignalCounting) return null;
+  if (denoSignalListeners === null) return null;
   return denoSignalListeners.get(signal)?.size ?? 0;
 }
 
@@ -3204,11 +3262,14 @@ function validateWatchdogSignals(signals: unknown): string[] {
 }
 
 function validateWatchdogMs(action: string, name: string, value: unknown): number {
-  if (typeof value !== "number") throw new TypeError(mustBe(action, name, "a number of milliseconds", value));
-  if (!Number.isFinite(value) || value < 0 || value > MAX_WATCHDOG_MS) {
-    throw new RangeError(mustBe(action, name, `0 to ${MAX_WATCHDOG_MS} milliseconds`, value));
-  }
-  return value;
+  const expected = `0 to ${MAX_WATCHDOG_MS} milliseconds`;
+  return checkNumber(
+    action,
+    name,
+    value,
+    expected,
+    (n) => Number.isFinite(n) && n >= 0 && n <= MAX_WATCHDOG_MS,
+  );
 }
 
 const reportWatchdogError = stderrReporter("keelson watchdog");
@@ -3399,8 +3460,10 @@ function watchdogWorker(require: (id: string) => unknown, data: WatchdogWorkerDa
       rmSync(path: string, options: { recursive: boolean; force: boolean }): void;
     };
     const os = require("node:os") as { tmpdir(): string };
-    // In the C below: `flags & 4` is SA_SIGINFO (a three-argument handler), handler 0 and 1 are SIG_DFL
-    // and SIG_IGN (nothing to chain to), clock 1 is CLOCK_MONOTONIC; 65 covers every Linux signal number.
+    // In the C below: `struct ksa` is the `struct sigaction` layout of glibc and musl on Linux x86_64 and
+    // arm64; `flags & 4` is SA_SIGINFO (a three-argument handler); `& 0x7fffffff` clears SA_RESETHAND, so
+    // the hook stays after its first delivery; handler 0 and 1 are SIG_DFL and SIG_IGN (nothing to chain
+    // to); clock 1 is CLOCK_MONOTONIC; 65 covers every Linux signal number.
     const source = [
       "struct ksa { void *handler; unsigned long mask[16]; int flags; void *restorer; };",
       "struct kts { long sec; long nsec; };",
@@ -3866,10 +3929,8 @@ class SharedStdin implements StdinChunks {
 
 /** A `read()` of stdin for this runtime. Errors (a reset socket) are thrown from `read()`. */
 function openStdinReader(): () => Promise<IteratorResult<Uint8Array>> {
-  const denoStdin = (globalThis as { Deno?: { stdin: { readable: ReadableStream<Uint8Array> } } })
-    .Deno?.stdin;
-  if (denoStdin) {
-    const reader = denoStdin.readable.getReader();
+  if (deno) {
+    const reader = deno.stdin.readable.getReader();
     return () => reader.read() as Promise<IteratorResult<Uint8Array>>;
   }
   // Node and Bun: flowing mode, paused after each chunk, and the stream's handle referenced only while

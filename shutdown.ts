@@ -19,6 +19,7 @@
  */
 
 import {
+  checkNumber,
   closeFd,
   describeError,
   exit as platformExit,
@@ -694,17 +695,12 @@ export async function checkSystemdStopTimeout(
   drainSeconds: number,
   options: CheckStopTimeoutOptions = {},
 ): Promise<StopTimeoutCheck | null> {
-  if (typeof drainSeconds !== "number" || !Number.isFinite(drainSeconds) || drainSeconds < 0) {
-    throw new RangeError(mustBe(CHECK_STOP, "drainSeconds", "a finite number >= 0", drainSeconds));
-  }
+  const atLeastZero = (n: number) => Number.isFinite(n) && n >= 0;
+  checkNumber(CHECK_STOP, "drainSeconds", drainSeconds, "a finite number >= 0", atLeastZero);
   const headroomSeconds = options.headroomSeconds ?? DEFAULT_STOP_HEADROOM_SECONDS;
-  if (typeof headroomSeconds !== "number" || !Number.isFinite(headroomSeconds) || headroomSeconds < 0) {
-    throw new RangeError(mustBe(CHECK_STOP, "headroomSeconds", "a finite number >= 0", headroomSeconds));
-  }
+  checkNumber(CHECK_STOP, "headroomSeconds", headroomSeconds, "a finite number >= 0", atLeastZero);
   const timeoutMs = options.timeoutMs ?? DEFAULT_SYSTEMCTL_TIMEOUT_MS;
-  if (typeof timeoutMs !== "number" || !Number.isFinite(timeoutMs) || timeoutMs <= 0) {
-    throw new RangeError(mustBe(CHECK_STOP, "timeoutMs", "a finite number > 0", timeoutMs));
-  }
+  checkNumber(CHECK_STOP, "timeoutMs", timeoutMs, "a finite number > 0", (n) => Number.isFinite(n) && n > 0);
   if (timeoutMs > MAX_TIMER_MS - SYSTEMCTL_GRACE_MS) {
     throw new RangeError(
       mustBe(CHECK_STOP, "timeoutMs", `at most ${MAX_TIMER_MS - SYSTEMCTL_GRACE_MS}`, timeoutMs),
@@ -782,21 +778,18 @@ export function spawnShutdownDiagnostic(
   }
   if (typeof signal !== "string") throw new TypeError(mustBe(DIAGNOSE, "signal", "a signal name", signal));
   const timeoutSeconds = options.timeoutSeconds ?? DEFAULT_DIAGNOSTIC_TIMEOUT_SECONDS;
-  if (typeof timeoutSeconds !== "number") {
-    throw new TypeError(mustBe(DIAGNOSE, "timeoutSeconds", "a number", timeoutSeconds));
-  }
-  if (!Number.isFinite(timeoutSeconds) || timeoutSeconds <= 0) {
-    throw new RangeError(mustBe(DIAGNOSE, "timeoutSeconds", "a positive number", timeoutSeconds));
-  }
+  const positive = (n: number) => Number.isFinite(n) && n > 0;
+  checkNumber(DIAGNOSE, "timeoutSeconds", timeoutSeconds, "a finite number > 0", positive);
   const maxLogBytes = options.maxLogBytes ?? DEFAULT_DIAGNOSTIC_MAX_BYTES;
-  if (typeof maxLogBytes !== "number") {
-    throw new TypeError(mustBe(DIAGNOSE, "maxLogBytes", "an integer", maxLogBytes));
-  }
-  if (!Number.isInteger(maxLogBytes) || maxLogBytes < 2 * DIAGNOSTIC_RUN_MAX_BYTES) {
-    throw new RangeError(
-      mustBe(DIAGNOSE, "maxLogBytes", `an integer of at least ${2 * DIAGNOSTIC_RUN_MAX_BYTES}`, maxLogBytes),
-    );
-  }
+  const leastLogBytes = 2 * DIAGNOSTIC_RUN_MAX_BYTES;
+  const expectedLogBytes = `an integer of at least ${leastLogBytes}`;
+  checkNumber(
+    DIAGNOSE,
+    "maxLogBytes",
+    maxLogBytes,
+    expectedLogBytes,
+    (n) => Number.isInteger(n) && n >= leastLogBytes,
+  );
   const env = options.env ?? undefined;
   const searchPath = env ? env["PATH"] : getEnv("PATH");
   const sh = findOnPath("sh", searchPath);
@@ -888,9 +881,13 @@ export function installShutdown(options: InstallShutdownOptions = {}): ShutdownH
     }
   }
   const forceExitMs = options.forceExitMs ?? DEFAULT_FORCE_EXIT_MS;
-  if (typeof forceExitMs !== "number" || !Number.isFinite(forceExitMs) || forceExitMs < 0) {
-    fail("forceExitMs", "a finite number >= 0", forceExitMs, "range");
-  }
+  checkNumber(
+    INSTALL,
+    "forceExitMs",
+    forceExitMs,
+    "a finite number >= 0",
+    (n) => Number.isFinite(n) && n >= 0,
+  );
   if (forceExitMs > MAX_TIMER_MS) fail("forceExitMs", `at most ${MAX_TIMER_MS}`, forceExitMs, "range");
   const phases = [...(options.phases ?? [])];
   for (const [index, phase] of phases.entries()) {
@@ -899,9 +896,8 @@ export function installShutdown(options: InstallShutdownOptions = {}): ShutdownH
     }
     if (typeof phase.run !== "function") fail(`phases[${index}].run`, "a function", phase.run);
     const timeoutMs = phase.timeoutMs ?? DEFAULT_PHASE_TIMEOUT_MS;
-    if (typeof timeoutMs !== "number" || !Number.isFinite(timeoutMs) || timeoutMs <= 0) {
-      fail(`phases[${index}].timeoutMs`, "a finite number > 0", timeoutMs, "range");
-    }
+    const positive = (n: number) => Number.isFinite(n) && n > 0;
+    checkNumber(INSTALL, `phases[${index}].timeoutMs`, timeoutMs, "a finite number > 0", positive);
     if (timeoutMs > MAX_TIMER_MS) {
       fail(`phases[${index}].timeoutMs`, `at most ${MAX_TIMER_MS}`, timeoutMs, "range");
     }

@@ -23,6 +23,7 @@
 
 import {
   type Backoff,
+  checkNumber,
   createBackoff,
   errorCode,
   errorMessage,
@@ -1005,20 +1006,20 @@ function checkOptions(options: ApplyWalOptions): WalSettings {
     throw new TypeError(mustBe(APPLY_WAL, "requireWal", "a boolean", requireWal));
   }
   checkMilliseconds("lockTimeoutMs", lockTimeoutMs);
-  if (typeof retries !== "number") throw new TypeError(mustBe(APPLY_WAL, "retries", "a number", retries));
-  if (!Number.isSafeInteger(retries) || retries < 0) {
-    throw new RangeError(mustBe(APPLY_WAL, "retries", "a non-negative integer", retries));
-  }
+  checkNumber(
+    APPLY_WAL,
+    "retries",
+    retries,
+    "a non-negative integer",
+    (n) => Number.isSafeInteger(n) && n >= 0,
+  );
   checkMilliseconds("retryDelayMs", retryDelayMs);
   const uri = checkUri(options, APPLY_WAL);
   return { onFallback, requireWal, lockTimeoutMs, retries, retryDelayMs, uri };
 }
 
 function checkMilliseconds(name: string, value: unknown): void {
-  if (typeof value !== "number") throw new TypeError(mustBe(APPLY_WAL, name, "a number", value));
-  if (!Number.isFinite(value) || value < 0) {
-    throw new RangeError(mustBe(APPLY_WAL, name, "a finite number >= 0", value));
-  }
+  checkNumber(APPLY_WAL, name, value, "a finite number >= 0", (n) => Number.isFinite(n) && n >= 0);
 }
 
 function checkUri(options: { uri?: boolean | undefined }, action: string): boolean | undefined {

@@ -16,6 +16,7 @@
  */
 
 import {
+  checkNumber,
   closeFd,
   createContextStore,
   describeError,
@@ -366,9 +367,7 @@ export function createStdioTransport(options: StdioTransportOptions = {}): Stdio
     throw new TypeError(mustBe(CREATE_STDIO, "options", "an object", options));
   }
   const fd = options.fd ?? DEFAULT_TRANSPORT_FD;
-  if (!Number.isSafeInteger(fd) || fd < 0) {
-    throw new TypeError(mustBe(CREATE_STDIO, "fd", "a non-negative integer", options.fd));
-  }
+  checkNumber(CREATE_STDIO, "fd", fd, "a non-negative integer", (n) => Number.isSafeInteger(n) && n >= 0);
   const flush = options.flush ?? DEFAULT_TRANSPORT_FLUSH;
   if (typeof flush !== "boolean") {
     throw new TypeError(mustBe(CREATE_STDIO, "flush", "a boolean", flush));
@@ -378,11 +377,7 @@ export function createStdioTransport(options: StdioTransportOptions = {}): Stdio
     throw new TypeError(mustBe(CREATE_STDIO, "closeFd", "a boolean", options.closeFd));
   }
   const writeTimeoutMs = options.writeTimeoutMs ?? DEFAULT_WRITE_TIMEOUT_MS;
-  if (typeof writeTimeoutMs !== "number" || Number.isNaN(writeTimeoutMs) || writeTimeoutMs < 0) {
-    throw new TypeError(
-      mustBe(CREATE_STDIO, "writeTimeoutMs", "a non-negative number", options.writeTimeoutMs),
-    );
-  }
+  checkNumber(CREATE_STDIO, "writeTimeoutMs", writeTimeoutMs, "a non-negative number", (n) => n >= 0);
   const redirect = options.redirectConsole ?? fd === DEFAULT_TRANSPORT_FD;
   if (typeof redirect !== "boolean") {
     throw new TypeError(mustBe(CREATE_STDIO, "redirectConsole", "a boolean", options.redirectConsole));

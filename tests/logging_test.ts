@@ -1144,7 +1144,10 @@ describe("openRotatingFile() failures", () => {
         e instanceof RangeError &&
         /^Cannot open rotating file: 'mode' must be permission bits/.test(e.message),
     );
-    assert.throws(() => openRotatingFile(file, { mode: "644" as unknown as number }), /mode/);
+    assert.throws(() => openRotatingFile(file, { mode: "644" as unknown as number }), {
+      name: "TypeError",
+      message: `Cannot open rotating file: 'mode' must be permission bits from 0 to 0o7777, got "644"`,
+    });
     assert.throws(
       () => openRotatingFile(file, { onError: "x" as unknown as () => void }),
       (e: Error) =>

@@ -683,7 +683,26 @@ describe("acquirePidFile()", () => {
     await assert.rejects(acquirePidFile(""), TypeError);
     await assert.rejects(acquirePidFile(pidPath, { replaceTimeoutMs: -1 }), /replaceTimeoutMs.*-1/);
     await assert.rejects(acquirePidFile(pidPath, { replaceTimeoutMs: -1 }), RangeError);
-    await assert.rejects(acquirePidFile(pidPath, { mode: 0o10000 }), RangeError);
+    await assert.rejects(acquirePidFile(pidPath, { mode: 0o10000 }), {
+      name: "RangeError",
+      message: /^Cannot acquire the PID file: 'mode' must be permission bits from 0 to 0o7777, got 4096$/,
+    });
+    await assert.rejects(acquirePidFile(pidPath, { mode: "644" as unknown as number }), {
+      name: "TypeError",
+      message: /^Cannot acquire the PID file: 'mode' must be permission bits from 0 to 0o7777, got "644"$/,
+    });
+    await assert.rejects(acquirePidFile(pidPath, { heartbeatMs: "5" as unknown as number }), {
+      name: "TypeError",
+      message: /^Cannot acquire the PID file: 'heartbeatMs' must be a finite number >= 1, got "5"$/,
+    });
+    await assert.rejects(acquirePidFile(pidPath, { heartbeatMs: 0 }), {
+      name: "RangeError",
+      message: /heartbeatMs/,
+    });
+    await assert.rejects(acquirePidFile(pidPath, { contentionTimeoutMs: "1" as unknown as number }), {
+      name: "TypeError",
+      message: /^Cannot acquire the PID file: 'contentionTimeoutMs' must be a finite number >= 0, got "1"$/,
+    });
     await assert.rejects(acquirePidFile(pidPath, { releaseOnSignals: ["SIGKILL"] }), /releaseOnSignals/);
     await assert.rejects(acquirePidFile(pidPath, { replace: "yes" as unknown as boolean }), TypeError);
     await assert.rejects(acquirePidFile(pidPath, { onError: 1 as unknown as () => void }), /onError/);

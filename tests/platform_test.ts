@@ -53,7 +53,7 @@ describe("errorCode()", () => {
 });
 
 describe("describeValue()", () => {
-  it("describeValue() quotes strings as JSON and names objects by kind only", () => {
+  it("describeValue() quotes strings as JSON (cut after 40 characters) and names objects by kind only, never throwing", () => {
     assert.equal(platform.describeValue("yes"), '"yes"');
     assert.equal(platform.describeValue(42), "42");
     assert.equal(platform.describeValue(2n), "2n");
@@ -65,6 +65,11 @@ describe("describeValue()", () => {
     const cycle: Record<string, unknown> = {};
     cycle["self"] = cycle;
     assert.equal(platform.describeValue(cycle), "an object");
+    const revoked = Proxy.revocable([], {});
+    revoked.revoke();
+    assert.equal(platform.describeValue(revoked.proxy), "an object");
+    assert.equal(platform.describeValue("x".repeat(41)), `"${"x".repeat(40)}…"`);
+    assert.equal(platform.describeValue("x".repeat(40)), `"${"x".repeat(40)}"`);
   });
 });
 
@@ -765,6 +770,14 @@ describe("signalListenerCount()", () => {
     assert.equal(platform.signalListenerCount("SIGUSR2"), before! + 1);
     off();
     assert.equal(platform.signalListenerCount("SIGUSR2"), before);
+  });
+
+  it("signalListenerCount() counts alike in two copies of platform.ts loaded by one process", async () => {
+    const copy = path.join(fs.mkdtempSync(path.join(dir, "copy-")), "platform.ts");
+    fs.copyFileSync(path.join(import.meta.dirname ?? "tests", "..", "platform.ts"), copy);
+    const result = await runFixture(fixture("platform_two_copies.ts"), [copy]);
+    assert.equal(result.code, 0, result.stderr);
+    assert.equal(result.stdout, "2 2 0 0\n");
   });
 });
 

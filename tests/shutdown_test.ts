@@ -1119,11 +1119,11 @@ describe("spawnShutdownDiagnostic()", () => {
     });
     assert.throws(() => spawnShutdownDiagnostic("/tmp/x.log", "SIGTERM", { timeoutSeconds: 0 }), {
       name: "RangeError",
-      message: `${cannot} 'timeoutSeconds' must be a positive number, got 0`,
+      message: `${cannot} 'timeoutSeconds' must be a finite number > 0, got 0`,
     });
     assert.throws(
       () => spawnShutdownDiagnostic("/tmp/x.log", "SIGTERM", { timeoutSeconds: "5" as unknown as number }),
-      { name: "TypeError", message: `${cannot} 'timeoutSeconds' must be a number, got "5"` },
+      { name: "TypeError", message: `${cannot} 'timeoutSeconds' must be a finite number > 0, got "5"` },
     );
     assert.throws(() => spawnShutdownDiagnostic("/tmp/x.log", "SIGTERM", { maxLogBytes: 1000 }), {
       name: "RangeError",
@@ -1468,6 +1468,10 @@ describe("installShutdown()", () => {
     assert.throws(() => installShutdown({ forceExitMs: -1 }), {
       name: "RangeError",
       message: /^Cannot install the shutdown: 'forceExitMs' must be a finite number >= 0, got -1$/,
+    });
+    assert.throws(() => installShutdown({ forceExitMs: "5" as unknown as number }), {
+      name: "TypeError",
+      message: /^Cannot install the shutdown: 'forceExitMs' must be a finite number >= 0, got "5"$/,
     });
     assert.throws(
       () => installShutdown({ phases: [{ name: "", run: () => {} }] }),

@@ -1326,7 +1326,7 @@ describe("applyWal() on a fake driver", () => {
     });
     assert.throws(() => applyWal(db, file, { retries: "2" as unknown as number }), {
       name: "TypeError",
-      message: /^Cannot apply WAL: 'retries' must be a number, got "2"$/,
+      message: /^Cannot apply WAL: 'retries' must be a non-negative integer, got "2"$/,
     });
     for (const retries of [-1, 1.5, Number.NaN, Infinity]) {
       assert.throws(() => applyWal(db, file, { retries }), {
@@ -1342,7 +1342,7 @@ describe("applyWal() on a fake driver", () => {
     }
     assert.throws(() => applyWal(db, file, { retryDelayMs: "1" as unknown as number }), {
       name: "TypeError",
-      message: /^Cannot apply WAL: 'retryDelayMs' must be a number, got "1"$/,
+      message: /^Cannot apply WAL: 'retryDelayMs' must be a finite number >= 0, got "1"$/,
     });
     for (const lockTimeoutMs of [-1, Infinity, Number.NaN]) {
       assert.throws(() => applyWal(db, file, { lockTimeoutMs }), {
@@ -1352,7 +1352,7 @@ describe("applyWal() on a fake driver", () => {
     }
     assert.throws(() => applyWal(db, file, { lockTimeoutMs: "5" as unknown as number }), {
       name: "TypeError",
-      message: /^Cannot apply WAL: 'lockTimeoutMs' must be a number, got "5"$/,
+      message: /^Cannot apply WAL: 'lockTimeoutMs' must be a finite number >= 0, got "5"$/,
     });
     assert.throws(() => applyWal(db, file, { uri: "yes" as unknown as boolean }), {
       name: "TypeError",

@@ -771,12 +771,20 @@ describe("createStdioTransport()", () => {
     assert.ok(fs.fstatSync(1), "fd 1 stays open by default");
   });
 
-  it("createStdioTransport() rejects bad options with a TypeError naming the option", () => {
+  it("createStdioTransport() rejects bad options with a TypeError (wrong type) or RangeError naming the option", () => {
     assert.throws(() => createStdioTransport({ fd: -1 }), {
-      name: "TypeError",
+      name: "RangeError",
       message: /^Cannot create a stdio transport: 'fd' must be a non-negative integer, got -1$/,
     });
-    assert.throws(() => createStdioTransport({ fd: 1.5 }), { name: "TypeError", message: /fd/ });
+    assert.throws(() => createStdioTransport({ fd: 1.5 }), { name: "RangeError", message: /'fd'/ });
+    assert.throws(() => createStdioTransport({ writeTimeoutMs: -1 }), {
+      name: "RangeError",
+      message: /^Cannot create a stdio transport: 'writeTimeoutMs' must be a non-negative number, got -1$/,
+    });
+    assert.throws(() => createStdioTransport({ writeTimeoutMs: "5" as unknown as number }), {
+      name: "TypeError",
+      message: /^Cannot create a stdio transport: 'writeTimeoutMs' must be a non-negative number, got "5"$/,
+    });
     assert.throws(() => createStdioTransport({ fd: "1" as unknown as number }), {
       name: "TypeError",
       message: /fd/,
