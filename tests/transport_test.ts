@@ -1077,7 +1077,7 @@ describe("readFrames()", () => {
     SLOW,
     async () => {
       const input = Buffer.from('garbage\n{"id":1}\n{"id":\n\xff\n{"id":2}\n', "latin1");
-      const outcome = await runFixture(PEER, ["plain"], input);
+      const outcome = await runFixture(PEER, ["plain"], { input });
       assert.equal(outcome.code, 0, outcome.stderr);
       assert.equal(outcome.stdout, '{"id":1,"result":"ok"}\n{"id":2,"result":"ok"}\n');
       const reports = outcome.stderr.trim().split("\n");
@@ -1312,7 +1312,7 @@ describe("exactly once, any descriptor, wedged peers (second edition)", () => {
     async () => {
       const frames = [{ hello: 1 }, { n: 2 }, { n: 3 }, { n: "four" }, { n: 5 }];
       const input = frames.map((frame) => JSON.stringify(frame)).join("\n") + "\n";
-      const outcome = await runFixture(PEER, ["two-loops"], input);
+      const outcome = await runFixture(PEER, ["two-loops"], { input });
       assert.equal(outcome.code, 0, outcome.stderr);
       assert.equal(outcome.stderr, "");
       assert.deepEqual(outcome.stdout.trim().split("\n").map((line) => JSON.parse(line)), [
