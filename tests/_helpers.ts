@@ -45,6 +45,8 @@ export interface RunOptions {
   wrap?: string[];
   /** The child's environment; this process's without it. */
   env?: Record<string, string | undefined>;
+  /** SIGKILLs the child after this long, noting it on its stderr; without it the child runs to its end. */
+  timeoutMs?: number;
 }
 
 /** Runs a command to completion and collects what it wrote. */
@@ -58,18 +60,28 @@ export function runToEnd(command: string, args: string[], options: RunOptions = 
     });
     const stdout: Uint8Array[] = [];
     const stderr: Uint8Array[] = [];
+    let killed = "";
+    const timer = options.timeoutMs === undefined ? undefined : setTimeout(() => {
+      killed = `\n[test] killed after ${options.timeoutMs} ms\n`;
+      killChild(child);
+    }, options.timeoutMs);
     child.on("error", reject);
     child.on("close", (code, signal) => {
+      clearTimeout(timer);
       resolve({
         code,
         signal,
         stdout: Buffer.concat(stdout).toString(),
-        stderr: Buffer.concat(stderr).toString(),
+        stderr: Buffer.concat(stderr).toString() + killed,
       });
     });
     child.stdout!.on("data", (chunk: Uint8Array) => stdout.push(chunk));
     child.stderr!.on("data", (chunk: Uint8Array) => stderr.push(chunk));
-    if (input !== undefined) child.stdin!.end(input);
+    if (input !== undefined) {
+      // A child that ends without reading its input breaks the pipe: its outcome says why, not EPIPE.
+      child.stdin!.on("error", () => {});
+      child.stdin!.end(input);
+    }
   });
 }
 
