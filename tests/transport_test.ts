@@ -1,13 +1,11 @@
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
-import * as os from "node:os";
 import * as path from "node:path";
 import process from "node:process";
 import { execFileSync, spawn } from "node:child_process";
-import { fileURLToPath } from "node:url";
 import { runtime, scriptCommand } from "../platform.ts";
-import { fixtureArgv, runFixture, runToEnd, tempDir } from "./_helpers.ts";
+import { fixture, fixtureArgv, freshDir, runFixture, runToEnd, sleep, tempRoot } from "./_helpers.ts";
 import {
   createStdioTransport,
   currentTransport,
@@ -20,19 +18,12 @@ import {
   withTransport,
 } from "../transport.ts";
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-const WRITER = path.join(here, "fixtures", "transport_writer.ts");
-const PEER = path.join(here, "fixtures", "transport_peer.ts");
+const WRITER = fixture("transport_writer.ts");
+const PEER = fixture("transport_peer.ts");
 const SLOW = { timeout: 60_000 };
 const encoder = new TextEncoder();
 
-let dir = "";
-before(() => {
-  dir = tempDir();
-});
-after(() => {
-  fs.rmSync(dir, { recursive: true, force: true });
-});
+const dir = tempRoot();
 
 // ---------------------------------------------------------------------------------------------------
 // Helpers
@@ -967,7 +958,7 @@ describe("withTransport()", () => {
     assert.equal(currentTransport(), undefined);
     const seen: unknown[] = [];
     const task = async (expected: Transport) => {
-      await new Promise((resolve) => setTimeout(resolve, 5));
+      await sleep(5);
       seen.push(currentTransport() === expected);
       await Promise.resolve();
       currentTransport()!.write({ from: expected === a ? "a" : "b" });
@@ -1233,7 +1224,7 @@ describe("readFrames()", () => {
 // Round trips with real peers
 // ---------------------------------------------------------------------------------------------------
 
-describe("exactly once, any descriptor, wedged peers (second edition)", () => {
+describe("createStdioTransport() exactly once, any descriptor, wedged peers", () => {
   for (const kind of ["unix", "tcp"]) {
     it(
       `createStdioTransport() delivers every frame exactly once through a non-blocking ${kind} socket with a small SO_SNDBUF and a slow reader`,
@@ -1448,7 +1439,7 @@ describe("exactly once, any descriptor, wedged peers (second edition)", () => {
     SLOW,
     async (t) => {
       if (process.getuid?.() !== 0) return t.skip("needs root for unshare and a tmpfs mount");
-      const mount = fs.mkdtempSync(path.join(os.tmpdir(), "keelson-full-"));
+      const mount = freshDir(dir, "full");
       const script = `mount -t tmpfs -o size=128k keelson-full "$0" || exit 90
 head -c $((116 * 1024)) /dev/zero > "$0/filler"
 "$@" > "$0/out"
@@ -1486,7 +1477,7 @@ exit $status`;
   );
 });
 
-describe("round trip", () => {
+describe("readFrames() and createStdioTransport() round trip", () => {
   it(
     "readFrames() and createStdioTransport() serve a python3 client in lock-step over stdio",
     SLOW,
