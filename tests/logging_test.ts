@@ -491,7 +491,7 @@ describe("openRotatingFile() rollover", () => {
       try {
         let ticks = readProcStat(holder.pid!)?.startTicks;
         for (let i = 0; i < 50 && ticks === undefined; i++) {
-          await new Promise((r) => setTimeout(r, 10));
+          await sleep(10);
           ticks = readProcStat(holder.pid!)?.startTicks;
         }
         assert.ok(ticks !== undefined, "no /proc start ticks on this system");

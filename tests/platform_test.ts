@@ -7,7 +7,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { spawn } from "node:child_process";
 import * as platform from "../platform.ts";
-import { fixture, freshDir, runFixture, tempRoot } from "./_helpers.ts";
+import { fixture, freshDir, ROOT, runFixture, sleep, tempRoot } from "./_helpers.ts";
 
 const dir = tempRoot("keelson-platform-");
 const encoder = new TextEncoder();
@@ -539,7 +539,7 @@ describe("readProcStat()", () => {
     try {
       let stat = platform.readProcStat(child.pid!);
       for (let i = 0; i < 50 && stat?.comm !== "we ird) (name"; i++) {
-        await new Promise((r) => setTimeout(r, 20));
+        await sleep(20);
         stat = platform.readProcStat(child.pid!);
       }
       assert.ok(stat);
@@ -563,7 +563,7 @@ describe("readProcStat()", () => {
     try {
       let zombie: number | null = null;
       for (let i = 0; i < 100 && zombie === null; i++) {
-        await new Promise((r) => setTimeout(r, 20));
+        await sleep(20);
         for (const entry of fs.readdirSync("/proc").filter((n) => /^\d+$/.test(n))) {
           const stat = platform.readProcStat(Number(entry));
           if (stat && stat.ppid === child.pid && stat.state === "Z") zombie = Number(entry);
@@ -587,7 +587,7 @@ describe("processStartTime()", () => {
     assert.equal(platform.processStartTime(process.pid), self);
     // Not performance.now(): Deno counts it from the test file's worker, started long after the process.
     assert.ok(self <= Date.now() + 1000 && Date.now() - self < 3_600_000, "start time within the last hour");
-    await new Promise((r) => setTimeout(r, 30));
+    await sleep(30);
     const child = spawn("sleep", ["30"]);
     const closed = new Promise((resolve) => child.on("close", resolve));
     try {
@@ -612,7 +612,7 @@ describe("readProcStatus(), readProcCmdline()", () => {
     try {
       let cmdline = platform.readProcCmdline(child.pid!);
       for (let i = 0; i < 50 && !cmdline?.[0].endsWith("sleep"); i++) {
-        await new Promise((r) => setTimeout(r, 20));
+        await sleep(20);
         cmdline = platform.readProcCmdline(child.pid!);
       }
       // Some runtimes pass the resolved path as argv[0].
@@ -794,7 +794,7 @@ describe("judgeIdentity()", () => {
     "judgeIdentity() on Deno without -A names the missing permission once on stderr",
     { timeout: 60_000 },
     async (t) => {
-      const deno = path.join(import.meta.dirname ?? "tests", "..", "node_modules", ".bin", "deno");
+      const deno = path.join(ROOT, "node_modules", ".bin", "deno");
       if (!fs.existsSync(deno)) return t.skip("the pinned Deno is not installed");
       if (!linux) return t.skip("no /proc off Linux");
       const result = await platform.runCommand(deno, [
@@ -918,7 +918,7 @@ describe("spawnDetached()", () => {
     assert.ok(pid !== null && pid > 0);
     let text = "";
     for (let i = 0; i < 200 && !text.includes("\n"); i++) {
-      await new Promise((r) => setTimeout(r, 20));
+      await sleep(20);
       text = fs.readFileSync(out, "utf8");
     }
     // Its own session: the session id is its own pid, not ours.
@@ -932,7 +932,7 @@ describe("spawnDetached()", () => {
     const orphanPid = Number(result.stdout.trim());
     let text = "";
     for (let i = 0; i < 200 && !text.includes("done"); i++) {
-      await new Promise((r) => setTimeout(r, 25));
+      await sleep(25);
       text = fs.existsSync(out) ? fs.readFileSync(out, "utf8") : "";
     }
     assert.equal(text, `alive ${orphanPid}\ndone\n`);

@@ -6,9 +6,9 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { spawnSync } from "node:child_process";
 import process from "node:process";
-import { fileURLToPath } from "node:url";
 import { readProcCmdline, scriptCommand, signalListenerCount } from "../platform.ts";
 import {
+  fixture,
   killChild,
   type Running,
   signalTwice,
@@ -31,10 +31,9 @@ import {
   spawnShutdownDiagnostic,
 } from "../shutdown.ts";
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-const SNAPSHOT_FIXTURE = path.join(here, "fixtures", "shutdown_snapshot.ts");
-const INSTALL_FIXTURE = path.join(here, "fixtures", "shutdown_install.ts");
-const ORPHAN_FIXTURE = path.join(here, "fixtures", "shutdown_diag_orphan.ts");
+const SNAPSHOT_FIXTURE = fixture("shutdown_snapshot.ts");
+const INSTALL_FIXTURE = fixture("shutdown_install.ts");
+const ORPHAN_FIXTURE = fixture("shutdown_diag_orphan.ts");
 const SLOW = { timeout: 60_000 };
 const MIB = 1024 * 1024;
 /** The most one diagnostic run appends to its log (documented on DiagnosticOptions.maxLogBytes). */
@@ -46,20 +45,6 @@ const DIAGNOSTIC_RUN_MAX_BYTES = 256 * 1024;
 
 function signal(pid: number, name: NodeJS.Signals): void {
   process.kill(pid, name);
-}
-
-/** Parses a formatShutdownContext() line back into pairs (quoted values are JSON strings). */
-function parseLine(line: string): Array<[string, string]> {
-  const pairs: Array<[string, string]> = [];
-  const pattern = /([a-z_0-9]+)=("(?:[^"\\]|\\.)*"|[^ ]*)( |$)/gy;
-  let match: RegExpExecArray | null;
-  while ((match = pattern.exec(line)) !== null) {
-    const raw = match[2];
-    pairs.push([match[1], raw.startsWith('"') ? JSON.parse(raw) : raw]);
-    if (pattern.lastIndex >= line.length) break;
-  }
-  assert.equal(pattern.lastIndex, line.length, `unparsed rest of line: ${line.slice(pattern.lastIndex)}`);
-  return pairs;
 }
 
 function snapshotArgs(pidFile: string | undefined, mode = "redacted"): string[] {
@@ -356,6 +341,20 @@ describe("snapshotShutdownContext()", () => {
 // ---------------------------------------------------------------------------------------------------
 // formatShutdownContext
 // ---------------------------------------------------------------------------------------------------
+
+/** Parses a formatShutdownContext() line back into pairs (quoted values are JSON strings). */
+function parseLine(line: string): Array<[string, string]> {
+  const pairs: Array<[string, string]> = [];
+  const pattern = /([a-z_0-9]+)=("(?:[^"\\]|\\.)*"|[^ ]*)( |$)/gy;
+  let match: RegExpExecArray | null;
+  while ((match = pattern.exec(line)) !== null) {
+    const raw = match[2];
+    pairs.push([match[1], raw.startsWith('"') ? JSON.parse(raw) : raw]);
+    if (pattern.lastIndex >= line.length) break;
+  }
+  assert.equal(pattern.lastIndex, line.length, `unparsed rest of line: ${line.slice(pattern.lastIndex)}`);
+  return pairs;
+}
 
 function sampleContext(): ShutdownContext {
   return {
