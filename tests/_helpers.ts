@@ -42,12 +42,15 @@ export interface RunOptions {
   /** Fed to the child's stdin, which is then closed; without it stdin is closed at once. */
   input?: string | Uint8Array;
   /** A program put in front of the command (`["strace", "-f", …]`, `["setpriv", …]`, `["unshare", …]`). */
-  wrap?: string[];
+  wrap?: readonly string[];
   /** The child's environment; this process's without it. */
   env?: Record<string, string | undefined>;
   /** SIGKILLs the child after this long, noting it on its stderr; without it the child runs to its end. */
   timeoutMs?: number;
 }
+
+/** A `wrap` that runs the command as nobody (uid and gid 65534, no groups): root ignores permissions. */
+export const AS_NOBODY: readonly string[] = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];
 
 /** Runs a command to completion and collects what it wrote. */
 export function runToEnd(command: string, args: string[], options: RunOptions = {}): Promise<Outcome> {
@@ -118,7 +121,7 @@ export interface Running {
 export interface StartOptions {
   env?: Record<string, string | undefined>;
   /** A program put in front of the command, as in {@linkcode RunOptions}. */
-  wrap?: string[];
+  wrap?: readonly string[];
   /** `"ignore-reading"` leaves the pipe unread, so the child can fill it and block. */
   stdoutMode?: "read" | "ignore-reading";
   stderrMode?: "read" | "ignore-reading";

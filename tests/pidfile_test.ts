@@ -19,7 +19,18 @@ import {
   readProcStat,
   scriptCommand,
 } from "../platform.ts";
-import { fixture, freshDir, killChild, ROOT, type Running, sleep, start, tempRoot } from "./_helpers.ts";
+import {
+  AS_NOBODY,
+  fixture,
+  freshDir,
+  killChild,
+  ROOT,
+  type Running,
+  sleep,
+  start,
+  startFixture,
+  tempRoot,
+} from "./_helpers.ts";
 
 const SERVICE = fixture("pidfile_service.ts");
 const PROBE = fixture("pidfile_probe.ts");
@@ -49,8 +60,7 @@ function readJson(file: string): Record<string, unknown> {
 // ---------------------------------------------------------------------------------------------------
 
 function startService(pidPath: string, options: Record<string, unknown> = {}): Running {
-  const { command, args } = scriptCommand(SERVICE, [pidPath, JSON.stringify(options)]);
-  return start(command, args);
+  return startFixture(SERVICE, [pidPath, JSON.stringify(options)]);
 }
 
 /** Runs the probe fixture, unprivileged (as nobody) when the tests run as root, so permissions bite. */
@@ -59,11 +69,8 @@ async function probe(
   pidPath: string,
   home: string,
 ): Promise<Record<string, unknown>> {
-  const { command, args } = scriptCommand(PROBE, [op, pidPath]);
   const env = { ...process.env, HOME: home, DENO_DIR: path.join(home, ".deno") };
-  const run = IS_ROOT
-    ? start("setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", command, ...args], { env })
-    : start(command, args, { env });
+  const run = startFixture(PROBE, [op, pidPath], { env, wrap: IS_ROOT ? AS_NOBODY : [] });
   const line = await run.waitFor("stdout", /^\{/);
   await run.exited;
   return JSON.parse(line);
@@ -79,10 +86,9 @@ function unprivilegedBlocker(): Promise<string | null> {
   if (!IS_ROOT) return Promise.resolve(null);
   const { command } = scriptCommand(PROBE);
   unprivilegedCheck ??= new Promise((resolve) => {
-    const check = spawn("setpriv", [
-      "--reuid=65534",
-      "--regid=65534",
-      "--clear-groups",
+    const [setpriv, ...asNobody] = AS_NOBODY;
+    const check = spawn(setpriv!, [
+      ...asNobody,
       "sh",
       "-c",
       'test -x "$0" && test -r "$1"',
@@ -907,8 +913,7 @@ describe("acquirePidFile() mutual exclusion", () => {
       let holds = 0;
       const worker = async () => {
         for (let spawned = 0; spawned < spawnsPerWorker; spawned += 1) {
-          const { command, args } = scriptCommand(MUTEX, [pidPath, marker, "25"]);
-          const child = start(command, args);
+          const child = startFixture(MUTEX, [pidPath, marker, "25"]);
           const exit = await child.exited;
           const out = child.stdout.join("\n");
           assert.ok(!/overlap|lost record/.test(out), `${out} ${child.stderr.join("\n")}`);
@@ -1046,11 +1051,9 @@ describe("acquirePidFile() across runtimes, PID namespaces and host names", () =
       if (blocker) return t.skip(blocker);
       const pidPath = freshPidPath();
       const heartbeatMs = 200;
-      const { command, args } = scriptCommand(SERVICE, [
-        pidPath,
-        JSON.stringify({ acquire: { heartbeatMs } }),
-      ]);
-      const inside = start("unshare", ["-p", "-f", "--mount-proc", command, ...args]);
+      const inside = startFixture(SERVICE, [pidPath, JSON.stringify({ acquire: { heartbeatMs } })], {
+        wrap: ["unshare", "-p", "-f", "--mount-proc"],
+      });
       try {
         assert.equal(
           await inside.waitFor("stdout", /^acquired/),
@@ -1190,16 +1193,11 @@ describe("acquirePidFile() across runtimes, PID namespaces and host names", () =
       try {
         await holder.waitFor("stdout", /^acquired/);
         const held = fs.readFileSync(pidPath, "utf8");
-        const { command, args } = scriptCommand(SERVICE, [
-          pidPath,
-          JSON.stringify({ acquire: { replace: true } }),
-        ]);
         const env = { ...process.env, HOME: dir, DENO_DIR: path.join(dir, ".deno") };
-        const replacer = start(
-          "setpriv",
-          ["--reuid=65534", "--regid=65534", "--clear-groups", command, ...args],
-          { env },
-        );
+        const replacer = startFixture(SERVICE, [pidPath, JSON.stringify({ acquire: { replace: true } })], {
+          wrap: AS_NOBODY,
+          env,
+        });
         const outcome = await replacer.waitFor("stdout", /^(acquired|locked|error)/);
         await replacer.exited;
         assert.equal(outcome, "error PidFileError EPERM", replacer.stderr.join("\n"));
@@ -1234,7 +1232,7 @@ describe("acquirePidFile() across runtimes, PID namespaces and host names", () =
 
   it("acquirePidFile() writes no secret from argv into the record", SLOW, async () => {
     const pidPath = freshPidPath();
-    const { command, args } = scriptCommand(SERVICE, [
+    const service = startFixture(SERVICE, [
       pidPath,
       "{}",
       "--token",
@@ -1244,7 +1242,6 @@ describe("acquirePidFile() across runtimes, PID namespaces and host names", () =
       "--region",
       "eu-west-1",
     ]);
-    const service = start(command, args);
     try {
       await service.waitFor("stdout", /^acquired/);
       const text = fs.readFileSync(pidPath, "utf8");

@@ -7,7 +7,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { spawn } from "node:child_process";
 import * as platform from "../platform.ts";
-import { fixture, freshDir, ROOT, runFixture, sleep, tempRoot } from "./_helpers.ts";
+import { AS_NOBODY, fixture, freshDir, ROOT, runFixture, sleep, tempRoot } from "./_helpers.ts";
 
 const dir = tempRoot("keelson-platform-");
 const encoder = new TextEncoder();
@@ -497,14 +497,8 @@ describe("isAlive()", () => {
   it("isAlive() is true for another user's process (EPERM) when we are not root", async (t) => {
     if (platform.getUid() === 0) {
       // As root kill(pid, 0) never answers EPERM; run the probe as nobody through setpriv if we can.
-      const probe = await platform.runCommand("setpriv", [
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        "kill",
-        "-0",
-        "1",
-      ]);
+      const [setpriv, ...asNobody] = AS_NOBODY;
+      const probe = await platform.runCommand(setpriv!, [...asNobody, "kill", "-0", "1"]);
       if (probe.error) return t.skip("setpriv not available to provoke EPERM");
       assert.notEqual(probe.code, 0);
       assert.match(probe.stderr, /not permitted/i);
