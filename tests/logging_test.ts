@@ -17,6 +17,7 @@ import {
 import { createLogger, LOG_LEVELS, openRotatingFile, RotatingFileError } from "../logging.ts";
 import type { RotatingFile, RotatingFileOptions } from "../logging.ts";
 import {
+  AS_NOBODY,
   fixture,
   freshDir,
   type Outcome,
@@ -27,16 +28,13 @@ import {
   tempRoot,
   waitUntil,
 } from "./_helpers.ts";
+import { fixtureRecord } from "./fixtures/_logging_records.ts";
 
 const WRITER = fixture("logging_writer.ts");
 const MODE_FIXTURE = fixture("logging_mode.ts");
 
-const LOGROTATE = ["/usr/sbin/logrotate", "/usr/bin/logrotate"].find((file) => fs.existsSync(file));
-const NO_LOGROTATE = "logrotate is not installed (CI installs it): skipped";
 const HAS_STRACE = spawnSync("strace", ["-V"], { encoding: "utf8" }).status === 0;
 const NO_STRACE = "strace is not installed: the write(2) count cannot be observed, skipped";
-const HAS_TAIL = spawnSync("tail", ["--version"], { encoding: "utf8" }).status === 0;
-const NO_TAIL = "tail is not installed: skipped";
 const SLOW = { timeout: 60_000 };
 
 const root = tempRoot();
@@ -865,12 +863,7 @@ describe("openRotatingFile() failures", () => {
     fs.chmodSync(home, 0o777);
     const env = { ...process.env, DENO_DIR: path.join(home, "deno"), HOME: home };
     const child = startFixture(WRITER, ["--path", file, "--count", "3", "--count-errors"], {
-      wrap: [
-        "setpriv",
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-      ],
+      wrap: AS_NOBODY,
       env,
     });
     const result = await child.done;
@@ -1043,6 +1036,15 @@ describe("openRotatingFile() failures", () => {
   });
 });
 
+// ---------------------------------------------------------------------------------------------------
+// openRotatingFile(): several processes
+// ---------------------------------------------------------------------------------------------------
+
+const LOGROTATE = ["/usr/sbin/logrotate", "/usr/bin/logrotate"].find((file) => fs.existsSync(file));
+const NO_LOGROTATE = "logrotate is not installed (CI installs it): skipped";
+const HAS_TAIL = spawnSync("tail", ["--version"], { encoding: "utf8" }).status === 0;
+const NO_TAIL = "tail is not installed: skipped";
+
 const RECORD = /^(w\d+) (\d{6}) (\d+) x*$/;
 
 interface Seen {
@@ -1090,10 +1092,6 @@ function wrote(result: Outcome): number {
   assert.ok(match, `no count from the writer: ${result.stdout}`);
   return Number(match[1]);
 }
-
-// ---------------------------------------------------------------------------------------------------
-// openRotatingFile(): several processes
-// ---------------------------------------------------------------------------------------------------
 
 describe("openRotatingFile() across processes", () => {
   for (const checkEvery of [1, 16]) {
@@ -2311,11 +2309,6 @@ function collectLines(files: { name: string; lines: string[] }[], recordBytes = 
     }
   }
   return seen;
-}
-
-/** A record of the fixture format, `size` bytes with the newline `write` adds. */
-function fixtureRecord(id: string, seq: number, size = 100): string {
-  return `${id} ${String(seq).padStart(6, "0")} ${Date.now()} `.padEnd(size - 1, "x");
 }
 
 function gzipTest(file: string): { ok: boolean; stderr: string } {
