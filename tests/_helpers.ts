@@ -108,10 +108,11 @@ export function fixtureArgv(script: string, args: string[]): string[] {
 export interface Running {
   child: ChildProcess;
   pid: number;
+  /** Its complete lines so far. */
   stdout: string[];
   stderr: string[];
   exited: Promise<{ code: number | null; signal: string | null }>;
-  /** How it ended with everything it wrote (nothing from a stream left unread); rejects if it could not start. */
+  /** How it ended and all it wrote (empty for a stream left unread); rejects if it could not start. */
   done: Promise<Outcome>;
   /** Resolves with the first line of `stream` matching `pattern` (already seen or yet to come). */
   waitFor(stream: "stdout" | "stderr", pattern: RegExp): Promise<string>;

@@ -773,7 +773,7 @@ describe("PidFile.release()", () => {
 // replace
 // ---------------------------------------------------------------------------------------------------
 
-describe("acquirePidFile({ replace: true })", () => {
+describe("acquirePidFile() with replace: true", () => {
   it("replace stops a holder that exits on SIGTERM, after writing the takeover marker", SLOW, async () => {
     const pidPath = freshPidPath();
     const service = startService(pidPath);
