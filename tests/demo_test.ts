@@ -3,51 +3,21 @@
 // with the current runtime.
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import process from "node:process";
-import { fileURLToPath } from "node:url";
 import { readPidFile } from "../pidfile.ts";
-import { scriptCommand } from "../platform.ts";
-import { tempDir } from "./_helpers.ts";
+import { type Outcome, ROOT, runFixture, tempDir } from "./_helpers.ts";
 
-const DEMO = fileURLToPath(new URL("../examples/demo.ts", import.meta.url));
+const DEMO = path.join(ROOT, "examples", "demo.ts");
 const TOUR_TIMEOUT_MS = 120_000;
 const SERVE_TIMEOUT_MS = 60_000;
 
-interface Run {
-  code: number | null;
-  signal: string | null;
-  stdout: string;
-  stderr: string;
-}
-
 /** Runs demo.ts with `args`, feeding `input` on stdin (then closing it); kills it after `timeoutMs`. */
-function runDemo(args: string[], input: string, timeoutMs: number): Promise<Run> {
-  const { command, args: argv } = scriptCommand(DEMO, args);
-  const child = spawn(command, argv, { stdio: ["pipe", "pipe", "pipe"] });
-  return new Promise((resolve) => {
-    let stdout = "";
-    let stderr = "";
-    const timer = setTimeout(() => {
-      stderr += `\n[test] killed after ${timeoutMs} ms\n`;
-      if (child.pid !== undefined) process.kill(child.pid, "SIGKILL");
-    }, timeoutMs);
-    child.on("close", (code, signal) => {
-      clearTimeout(timer);
-      resolve({ code, signal, stdout, stderr });
-    });
-    child.stdout.setEncoding("utf8");
-    child.stdout.on("data", (chunk: string) => (stdout += chunk));
-    child.stderr.setEncoding("utf8");
-    child.stderr.on("data", (chunk: string) => (stderr += chunk));
-    child.stdin.on("error", () => {});
-    child.stdin.end(input);
-  });
+function runDemo(args: string[], input: string, timeoutMs: number): Promise<Outcome> {
+  return runFixture(DEMO, args, { input, timeoutMs });
 }
 
-function transcript(run: Run): string {
+function transcript(run: Outcome): string {
   return `exit ${run.code ?? run.signal}\n--- stdout ---\n${run.stdout}\n--- stderr ---\n${run.stderr}`;
 }
 

@@ -1,8 +1,7 @@
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import * as fs from "node:fs";
-import * as os from "node:os";
 import * as path from "node:path";
 import * as zlib from "node:zlib";
 import {
@@ -17,56 +16,32 @@ import {
 } from "../platform.ts";
 import { createLogger, LOG_LEVELS, openRotatingFile, RotatingFileError } from "../logging.ts";
 import type { RotatingFile, RotatingFileOptions } from "../logging.ts";
+import {
+  AS_NOBODY,
+  fixture,
+  freshDir,
+  type Outcome,
+  runFixture,
+  runToEnd,
+  sleep,
+  startFixture,
+  tempRoot,
+  waitUntil,
+} from "./_helpers.ts";
+import { fixtureRecord } from "./fixtures/_logging_records.ts";
 
-// ---------------------------------------------------------------------------------------------------
-// Helpers
-// ---------------------------------------------------------------------------------------------------
+const WRITER = fixture("logging_writer.ts");
+const MODE_FIXTURE = fixture("logging_mode.ts");
 
-const FIXTURES = path.join(
-  import.meta.dirname ?? path.dirname(new URL(import.meta.url).pathname),
-  "fixtures",
-);
-const WRITER = path.join(FIXTURES, "logging_writer.ts");
-const MODE_FIXTURE = path.join(FIXTURES, "logging_mode.ts");
-
-const LOGROTATE = ["/usr/sbin/logrotate", "/usr/bin/logrotate"].find((file) => fs.existsSync(file));
-const NO_LOGROTATE = "logrotate is not installed (CI installs it): skipped";
 const HAS_STRACE = spawnSync("strace", ["-V"], { encoding: "utf8" }).status === 0;
 const NO_STRACE = "strace is not installed: the write(2) count cannot be observed, skipped";
-const HAS_TAIL = spawnSync("tail", ["--version"], { encoding: "utf8" }).status === 0;
-const NO_TAIL = "tail is not installed: skipped";
 const SLOW = { timeout: 60_000 };
 
-let root = "";
-let counter = 0;
-
-before(() => {
-  root = fs.mkdtempSync(path.join(os.tmpdir(), "keelson-"));
-  // Also at exit: a filtered `deno test --filter` run skips after() hooks (and emits "unload" only).
-  const dir = root;
-  const cleanup = () => fs.rmSync(dir, { recursive: true, force: true });
-  process.once("exit", cleanup);
-  (globalThis as { addEventListener?: (type: string, listener: () => void) => void }).addEventListener?.(
-    "unload",
-    cleanup,
-  );
-});
-
-after(() => {
-  fs.rmSync(root, { recursive: true, force: true });
-});
-
-/** A fresh, empty directory in this run's temp dir. */
-function freshDir(): string {
-  counter++;
-  const dir = path.join(root, `case-${counter}`);
-  fs.mkdirSync(dir);
-  return dir;
-}
+const root = tempRoot();
 
 /** A path for a log file (not created) in a fresh directory. */
 function freshLog(): string {
-  return path.join(freshDir(), "app.log");
+  return path.join(freshDir(root), "app.log");
 }
 
 function read(file: string): string {
@@ -84,49 +59,6 @@ function open(
     onError: (error) => errors.push(error as RotatingFileError),
   });
   return { log, errors };
-}
-
-interface ChildResult {
-  code: number | null;
-  signal: string | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** Starts a fixture with the current runtime; `wrap` puts a program (sh, setpriv, strace) in front. */
-function startFixture(
-  script: string,
-  args: string[],
-  wrap: string[] = [],
-  env: Record<string, string | undefined> = process.env,
-): { pid: number; done: Promise<ChildResult> } {
-  const { command, args: runtimeArgs } = scriptCommand(script, args);
-  const argv = [...wrap, command, ...runtimeArgs];
-  const child = spawn(argv[0], argv.slice(1), { stdio: ["ignore", "pipe", "pipe"], env });
-  let stdout = "";
-  let stderr = "";
-  const done = new Promise<ChildResult>((resolve, reject) => {
-    child.on("error", reject);
-    child.on("close", (code, signal) => resolve({ code, signal, stdout, stderr }));
-  });
-  child.stdout.on("data", (chunk: Uint8Array) => stdout += new TextDecoder().decode(chunk));
-  child.stderr.on("data", (chunk: Uint8Array) => stderr += new TextDecoder().decode(chunk));
-  return { pid: child.pid!, done };
-}
-
-function runFixture(script: string, args: string[], wrap: string[] = []): Promise<ChildResult> {
-  return startFixture(script, args, wrap).done;
-}
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
-/** Waits until `condition()` holds, polling; fails after `timeoutMs`. */
-async function waitFor(what: string, condition: () => boolean, timeoutMs = 30_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
-    await sleep(20);
-  }
 }
 
 /**
@@ -156,79 +88,6 @@ function chain(file: string): { name: string; size: number; lines: string[] }[] 
     };
   });
 }
-
-const RECORD = /^(w\d+) (\d{6}) (\d+) x*$/;
-
-interface Seen {
-  writer: string;
-  seq: number;
-  ts: number;
-  file: string;
-}
-
-/**
- * Parses every line of the chain as a fixture record. Fails on a torn or foreign line and on a record
- * seen twice; checks each writer's records are in order from the oldest file to the live one.
- */
-function collect(file: string, recordBytes = 100): Map<string, Seen> {
-  const seen = new Map<string, Seen>();
-  const lastSeq = new Map<string, number>();
-  for (const { name, lines } of chain(file)) {
-    for (const line of lines) {
-      const match = RECORD.exec(line);
-      assert.ok(match, `torn or foreign line in ${name}: ${JSON.stringify(line.slice(0, 120))}`);
-      assert.equal(line.length, recordBytes - 1, `line of the wrong length in ${name}: ${line.slice(0, 40)}`);
-      const key = `${match[1]} ${match[2]}`;
-      assert.ok(!seen.has(key), `record ${key} written twice (again in ${name})`);
-      const seq = Number(match[2]);
-      assert.ok(seq > (lastSeq.get(match[1]) ?? -1), `record ${key} out of order in ${name}`);
-      lastSeq.set(match[1], seq);
-      seen.set(key, { writer: match[1], seq, ts: Number(match[3]), file: name });
-    }
-  }
-  return seen;
-}
-
-/** Asserts that writer `id` wrote records 0 … count-1, each present. */
-function assertComplete(seen: Map<string, Seen>, id: string, count: number): void {
-  for (let seq = 0; seq < count; seq++) {
-    const key = `${id} ${String(seq).padStart(6, "0")}`;
-    assert.ok(seen.has(key), `record ${key} is missing`);
-  }
-}
-
-function wrote(result: ChildResult): number {
-  assert.equal(result.code, 0, `writer failed: ${result.stderr}`);
-  assert.equal(result.stderr, "", "the writer reported errors");
-  const match = /wrote (\d+)/.exec(result.stdout);
-  assert.ok(match, `no count from the writer: ${result.stdout}`);
-  return Number(match[1]);
-}
-
-// ---------------------------------------------------------------------------------------------------
-// statIdentity() (platform.ts, added for the per-record check)
-// ---------------------------------------------------------------------------------------------------
-
-describe("statIdentity()", () => {
-  it("statIdentity() gives dev, ino, the current size and the type of a path", () => {
-    const file = freshLog();
-    fs.writeFileSync(file, "12345");
-    const fd = fs.openSync(file, "a");
-    fs.writeSync(fd, "678");
-    const seen = statIdentity(file);
-    const real = fs.fstatSync(fd);
-    fs.closeSync(fd);
-    assert.deepEqual(seen, { dev: real.dev, ino: real.ino, size: 8, isFile: true });
-    assert.equal(statIdentity(path.dirname(file))!.isFile, false);
-  });
-
-  it("statIdentity() returns null for a missing path or a file used as a folder", () => {
-    const file = freshLog();
-    assert.equal(statIdentity(file), null);
-    fs.writeFileSync(file, "");
-    assert.equal(statIdentity(path.join(file, "below")), null);
-  });
-});
 
 // ---------------------------------------------------------------------------------------------------
 // openRotatingFile(): records
@@ -284,17 +143,19 @@ describe("openRotatingFile() records", () => {
         "50",
         "--size",
         "100",
-      ], [
-        "strace",
-        "-f",
-        "-qq",
-        "-e",
-        "trace=write",
-        "-e",
-        "signal=none",
-        "-o",
-        trace,
-      ]);
+      ], {
+        wrap: [
+          "strace",
+          "-f",
+          "-qq",
+          "-e",
+          "trace=write",
+          "-e",
+          "signal=none",
+          "-o",
+          trace,
+        ],
+      });
       if (result.code !== 0 && /ptrace|Operation not permitted/.test(result.stderr)) {
         console.log(`strace cannot trace here (${result.stderr.trim()}): nothing to count`);
         return;
@@ -628,7 +489,7 @@ describe("openRotatingFile() rollover", () => {
       try {
         let ticks = readProcStat(holder.pid!)?.startTicks;
         for (let i = 0; i < 50 && ticks === undefined; i++) {
-          await new Promise((r) => setTimeout(r, 10));
+          await sleep(10);
           ticks = readProcStat(holder.pid!)?.startTicks;
         }
         assert.ok(ticks !== undefined, "no /proc start ticks on this system");
@@ -762,7 +623,7 @@ describe("openRotatingFile() rollover", () => {
       // A holder frozen (SIGSTOP, a starved machine) longer than lockStaleMs is taken over by design.
       // When it resumes it must notice before its next move: two shifts at once unlink names the other
       // one has just filled.
-      const dir = freshDir();
+      const dir = freshDir(root);
       const file = path.join(dir, "app.log");
       const count = 4000; // a long shift: the holder is stopped in the middle of it
       for (let i = 1; i <= count; i++) fs.writeFileSync(`${file}.${i}`, `b${i} backup\n`);
@@ -783,18 +644,22 @@ describe("openRotatingFile() rollover", () => {
       const holder = writer("h", 2);
       let stopped = false;
       try {
-        await waitFor("the holder's rollover lock", () => {
-          let text = "";
-          try {
-            text = fs.readFileSync(`${file}.lock`, "utf8");
-          } catch {
-            return false;
-          }
-          if (!text.includes(`"pid":${holder.pid},`)) return false;
-          process.kill(holder.pid, "SIGSTOP");
-          stopped = true;
-          return true;
-        }, 60_000);
+        await waitUntil(
+          () => {
+            let text = "";
+            try {
+              text = fs.readFileSync(`${file}.lock`, "utf8");
+            } catch {
+              return false;
+            }
+            if (!text.includes(`"pid":${holder.pid},`)) return false;
+            process.kill(holder.pid, "SIGSTOP");
+            stopped = true;
+            return true;
+          },
+          "the holder's rollover lock",
+          60_000,
+        );
         assert.match(fs.readFileSync(`${file}.lock`, "utf8"), new RegExp(`"pid":${holder.pid},`));
         const taker = await writer("t", 3, ["--lock-stale-ms", "500", "--lock-timeout-ms", "120000"]).done;
         assert.equal(taker.code, 0, taker.stderr);
@@ -857,12 +722,14 @@ describe("openRotatingFile() rollover", () => {
 describe("openRotatingFile() mode", () => {
   it("openRotatingFile() applies mode on create, reopen and rollover under umask 077", SLOW, async () => {
     const file = freshLog();
-    const result = await runFixture(MODE_FIXTURE, ["--path", file, "--mode", "644"], [
-      "sh",
-      "-c",
-      'umask 077 && exec "$@"',
-      "sh",
-    ]);
+    const result = await runFixture(MODE_FIXTURE, ["--path", file, "--mode", "644"], {
+      wrap: [
+        "sh",
+        "-c",
+        'umask 077 && exec "$@"',
+        "sh",
+      ],
+    });
     assert.equal(result.code, 0, result.stderr);
     const modes = JSON.parse(result.stdout.trim());
     assert.deepEqual(modes, {
@@ -902,7 +769,7 @@ describe("openRotatingFile() mode", () => {
 
 describe("openRotatingFile() failures", () => {
   it("openRotatingFile() never throws under a path whose parent is a file (ENOTDIR)", () => {
-    const dir = freshDir();
+    const dir = freshDir(root);
     fs.writeFileSync(path.join(dir, "file"), "");
     const file = path.join(dir, "file", "app.log");
     const { log, errors } = open(file);
@@ -919,7 +786,7 @@ describe("openRotatingFile() failures", () => {
   });
 
   it("openRotatingFile() recreates a deleted folder and reports the records that went to the deleted file", () => {
-    const dir = freshDir();
+    const dir = freshDir(root);
     const file = path.join(dir, "logs", "app.log");
     fs.mkdirSync(path.dirname(file));
     const { log, errors } = open(file, { checkEvery: 3 });
@@ -941,7 +808,7 @@ describe("openRotatingFile() failures", () => {
   });
 
   it("openRotatingFile() with the default checkEvery writes into a recreated folder, losing nothing", () => {
-    const dir = freshDir();
+    const dir = freshDir(root);
     const file = path.join(dir, "logs", "app.log");
     fs.mkdirSync(path.dirname(file));
     const { log, errors } = open(file);
@@ -954,7 +821,7 @@ describe("openRotatingFile() failures", () => {
   });
 
   it("openRotatingFile() creates a missing parent folder", () => {
-    const dir = freshDir();
+    const dir = freshDir(root);
     const file = path.join(dir, "a", "b", "app.log");
     const { log, errors } = open(file, { mode: 0o600 });
     log.write("first");
@@ -975,7 +842,7 @@ describe("openRotatingFile() failures", () => {
   });
 
   it("openRotatingFile() reports EACCES without throwing (unprivileged child)", SLOW, async (t) => {
-    const dir = freshDir();
+    const dir = freshDir(root);
     const locked = path.join(dir, "locked");
     fs.mkdirSync(locked);
     fs.chmodSync(locked, 0o555);
@@ -995,12 +862,10 @@ describe("openRotatingFile() failures", () => {
     fs.mkdirSync(home);
     fs.chmodSync(home, 0o777);
     const env = { ...process.env, DENO_DIR: path.join(home, "deno"), HOME: home };
-    const child = startFixture(WRITER, ["--path", file, "--count", "3", "--count-errors"], [
-      "setpriv",
-      "--reuid=65534",
-      "--regid=65534",
-      "--clear-groups",
-    ], env);
+    const child = startFixture(WRITER, ["--path", file, "--count", "3", "--count-errors"], {
+      wrap: AS_NOBODY,
+      env,
+    });
     const result = await child.done;
     if (result.code !== 0 && !/errors/.test(result.stdout)) {
       t.skip(`cannot run the runtime as an unprivileged user here: ${result.stderr.trim().slice(0, 200)}`);
@@ -1014,7 +879,7 @@ describe("openRotatingFile() failures", () => {
   });
 
   it("openRotatingFile() prints one rate-limited line on stderr by default", SLOW, async () => {
-    const dir = freshDir();
+    const dir = freshDir(root);
     fs.writeFileSync(path.join(dir, "file"), "");
     const file = path.join(dir, "file", "app.log");
     const result = await runFixture(WRITER, ["--path", file, "--count", "200"]);
@@ -1178,6 +1043,59 @@ describe("openRotatingFile() failures", () => {
 // openRotatingFile(): several processes
 // ---------------------------------------------------------------------------------------------------
 
+const LOGROTATE = ["/usr/sbin/logrotate", "/usr/bin/logrotate"].find((file) => fs.existsSync(file));
+const NO_LOGROTATE = "logrotate is not installed (CI installs it): skipped";
+const HAS_TAIL = spawnSync("tail", ["--version"], { encoding: "utf8" }).status === 0;
+const NO_TAIL = "tail is not installed: skipped";
+
+const RECORD = /^(w\d+) (\d{6}) (\d+) x*$/;
+
+interface Seen {
+  writer: string;
+  seq: number;
+  ts: number;
+  file: string;
+}
+
+/**
+ * Parses every line of the chain as a fixture record. Fails on a torn or foreign line and on a record
+ * seen twice; checks each writer's records are in order from the oldest file to the live one.
+ */
+function collect(file: string, recordBytes = 100): Map<string, Seen> {
+  const seen = new Map<string, Seen>();
+  const lastSeq = new Map<string, number>();
+  for (const { name, lines } of chain(file)) {
+    for (const line of lines) {
+      const match = RECORD.exec(line);
+      assert.ok(match, `torn or foreign line in ${name}: ${JSON.stringify(line.slice(0, 120))}`);
+      assert.equal(line.length, recordBytes - 1, `line of the wrong length in ${name}: ${line.slice(0, 40)}`);
+      const key = `${match[1]} ${match[2]}`;
+      assert.ok(!seen.has(key), `record ${key} written twice (again in ${name})`);
+      const seq = Number(match[2]);
+      assert.ok(seq > (lastSeq.get(match[1]) ?? -1), `record ${key} out of order in ${name}`);
+      lastSeq.set(match[1], seq);
+      seen.set(key, { writer: match[1], seq, ts: Number(match[3]), file: name });
+    }
+  }
+  return seen;
+}
+
+/** Asserts that writer `id` wrote records 0 … count-1, each present. */
+function assertComplete(seen: Map<string, Seen>, id: string, count: number): void {
+  for (let seq = 0; seq < count; seq++) {
+    const key = `${id} ${String(seq).padStart(6, "0")}`;
+    assert.ok(seen.has(key), `record ${key} is missing`);
+  }
+}
+
+function wrote(result: Outcome): number {
+  assert.equal(result.code, 0, `writer failed: ${result.stderr}`);
+  assert.equal(result.stderr, "", "the writer reported errors");
+  const match = /wrote (\d+)/.exec(result.stdout);
+  assert.ok(match, `no count from the writer: ${result.stdout}`);
+  return Number(match[1]);
+}
+
 describe("openRotatingFile() across processes", () => {
   for (const checkEvery of [1, 16]) {
     it(
@@ -1266,7 +1184,7 @@ describe("openRotatingFile() across processes", () => {
   );
 
   async function runWithLogrotate(directive: "create 0640" | "copytruncate") {
-    const dir = freshDir();
+    const dir = freshDir(root);
     const file = path.join(dir, "app.log");
     const stop = path.join(dir, "stop");
     const conf = path.join(dir, "logrotate.conf");
@@ -1277,7 +1195,7 @@ describe("openRotatingFile() across processes", () => {
     const children = ["w0", "w1"].map((id) =>
       runFixture(WRITER, ["--path", file, "--id", id, "--until", stop, "--sleep-ms", "1"])
     );
-    await waitFor("records before the rotation", () => fs.statSync(file).size >= 300 * 100);
+    await waitUntil(() => fs.statSync(file).size >= 300 * 100, "records before the rotation");
     const rotationStart = Date.now();
     const rotation = spawnSync(LOGROTATE!, ["-f", "-s", state, conf], { encoding: "utf8" });
     const rotationEnd = Date.now();
@@ -1292,7 +1210,7 @@ describe("openRotatingFile() across processes", () => {
       console.log(`logrotate found the path recreated by a writer: ${rotation.stderr.trim()}`);
     }
     assert.ok(fs.existsSync(`${file}.1`), "logrotate made no backup");
-    await waitFor("records after the rotation", () => fs.statSync(file).size >= 300 * 100);
+    await waitUntil(() => fs.statSync(file).size >= 300 * 100, "records after the rotation");
     fs.writeFileSync(stop, "");
     const counts = (await Promise.all(children)).map(wrote);
     return { file, counts, rotationStart, rotationEnd };
@@ -1378,7 +1296,7 @@ describe("openRotatingFile() across processes", () => {
     ...SLOW,
     skip: !HAS_TAIL && NO_TAIL,
   }, async () => {
-    const dir = freshDir();
+    const dir = freshDir(root);
     const file = path.join(dir, "app.log");
     const stop = path.join(dir, "stop");
     fs.writeFileSync(file, "");
@@ -1391,12 +1309,12 @@ describe("openRotatingFile() across processes", () => {
       const children = ["w0", "w1"].map((id) =>
         runFixture(WRITER, ["--path", file, "--id", id, "--until", stop, "--sleep-ms", "1"])
       );
-      await waitFor("records before the rotation", () => fs.statSync(file).size >= 200 * 100);
+      await waitUntil(() => fs.statSync(file).size >= 200 * 100, "records before the rotation");
       const mv = spawnSync("mv", [file, `${file}.1`]);
       assert.equal(mv.status, 0);
-      await waitFor(
-        "records after the rotation",
+      await waitUntil(
         () => fs.existsSync(file) && fs.statSync(file).size >= 200 * 100,
+        "records after the rotation",
       );
       fs.writeFileSync(stop, "");
       const counts = (await Promise.all(children)).map(wrote);
@@ -1405,7 +1323,7 @@ describe("openRotatingFile() across processes", () => {
       assert.equal(seen.size, written);
       const live = chain(file).at(-1)!.lines;
       const last = live.at(-1)!;
-      await waitFor("the follower to show the last record", () => followed.includes(last), 30_000);
+      await waitUntil(() => followed.includes(last), "the follower to show the last record", 30_000);
       await sleep(200);
       const followedLines = new Set(followed.split("\n").filter((line) => RECORD.test(line)));
       const missedLive = live.filter((line) => !followedLines.has(line));
@@ -1427,7 +1345,7 @@ describe("openRotatingFile() across processes", () => {
 
 const IS_ROOT = getUid() === 0;
 const NEEDS_ROOT = "needs root (tmpfs mounts, chown, unshare): skipped";
-const FIFO_FIXTURE = path.join(FIXTURES, "logging_fifo.ts");
+const FIFO_FIXTURE = fixture("logging_fifo.ts");
 const HAS_PRLIMIT = spawnSync("prlimit", ["--version"], { encoding: "utf8" }).status === 0;
 const CAN_UNSHARE = IS_ROOT &&
   spawnSync("unshare", ["-p", "-f", "--mount-proc", "true"], { encoding: "utf8" }).status === 0;
@@ -1499,19 +1417,21 @@ describe("openRotatingFile() in the field", () => {
     const file = freshLog();
     const dir = path.dirname(file);
     const trace = `${dir}.strace`;
-    const result = await runFixture(MODE_FIXTURE, ["--path", file, "--mode", "600"], [
-      "strace",
-      "-f",
-      "-qq",
-      "-e",
-      "trace=open,openat,creat",
-      "-o",
-      trace,
-      "sh",
-      "-c",
-      'umask 000 && exec "$@"',
-      "sh",
-    ]);
+    const result = await runFixture(MODE_FIXTURE, ["--path", file, "--mode", "600"], {
+      wrap: [
+        "strace",
+        "-f",
+        "-qq",
+        "-e",
+        "trace=open,openat,creat",
+        "-o",
+        trace,
+        "sh",
+        "-c",
+        'umask 000 && exec "$@"',
+        "sh",
+      ],
+    });
     if (result.code !== 0 && /ptrace|Operation not permitted/.test(result.stderr)) {
       t.skip(`strace cannot trace here: ${result.stderr.trim().slice(0, 200)}`);
       return;
@@ -1537,7 +1457,7 @@ describe("openRotatingFile() in the field", () => {
       skip: !IS_ROOT && NEEDS_ROOT,
     },
     async () => {
-      const dir = freshDir();
+      const dir = freshDir(root);
       const stop = `${dir}.stop`; // outside the full disk
       await withTmpfs(dir, "256k", async () => {
         const file = path.join(dir, "app.log");
@@ -1561,17 +1481,21 @@ describe("openRotatingFile() in the field", () => {
         const size = () => fs.statSync(file, { throwIfNoEntry: false })?.size ?? 0;
         let last = -1;
         let stableSince = Date.now();
-        await waitFor("the disk to fill", () => {
-          const now = size();
-          if (now !== last) {
-            last = now;
-            stableSince = Date.now();
-          }
-          return now > 0 && Date.now() - stableSince > 700;
-        }, 60_000);
+        await waitUntil(
+          () => {
+            const now = size();
+            if (now !== last) {
+              last = now;
+              stableSince = Date.now();
+            }
+            return now > 0 && Date.now() - stableSince > 700;
+          },
+          "the disk to fill",
+          60_000,
+        );
         const full = size();
         fs.unlinkSync(filler); // space comes back: the next records must start on a fresh line
-        await waitFor("records after space was freed", () => size() > full + 50 * 100, 60_000);
+        await waitUntil(() => size() > full + 50 * 100, "records after space was freed", 60_000);
         fs.writeFileSync(stop, "");
         const results = await Promise.all(writers);
         const lines = read(file).split("\n");
@@ -1707,7 +1631,7 @@ describe("openRotatingFile() in the field", () => {
       skip: !LOGROTATE && NO_LOGROTATE,
     },
     async () => {
-      const dir = freshDir();
+      const dir = freshDir(root);
       const file = path.join(dir, "app.log");
       const stop = `${dir}.stop`;
       const conf = `${dir}.conf`;
@@ -1764,7 +1688,7 @@ describe("openRotatingFile() in the field", () => {
   it("openRotatingFile() with an external mover renaming the live file every few ms: every record once", {
     timeout: 120_000,
   }, async () => {
-    const dir = freshDir();
+    const dir = freshDir(root);
     const file = path.join(dir, "app.log");
     const stop = `${dir}.stop`;
     // A crude rotator racing the rollovers: renames whatever is at the path to a fresh name, fast.
@@ -1812,7 +1736,7 @@ describe("openRotatingFile() in the field", () => {
   });
 
   it("openRotatingFile() refuses a symbolic link at the path and never rotates a link away", () => {
-    const dir = freshDir();
+    const dir = freshDir(root);
     const target = path.join(dir, "real.log");
     const linked = path.join(dir, "app.log");
     fs.writeFileSync(target, "old\n");
@@ -1840,7 +1764,7 @@ describe("openRotatingFile() in the field", () => {
   });
 
   it("openRotatingFile() refuses a FIFO at the path and never hangs on one", SLOW, async () => {
-    const dir = freshDir();
+    const dir = freshDir(root);
     const fifo = path.join(dir, "fifo.log");
     const later = path.join(dir, "app.log");
     assert.equal(spawnSync("mkfifo", [fifo]).status, 0);
@@ -1876,14 +1800,7 @@ describe("openRotatingFile() in the field", () => {
         command,
         ...runtimeArgs,
       ];
-    const child = spawn("prlimit", ["--fsize=2000000", ...argv], { stdio: ["ignore", "pipe", "pipe"], env });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (chunk: Uint8Array) => stdout += new TextDecoder().decode(chunk));
-    child.stderr.on("data", (chunk: Uint8Array) => stderr += new TextDecoder().decode(chunk));
-    const result = await new Promise<ChildResult>((resolve) =>
-      child.on("close", (code, signal) => resolve({ code, signal, stdout, stderr }))
-    );
+    const result = await runToEnd("prlimit", ["--fsize=2000000", ...argv], { env });
     assert.equal(result.signal, null, `killed by ${result.signal}`);
     assert.equal(result.code, 0, `exit ${result.code}: ${result.stderr}`);
     assert.match(result.stdout, /wrote 30000/);
@@ -2082,8 +1999,8 @@ describe("openRotatingFile() in the field", () => {
     // Each namespaced writer is pid 1 in its own namespace: a pid means nothing across them.
     const unshare = ["unshare", "-p", "-f", "--mount-proc"];
     const results = await Promise.all([
-      runFixture(WRITER, args("w0"), unshare),
-      runFixture(WRITER, args("w1"), unshare),
+      runFixture(WRITER, args("w0"), { wrap: unshare }),
+      runFixture(WRITER, args("w1"), { wrap: unshare }),
       runFixture(WRITER, args("w2")),
       runFixture(WRITER, args("w3")),
     ]);
@@ -2358,7 +2275,7 @@ describe("createLogger()", () => {
 // openRotatingFile(): second edition (buffered batches, time rollover, age retention, gzip)
 // ---------------------------------------------------------------------------------------------------
 
-const FEATURES = path.join(FIXTURES, "logging_features.ts");
+const FEATURES = fixture("logging_features.ts");
 const DATED = /^(\d{4}-\d{2}-\d{2}(?:T\d{2}(?:-\d{2}-\d{2})?)?)(?:\.(\d+))?(\.gz)?$/;
 
 /** The dated backups of `file` (plain or gunzipped), oldest first, then the live file. */
@@ -2397,11 +2314,6 @@ function collectLines(files: { name: string; lines: string[] }[], recordBytes = 
   return seen;
 }
 
-/** A record of the fixture format, `size` bytes with the newline `write` adds. */
-function fixtureRecord(id: string, seq: number, size = 100): string {
-  return `${id} ${String(seq).padStart(6, "0")} ${Date.now()} `.padEnd(size - 1, "x");
-}
-
 function gzipTest(file: string): { ok: boolean; stderr: string } {
   const result = spawnSync("gzip", ["-t", file], { encoding: "utf8" });
   return { ok: result.status === 0, stderr: result.stderr };
@@ -2434,7 +2346,7 @@ describe("openRotatingFile() buffered", () => {
       const result = await runFixture(
         FEATURES,
         ["--path", file, "--id", "w7", "--count", "95", "--buffer-bytes", "1050"],
-        ["strace", "-f", "-qq", "-e", "trace=write", "-e", "signal=none", "-o", trace],
+        { wrap: ["strace", "-f", "-qq", "-e", "trace=write", "-e", "signal=none", "-o", trace] },
       );
       if (result.code !== 0 && /ptrace|Operation not permitted/.test(result.stderr)) {
         console.log(`strace cannot trace here (${result.stderr.trim()}): nothing to count`);
@@ -2515,7 +2427,7 @@ describe("openRotatingFile() buffered", () => {
           "0",
         ])
       );
-      await waitFor("the first batch", () => fs.existsSync(file) && fs.statSync(file).size > 0);
+      await waitUntil(() => fs.existsSync(file) && fs.statSync(file).size > 0, "the first batch");
       const renamedAt: number[] = [];
       for (let k = 1; k <= 5; k++) {
         await sleep(300);
@@ -2566,7 +2478,7 @@ describe("openRotatingFile() buffered", () => {
     log.write(fixtureRecord("w0", 0));
     assert.equal(fs.statSync(file).size, 0);
     // The guarantee is a bound (50 ms); the wait allows a loaded machine 10 s.
-    await waitFor("the record on disk", () => fs.statSync(file).size === 100, 10_000);
+    await waitUntil(() => fs.statSync(file).size === 100, "the record on disk", 10_000);
     log.close();
     assert.deepEqual(errors, []);
   });
@@ -2666,7 +2578,7 @@ describe("openRotatingFile() time rollover", () => {
           ])
         );
         // About 5 s of writing, counted from the first record (starting a runtime can take seconds here).
-        await waitFor("the first record", () => fs.existsSync(file) && fs.statSync(file).size > 0);
+        await waitUntil(() => fs.existsSync(file) && fs.statSync(file).size > 0, "the first record");
         await sleep(5_000);
         fs.writeFileSync(stop, "");
         const results = await Promise.all(children);
@@ -2744,7 +2656,7 @@ describe("openRotatingFile() time rollover", () => {
         const when = interval === "hourly" ? Date.UTC(2026, 0, 2, 3, 4, 5) : Date.UTC(2026, 0, 1, 21, 4, 7);
         fs.utimesSync(file, when / 1000, when / 1000);
         const args = ["--path", file, "--id", "w1", "--count", "1", "--interval", interval];
-        const result = await startFixture(FEATURES, utc ? [...args, "--utc"] : args, [], env).done;
+        const result = await startFixture(FEATURES, utc ? [...args, "--utc"] : args, { env }).done;
         assert.equal(result.code, 0, result.stderr);
         const names = fs.readdirSync(path.dirname(file)).filter((name) => name !== "app.log.period").sort();
         assert.deepEqual(names, ["app.log", expected], `${interval} utc=${utc}`);
@@ -2912,9 +2824,9 @@ describe("openRotatingFile() compression", () => {
       for (let round = 1; round <= 3; round++) {
         log.write(fixtureRecord("w0", round));
         log.rotate();
-        await waitFor(
-          `${round} .gz backups`,
+        await waitUntil(
           () => fs.existsSync(`${file}.${round}.gz`) && !fs.existsSync(`${file}.1`),
+          `${round} .gz backups`,
         );
       }
       log.close();
@@ -2959,13 +2871,13 @@ describe("openRotatingFile() compression", () => {
           "--end",
           "hang",
         ]);
-        await waitFor(
-          "a compression under way",
+        await waitUntil(
           () => {
             // A new temporary, or (a compression faster than the polling) one more finished .gz.
             const names = fs.readdirSync(dir).filter((n) => !before.includes(n));
             return names.some((n) => n.endsWith(".gz.tmp") || n.endsWith(".gz"));
           },
+          "a compression under way",
           60_000,
         );
         await sleep(delay);
@@ -3024,17 +2936,19 @@ describe("openRotatingFile() compression", () => {
       }
       const trace = path.join(dir, "..", `trace-${path.basename(dir)}`);
       const start = () =>
-        runFixture(FEATURES, ["--path", file, "--count", "0", "--interval", "daily", "--utc", "--compress"], [
-          "strace",
-          "-f",
-          "-qq",
-          "-e",
-          "trace=openat,open",
-          "-e",
-          "signal=none",
-          "-o",
-          `${trace}-${Math.random()}`,
-        ]);
+        runFixture(FEATURES, ["--path", file, "--count", "0", "--interval", "daily", "--utc", "--compress"], {
+          wrap: [
+            "strace",
+            "-f",
+            "-qq",
+            "-e",
+            "trace=openat,open",
+            "-e",
+            "signal=none",
+            "-o",
+            `${trace}-${Math.random()}`,
+          ],
+        });
       const results = await Promise.all([start(), start()]);
       if (results.some((r) => r.code !== 0 && /ptrace|Operation not permitted/.test(r.stderr))) {
         console.log("strace cannot trace here: nothing to count");

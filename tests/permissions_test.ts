@@ -2,22 +2,20 @@
 // --allow-read --allow-write, pidfile.ts refuses with a typed error without -A (it cannot judge a reused PID
 // without /proc), and shutdown.ts says once on stderr what its snapshot loses. Runs the pinned Deno
 // whatever runtime runs this file.
-import { after, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { isLinux, runCommand } from "../platform.ts";
-import { tempDir } from "./_helpers.ts";
+import { fixture, freshDir, ROOT, tempRoot } from "./_helpers.ts";
 
-const root = path.join(import.meta.dirname ?? "tests", "..");
-const deno = path.join(root, "node_modules", ".bin", "deno");
-const fixture = path.join(root, "tests", "fixtures", "deno_permissions.ts");
-const work = tempDir("keelson-permissions-");
-after(() => fs.rmSync(work, { recursive: true, force: true }));
+const deno = path.join(ROOT, "node_modules", ".bin", "deno");
+const FIXTURE = fixture("deno_permissions.ts");
+const work = tempRoot("keelson-permissions-");
 
 async function runWith(flags: string[]): Promise<{ outcome: Record<string, unknown>; warnings: string[] }> {
-  const dir = fs.mkdtempSync(path.join(work, "run-"));
-  const result = await runCommand(deno, ["run", "--quiet", ...flags, fixture, dir], { timeoutMs: 60_000 });
+  const dir = freshDir(work, "run");
+  const result = await runCommand(deno, ["run", "--quiet", ...flags, FIXTURE, dir], { timeoutMs: 60_000 });
   assert.equal(result.code, 0, result.stderr);
   const outcome = JSON.parse(result.stdout.trim().split("\n").pop() ?? "{}") as Record<string, unknown>;
   const warnings = result.stderr.split("\n").filter((line) => line.startsWith("keelson"));

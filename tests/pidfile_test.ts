@@ -1,8 +1,8 @@
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import {
   acquirePidFile,
   markPlannedStop,
@@ -19,25 +19,27 @@ import {
   readProcStat,
   scriptCommand,
 } from "../platform.ts";
-import { freshDir, tempDir } from "./_helpers.ts";
+import {
+  AS_NOBODY,
+  fixture,
+  freshDir,
+  killChild,
+  ROOT,
+  type Running,
+  sleep,
+  start,
+  startFixture,
+  tempRoot,
+} from "./_helpers.ts";
 
-const FIXTURES = path.join(path.dirname(new URL(import.meta.url).pathname), "fixtures");
-const SERVICE = path.join(FIXTURES, "pidfile_service.ts");
-const PROBE = path.join(FIXTURES, "pidfile_probe.ts");
-const MUTEX = path.join(FIXTURES, "pidfile_mutex.ts");
+const SERVICE = fixture("pidfile_service.ts");
+const PROBE = fixture("pidfile_probe.ts");
+const MUTEX = fixture("pidfile_mutex.ts");
 const SLOW = { timeout: 120_000 };
 const IS_ROOT = getUid() === 0;
 
-let root = "";
-
-before(() => {
-  root = tempDir();
-  fs.chmodSync(root, 0o711); // the unprivileged probe must reach its own folders below
-});
-
-after(() => {
-  fs.rmSync(root, { recursive: true, force: true });
-});
+const root = tempRoot();
+fs.chmodSync(root, 0o711); // the unprivileged probe must reach its own folders below
 
 function freshPidPath(): string {
   return path.join(freshDir(root), "service.pid");
@@ -54,90 +56,11 @@ function readJson(file: string): Record<string, unknown> {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Child processes
+// Running processes
 // ---------------------------------------------------------------------------------------------------
 
-interface Exit {
-  code: number | null;
-  signal: string | null;
-}
-
-interface Child {
-  child: ChildProcess;
-  pid: number;
-  lines: string[];
-  closed: Promise<Exit>;
-  /** The first line matching `pattern`; rejects when the child ends without printing one. */
-  line(pattern: RegExp): Promise<string>;
-  stderr(): string;
-}
-
-function startChild(command: string, args: string[], env?: Record<string, string | undefined>): Child {
-  const child = spawn(command, args, { stdio: ["ignore", "pipe", "pipe"], env });
-  let done: Exit | null = null;
-  const lines: string[] = [];
-  let pending = "";
-  let errText = "";
-  const waiters = new Set<() => void>();
-  const wake = () => {
-    for (const waiter of [...waiters]) waiter();
-  };
-  const closed = new Promise<Exit>((resolve) => {
-    child.on("close", (code, signal) => {
-      done = { code, signal };
-      resolve(done);
-      wake();
-    });
-  });
-  child.on("error", (error) => {
-    errText += String(error);
-  });
-  child.stdout!.setEncoding("utf8");
-  child.stdout!.on("data", (chunk: string) => {
-    pending += chunk;
-    const parts = pending.split("\n");
-    pending = parts.pop()!;
-    lines.push(...parts);
-    wake();
-  });
-  child.stderr!.setEncoding("utf8");
-  child.stderr!.on("data", (chunk: string) => {
-    errText += chunk;
-  });
-  return {
-    child,
-    pid: child.pid!,
-    lines,
-    closed,
-    stderr: () => errText,
-    line(pattern: RegExp): Promise<string> {
-      return new Promise((resolve, reject) => {
-        const check = () => {
-          const found = lines.find((l) => pattern.test(l));
-          if (found !== undefined) {
-            waiters.delete(check);
-            resolve(found);
-          } else if (done !== null) {
-            waiters.delete(check);
-            reject(
-              new Error(
-                `child ${child.pid} ended (${JSON.stringify(done)}) without ${pattern}; stdout ${
-                  JSON.stringify(lines)
-                }, stderr ${errText}`,
-              ),
-            );
-          }
-        };
-        waiters.add(check);
-        check();
-      });
-    },
-  };
-}
-
-function startService(pidPath: string, options: Record<string, unknown> = {}): Child {
-  const { command, args } = scriptCommand(SERVICE, [pidPath, JSON.stringify(options)]);
-  return startChild(command, args);
+function startService(pidPath: string, options: Record<string, unknown> = {}): Running {
+  return startFixture(SERVICE, [pidPath, JSON.stringify(options)]);
 }
 
 /** Runs the probe fixture, unprivileged (as nobody) when the tests run as root, so permissions bite. */
@@ -146,13 +69,10 @@ async function probe(
   pidPath: string,
   home: string,
 ): Promise<Record<string, unknown>> {
-  const { command, args } = scriptCommand(PROBE, [op, pidPath]);
   const env = { ...process.env, HOME: home, DENO_DIR: path.join(home, ".deno") };
-  const run = IS_ROOT
-    ? startChild("setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", command, ...args], env)
-    : startChild(command, args, env);
-  const line = await run.line(/^\{/);
-  await run.closed;
+  const run = startFixture(PROBE, [op, pidPath], { env, wrap: IS_ROOT ? AS_NOBODY : [] });
+  const line = await run.waitFor("stdout", /^\{/);
+  await run.exited;
   return JSON.parse(line);
 }
 
@@ -166,10 +86,9 @@ function unprivilegedBlocker(): Promise<string | null> {
   if (!IS_ROOT) return Promise.resolve(null);
   const { command } = scriptCommand(PROBE);
   unprivilegedCheck ??= new Promise((resolve) => {
-    const check = spawn("setpriv", [
-      "--reuid=65534",
-      "--regid=65534",
-      "--clear-groups",
+    const [setpriv, ...asNobody] = AS_NOBODY;
+    const check = spawn(setpriv!, [
+      ...asNobody,
       "sh",
       "-c",
       'test -x "$0" && test -r "$1"',
@@ -189,25 +108,19 @@ function unprivilegedBlocker(): Promise<string | null> {
 }
 
 /** A live `sleep`: a real process whose pid and start time the records can name. */
-function startSleep(): Child {
-  return startChild("sleep", ["120"]);
+function startSleep(): Running {
+  return start("sleep", ["120"]);
 }
 
-async function stop(child: Child): Promise<Exit> {
-  if (isAlive(child.pid)) {
-    try {
-      process.kill(child.pid, "SIGKILL");
-    } catch {
-      // Already gone.
-    }
-  }
-  return await child.closed;
+async function stop(child: Running): Promise<{ code: number | null; signal: string | null }> {
+  killChild(child.child);
+  return await child.exited;
 }
 
 /** The pid of a process that ran and was reaped. */
 async function deadPid(): Promise<number> {
-  const child = startChild("true", []);
-  await child.closed;
+  const child = start("true", []);
+  await child.exited;
   return child.pid;
 }
 
@@ -312,11 +225,11 @@ describe("readPidFile()", () => {
   it("readPidFile() reports a zombie (exited, not reaped) as stale", async () => {
     const script =
       "import os,time\npid=os.fork()\nif pid==0:\n    os._exit(0)\nprint(pid,flush=True)\ntime.sleep(120)\n";
-    const parent = startChild("python3", ["-c", script]);
+    const parent = start("python3", ["-c", script]);
     try {
-      const zombie = Number(await parent.line(/^\d+$/));
+      const zombie = Number(await parent.waitFor("stdout", /^\d+$/));
       for (let i = 0; i < 200 && readProcStat(zombie)?.state !== "Z"; i += 1) {
-        await new Promise((resolve) => setTimeout(resolve, 10));
+        await sleep(10);
       }
       assert.equal(readProcStat(zombie)?.state, "Z");
       assert.equal(isAlive(zombie), true, "a zombie still answers kill(pid, 0)");
@@ -584,7 +497,7 @@ describe("acquirePidFile()", () => {
     const pidPath = freshPidPath();
     const service = startService(pidPath);
     try {
-      await service.line(/^acquired/);
+      await service.waitFor("stdout", /^acquired/);
       const text = fs.readFileSync(pidPath, "utf8");
       await assert.rejects(acquirePidFile(pidPath), (error: unknown) => {
         assert.ok(error instanceof PidFileLockedError);
@@ -817,10 +730,10 @@ describe("PidFile.release()", () => {
     for (const exitCall of [false, true]) {
       const pidPath = freshPidPath();
       const service = startService(pidPath, { holdMs: 50, exitCall });
-      await service.line(/^acquired/);
-      const exit = await service.closed;
+      await service.waitFor("stdout", /^acquired/);
+      const exit = await service.exited;
       assert.deepEqual(exit, { code: 0, signal: null });
-      assert.equal(fs.existsSync(pidPath), false, `exitCall ${exitCall}: ${service.stderr()}`);
+      assert.equal(fs.existsSync(pidPath), false, `exitCall ${exitCall}: ${service.stderr.join("\n")}`);
     }
   });
 
@@ -831,11 +744,11 @@ describe("PidFile.release()", () => {
       for (const signal of ["SIGTERM", "SIGINT"] as const) {
         const pidPath = freshPidPath();
         const service = startService(pidPath);
-        await service.line(/^acquired/);
+        await service.waitFor("stdout", /^acquired/);
         process.kill(service.pid, signal);
-        const exit = await service.closed;
+        const exit = await service.exited;
         assert.equal(exit.signal, signal);
-        assert.equal(fs.existsSync(pidPath), false, `${signal}: ${service.stderr()}`);
+        assert.equal(fs.existsSync(pidPath), false, `${signal}: ${service.stderr.join("\n")}`);
       }
     },
   );
@@ -846,10 +759,10 @@ describe("PidFile.release()", () => {
     async () => {
       const pidPath = freshPidPath();
       const service = startService(pidPath, { onTerm: "drain" });
-      await service.line(/^acquired/);
+      await service.waitFor("stdout", /^acquired/);
       process.kill(service.pid, "SIGTERM");
-      assert.equal(await service.line(/^draining/), "draining running");
-      assert.deepEqual(await service.closed, { code: 0, signal: null });
+      assert.equal(await service.waitFor("stdout", /^draining/), "draining running");
+      assert.deepEqual(await service.exited, { code: 0, signal: null });
       assert.equal(fs.existsSync(pidPath), false);
     },
   );
@@ -860,14 +773,14 @@ describe("PidFile.release()", () => {
       holdMs: 20,
       acquire: { releaseOnExit: false, releaseOnSignals: [] },
     });
-    await service.line(/^acquired/);
-    await service.closed;
+    await service.waitFor("stdout", /^acquired/);
+    await service.exited;
     assert.equal(readPidFile(pidPath).state, "stale");
     const after = startService(pidPath, { acquire: { releaseOnSignals: [] } });
     try {
-      await after.line(/^acquired/);
+      await after.waitFor("stdout", /^acquired/);
       process.kill(after.pid, "SIGTERM");
-      assert.equal((await after.closed).signal, "SIGTERM");
+      assert.equal((await after.exited).signal, "SIGTERM");
       assert.equal(readPidFile(pidPath).state, "stale", "SIGTERM's default action, no release");
     } finally {
       await stop(after);
@@ -879,16 +792,16 @@ describe("PidFile.release()", () => {
 // replace
 // ---------------------------------------------------------------------------------------------------
 
-describe("acquirePidFile({ replace: true })", () => {
+describe("acquirePidFile() with replace: true", () => {
   it("replace stops a holder that exits on SIGTERM, after writing the takeover marker", SLOW, async () => {
     const pidPath = freshPidPath();
     const service = startService(pidPath);
     try {
-      await service.line(/^acquired/);
+      await service.waitFor("stdout", /^acquired/);
       const pidFile = await acquirePidFile(pidPath, { replace: true, replaceTimeoutMs: 30_000 });
       try {
         assert.equal(readJson(pidPath).pid, getPid());
-        const exit = await service.closed;
+        const exit = await service.exited;
         assert.equal(exit.signal, "SIGTERM");
         const marker = readJson(pidPath + ".takeover.json");
         assert.deepEqual(Object.keys(marker).sort(), ["at", "byPid", "targetPid"]);
@@ -907,12 +820,12 @@ describe("acquirePidFile({ replace: true })", () => {
     const pidPath = freshPidPath();
     const service = startService(pidPath, { onTerm: "ignore" });
     try {
-      await service.line(/^acquired/);
+      await service.waitFor("stdout", /^acquired/);
       const pidFile = await acquirePidFile(pidPath, { replace: true, replaceTimeoutMs: 300 });
       try {
         assert.equal(readJson(pidPath).pid, getPid());
-        assert.equal(await service.line(/SIGTERM/), "ignored SIGTERM");
-        assert.equal((await service.closed).signal, "SIGKILL");
+        assert.equal(await service.waitFor("stdout", /SIGTERM/), "ignored SIGTERM");
+        assert.equal((await service.exited).signal, "SIGKILL");
         assert.equal(readJson(pidPath + ".takeover.json").targetPid, service.pid);
       } finally {
         pidFile.release();
@@ -965,18 +878,18 @@ describe("markPlannedStop()", () => {
 describe("acquirePidFile() under a supervisor", () => {
   it("acquirePidFile() acquires at once on every restart of a crash loop (20 SIGKILLs)", SLOW, async () => {
     const pidPath = freshPidPath();
-    for (let start = 0; start < 20; start += 1) {
+    for (let round = 0; round < 20; round += 1) {
       const service = startService(pidPath);
       try {
-        const line = await service.line(/^(acquired|locked|error)/);
-        assert.equal(line, `acquired ${service.pid}`, `start ${start}: ${service.stderr()}`);
+        const line = await service.waitFor("stdout", /^(acquired|locked|error)/);
+        assert.equal(line, `acquired ${service.pid}`, `start ${round}: ${service.stderr.join("\n")}`);
         assert.equal(readJson(pidPath).pid, service.pid);
       } finally {
         process.kill(service.pid, "SIGKILL");
-        await service.closed;
+        await service.exited;
       }
       const left = readPidFile(pidPath);
-      assert.equal(left.state, "stale", `start ${start}: SIGKILL leaves a stale record`);
+      assert.equal(left.state, "stale", `start ${round}: SIGKILL leaves a stale record`);
     }
     assert.deepEqual(fs.readdirSync(path.dirname(pidPath)), ["service.pid"]);
   });
@@ -995,14 +908,16 @@ describe("acquirePidFile() under a supervisor", () => {
         if (kind === 2) fs.writeFileSync(pidPath, "{garbage");
         const children = Array.from({ length: racers }, () => startService(pidPath, { go }));
         try {
-          await Promise.all(children.map((c) => c.line(/^ready$/)));
+          await Promise.all(children.map((c) => c.waitFor("stdout", /^ready$/)));
           fs.writeFileSync(go, "");
-          const outcomes = await Promise.all(children.map((c) => c.line(/^(acquired|locked|error)/)));
+          const outcomes = await Promise.all(
+            children.map((c) => c.waitFor("stdout", /^(acquired|locked|error)/)),
+          );
           const winners = children.filter((_, i) => outcomes[i].startsWith("acquired"));
           assert.equal(winners.length, 1, `round ${round} (kind ${kind}): ${JSON.stringify(outcomes)}`);
           assert.ok(outcomes.every((o) => /^(acquired|locked)/.test(o)), JSON.stringify(outcomes));
           assert.equal(readJson(pidPath).pid, winners[0].pid);
-          await Promise.all(children.filter((c) => c !== winners[0]).map((c) => c.closed));
+          await Promise.all(children.filter((c) => c !== winners[0]).map((c) => c.exited));
           assert.deepEqual(fs.readdirSync(dir).sort(), ["go", "service.pid"], `round ${round}: litter`);
         } finally {
           await Promise.all(children.map(stop));
@@ -1024,14 +939,13 @@ describe("acquirePidFile() mutual exclusion", () => {
       let holds = 0;
       const worker = async () => {
         for (let spawned = 0; spawned < spawnsPerWorker; spawned += 1) {
-          const { command, args } = scriptCommand(MUTEX, [pidPath, marker, "25"]);
-          const child = startChild(command, args);
-          const exit = await child.closed;
-          const out = child.lines.join("\n");
-          assert.ok(!/overlap|lost record/.test(out), `${out} ${child.stderr()}`);
+          const child = startFixture(MUTEX, [pidPath, marker, "25"]);
+          const exit = await child.exited;
+          const out = child.stdout.join("\n");
+          assert.ok(!/overlap|lost record/.test(out), `${out} ${child.stderr.join("\n")}`);
           assert.ok(
             exit.code === 0 || exit.signal === "SIGKILL",
-            `${JSON.stringify(exit)} ${child.stderr()}`,
+            `${JSON.stringify(exit)} ${child.stderr.join("\n")}`,
           );
           holds += Number(/holds (\d+)/.exec(out)?.[1] ?? 0);
         }
@@ -1047,8 +961,7 @@ describe("acquirePidFile() mutual exclusion", () => {
 // One identity across runtimes, PID namespaces, host names and PID reuse
 // ---------------------------------------------------------------------------------------------------
 
-const REPO = path.join(FIXTURES, "..", "..");
-const RUNTIME_BIN = (name: string) => path.join(REPO, "node_modules", ".bin", name);
+const RUNTIME_BIN = (name: string) => path.join(ROOT, "node_modules", ".bin", name);
 const RUNTIMES = ["deno", "bun", "node"] as const;
 
 /** The command that runs `script` with a pinned runtime, whichever runtime runs this test. */
@@ -1101,19 +1014,21 @@ describe("acquirePidFile() across runtimes, PID namespaces and host names", () =
         const children = RUNTIMES.flatMap((name) =>
           Array.from({ length: perRuntime }, () => {
             const [command, ...args] = runtimeCommand(name, SERVICE, [pidPath, JSON.stringify({ go })]);
-            return startChild(command!, args);
+            return start(command!, args);
           })
         );
         try {
-          await Promise.all(children.map((c) => c.line(/^ready$/)));
+          await Promise.all(children.map((c) => c.waitFor("stdout", /^ready$/)));
           fs.writeFileSync(go, "");
-          const outcomes = await Promise.all(children.map((c) => c.line(/^(acquired|locked|error)/)));
+          const outcomes = await Promise.all(
+            children.map((c) => c.waitFor("stdout", /^(acquired|locked|error)/)),
+          );
           const winners = children.filter((_, i) => outcomes[i]!.startsWith("acquired"));
           const label = `round ${round} (${stale ? "stale" : "absent"})`;
           assert.equal(winners.length, 1, `${label}: ${JSON.stringify(outcomes)}`);
           assert.ok(outcomes.every((o) => /^(acquired|locked)/.test(o)), JSON.stringify(outcomes));
           assert.equal(readJson(pidPath).pid, winners[0]!.pid);
-          await Promise.all(children.filter((c) => c !== winners[0]).map((c) => c.closed));
+          await Promise.all(children.filter((c) => c !== winners[0]).map((c) => c.exited));
           assert.deepEqual(fs.readdirSync(dir).sort(), ["go", "service.pid"], `${label}: litter`);
         } finally {
           await Promise.all(children.map(stop));
@@ -1139,13 +1054,13 @@ describe("acquirePidFile() across runtimes, PID namespaces and host names", () =
         for (const name of RUNTIMES) {
           const options = JSON.stringify({ acquire: { contentionTimeoutMs: 300 } });
           const [command, ...args] = runtimeCommand(name, SERVICE, [pidPath, options]);
-          const starter = startChild(command!, args);
-          const outcome = await starter.line(/^(acquired|locked|error)/);
+          const starter = start(command!, args);
+          const outcome = await starter.waitFor("stdout", /^(acquired|locked|error)/);
           await stop(starter);
           assert.equal(
             outcome,
             `locked ${sleeper.pid} acquiring`,
-            `${name} saw the live claim: ${starter.stderr()}`,
+            `${name} saw the live claim: ${starter.stderr.join("\n")}`,
           );
         }
       } finally {
@@ -1162,18 +1077,20 @@ describe("acquirePidFile() across runtimes, PID namespaces and host names", () =
       if (blocker) return t.skip(blocker);
       const pidPath = freshPidPath();
       const heartbeatMs = 200;
-      const { command, args } = scriptCommand(SERVICE, [
-        pidPath,
-        JSON.stringify({ acquire: { heartbeatMs } }),
-      ]);
-      const inside = startChild("unshare", ["-p", "-f", "--mount-proc", command, ...args]);
+      const inside = startFixture(SERVICE, [pidPath, JSON.stringify({ acquire: { heartbeatMs } })], {
+        wrap: ["unshare", "-p", "-f", "--mount-proc"],
+      });
       try {
-        assert.equal(await inside.line(/^acquired/), "acquired 1", "the holder is pid 1 of its namespace");
+        assert.equal(
+          await inside.waitFor("stdout", /^acquired/),
+          "acquired 1",
+          "the holder is pid 1 of its namespace",
+        );
         const record = readJson(pidPath);
         assert.equal(record.pid, 1);
         assert.equal(record.heartbeatMs, heartbeatMs);
         // Longer than 3 heartbeats: only a refreshed record can still block us now.
-        await new Promise((resolve) => setTimeout(resolve, 4 * heartbeatMs));
+        await sleep(4 * heartbeatMs);
         const status = readPidFile(pidPath);
         assert.equal(status.state, "running", JSON.stringify(status));
         assert.equal(status.state === "running" && status.foreignNamespace, true);
@@ -1188,14 +1105,14 @@ describe("acquirePidFile() across runtimes, PID namespaces and host names", () =
         assert.equal(holders.length, 1, `the namespace's pid 1 seen from outside: ${holders}`);
         process.kill(holders[0]!, "SIGKILL");
         const killedAt = Date.now();
-        await inside.closed;
+        await inside.exited;
         let pidFile = null;
         while (pidFile === null) {
           try {
             pidFile = await acquirePidFile(pidPath, { heartbeatMs });
           } catch (error) {
             if (!(error instanceof PidFileLockedError) || Date.now() - killedAt > 30_000) throw error;
-            await new Promise((resolve) => setTimeout(resolve, 20));
+            await sleep(20);
           }
         }
         const waited = Date.now() - killedAt;
@@ -1218,9 +1135,9 @@ describe("acquirePidFile() across runtimes, PID namespaces and host names", () =
       const pidPath = freshPidPath();
       const { command, args } = scriptCommand(SERVICE, [pidPath]);
       const quoted = [command, ...args].map((a) => `'${a.replaceAll("'", `'\\''`)}'`).join(" ");
-      const holder = startChild("unshare", ["-u", "sh", "-c", `hostname renamed-host && exec ${quoted}`]);
+      const holder = start("unshare", ["-u", "sh", "-c", `hostname renamed-host && exec ${quoted}`]);
       try {
-        await holder.line(/^acquired/);
+        await holder.waitFor("stdout", /^acquired/);
         assert.equal(readJson(pidPath).hostname, "renamed-host");
         assert.notEqual(hostname(), "renamed-host");
         const alive = readPidFile(pidPath);
@@ -1250,16 +1167,16 @@ describe("acquirePidFile() across runtimes, PID namespaces and host names", () =
       const pidPath = freshPidPath();
       // A holder that ignores SIGTERM (ignored dispositions survive exec), named by a plain decimal file:
       // nothing in the record pins it but its pid.
-      const holder = startChild("sh", ["-c", "trap '' TERM; exec sleep 120"]);
-      let reused: Child | null = null;
+      const holder = start("sh", ["-c", "trap '' TERM; exec sleep 120"]);
+      let reused: Running | null = null;
       try {
-        await new Promise((resolve) => setTimeout(resolve, 100)); // the exec happened
+        await sleep(100); // the exec happened
         fs.writeFileSync(pidPath, `${holder.pid}\n`);
         const marker = pidPath + ".takeover.json";
         const replacing = acquirePidFile(pidPath, { replace: true, replaceTimeoutMs: 3000 });
         replacing.catch(() => {});
-        while (!fs.existsSync(marker)) await new Promise((resolve) => setTimeout(resolve, 5));
-        await new Promise((resolve) => setTimeout(resolve, 300)); // SIGTERM sent and ignored; replace waits
+        while (!fs.existsSync(marker)) await sleep(5);
+        await sleep(300); // SIGTERM sent and ignored; replace waits
         const target = holder.pid;
         const exited = new Promise<void>((resolve) => holder.child.once("exit", () => resolve()));
         process.kill(target, "SIGKILL");
@@ -1278,7 +1195,7 @@ describe("acquirePidFile() across runtimes, PID namespaces and host names", () =
         const pidFile = await replacing;
         pidFile.release();
         assert.ok(isAlive(reused.pid), "the process that reused the pid is alive");
-        await new Promise((resolve) => setTimeout(resolve, 100));
+        await sleep(100);
         assert.ok(isAlive(reused.pid), "and was not signalled");
         assert.equal(readProcStat(reused.pid)?.state === "Z", false);
       } finally {
@@ -1300,21 +1217,16 @@ describe("acquirePidFile() across runtimes, PID namespaces and host names", () =
       const pidPath = path.join(dir, "service.pid");
       const holder = startService(pidPath);
       try {
-        await holder.line(/^acquired/);
+        await holder.waitFor("stdout", /^acquired/);
         const held = fs.readFileSync(pidPath, "utf8");
-        const { command, args } = scriptCommand(SERVICE, [
-          pidPath,
-          JSON.stringify({ acquire: { replace: true } }),
-        ]);
         const env = { ...process.env, HOME: dir, DENO_DIR: path.join(dir, ".deno") };
-        const replacer = startChild(
-          "setpriv",
-          ["--reuid=65534", "--regid=65534", "--clear-groups", command, ...args],
+        const replacer = startFixture(SERVICE, [pidPath, JSON.stringify({ acquire: { replace: true } })], {
+          wrap: AS_NOBODY,
           env,
-        );
-        const outcome = await replacer.line(/^(acquired|locked|error)/);
-        await replacer.closed;
-        assert.equal(outcome, "error PidFileError EPERM", replacer.stderr());
+        });
+        const outcome = await replacer.waitFor("stdout", /^(acquired|locked|error)/);
+        await replacer.exited;
+        assert.equal(outcome, "error PidFileError EPERM", replacer.stderr.join("\n"));
         assert.ok(!fs.existsSync(pidPath + ".takeover.json"), "the failed replace removed its marker");
         assert.ok(isAlive(holder.pid));
         assert.equal(fs.readFileSync(pidPath, "utf8"), held);
@@ -1346,7 +1258,7 @@ describe("acquirePidFile() across runtimes, PID namespaces and host names", () =
 
   it("acquirePidFile() writes no secret from argv into the record", SLOW, async () => {
     const pidPath = freshPidPath();
-    const { command, args } = scriptCommand(SERVICE, [
+    const service = startFixture(SERVICE, [
       pidPath,
       "{}",
       "--token",
@@ -1356,9 +1268,8 @@ describe("acquirePidFile() across runtimes, PID namespaces and host names", () =
       "--region",
       "eu-west-1",
     ]);
-    const service = startChild(command, args);
     try {
-      await service.line(/^acquired/);
+      await service.waitFor("stdout", /^acquired/);
       const text = fs.readFileSync(pidPath, "utf8");
       for (const secret of ["s3cr3t-token-value", "k3y-value", "pa55w0rd"]) {
         assert.ok(!text.includes(secret), `${secret} is in the record: ${text}`);
@@ -1378,7 +1289,7 @@ describe("acquirePidFile() across runtimes, PID namespaces and host names", () =
     const text = fs.readFileSync(pidPath, "utf8");
     let later = first;
     for (let i = 0; i < 100 && later === first; i += 1) {
-      await new Promise((resolve) => setTimeout(resolve, 20));
+      await sleep(20);
       later = fs.statSync(pidPath).mtimeMs;
     }
     assert.ok(later > first, "the mtime moved");
@@ -1387,7 +1298,7 @@ describe("acquirePidFile() across runtimes, PID namespaces and host names", () =
     pidFile.release();
     fs.writeFileSync(pidPath, text); // someone else's file now: no heartbeat may touch it
     const after = fs.statSync(pidPath).mtimeMs;
-    await new Promise((resolve) => setTimeout(resolve, 100));
+    await sleep(100);
     assert.equal(fs.statSync(pidPath).mtimeMs, after);
   });
 
@@ -1431,7 +1342,7 @@ describe("acquirePidFile() across runtimes, PID namespaces and host names", () =
       if (!fs.existsSync(RUNTIME_BIN("deno"))) return t.skip("the pinned Deno is not installed");
       const pidPath = freshPidPath();
       for (const op of ["acquire", "read"]) {
-        const run = startChild(RUNTIME_BIN("deno"), [
+        const run = start(RUNTIME_BIN("deno"), [
           "run",
           "--allow-read",
           "--allow-write",
@@ -1441,8 +1352,8 @@ describe("acquirePidFile() across runtimes, PID namespaces and host names", () =
           op,
           pidPath,
         ]);
-        const line = await run.line(/^\{/);
-        await run.closed;
+        const line = await run.waitFor("stdout", /^\{/);
+        await run.exited;
         const { error } = JSON.parse(line) as { error?: Record<string, unknown> };
         assert.ok(error, `${op}: ${line}`);
         assert.equal(error.name, "PidFileError", line);

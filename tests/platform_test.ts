@@ -1,20 +1,29 @@
 // platform.ts on whichever runtime runs this file: every export against real files, processes and
 // signals. The same file runs under `deno test -A`, `bun test` and `node --test`.
-import { after, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { spawn } from "node:child_process";
 import * as platform from "../platform.ts";
-import { fixtureArgv, killChild, runFixture, start } from "./_helpers.ts";
+import {
+  AS_NOBODY,
+  fixture,
+  fixtureArgv,
+  freshDir,
+  killChild,
+  ROOT,
+  runFixture,
+  sleep,
+  start,
+  tempRoot,
+} from "./_helpers.ts";
 
-const dir = fs.mkdtempSync(path.join(os.tmpdir(), "keelson-platform-"));
-after(() => fs.rmSync(dir, { recursive: true, force: true }));
+const dir = tempRoot("keelson-platform-");
 const encoder = new TextEncoder();
-const fixture = (name: string) => path.join(import.meta.dirname ?? "tests", "fixtures", name);
 
-describe("platform: runtime", () => {
+describe("runtime", () => {
   it("runtime and runtimeVersion name the running runtime", () => {
     const expected = "Deno" in globalThis ? "deno" : "Bun" in globalThis ? "bun" : "node";
     assert.equal(platform.runtime, expected);
@@ -139,6 +148,64 @@ describe("stderrReporter()", () => {
   });
 });
 
+describe("redactArgv()", () => {
+  it("redactArgv() hides values of credential-like flags, KEY=value pairs and URL user-info", () => {
+    const cases: Array<[string[], string[]]> = [
+      [["--token", "abc"], ["--token", "***"]],
+      [["--api-key=abc"], ["--api-key=***"]],
+      [["API_KEY=x"], ["API_KEY=***"]],
+      [["--Password", "p"], ["--Password", "***"]],
+      [["-passwd", "p"], ["-passwd", "***"]],
+      [["--client-secret=s", "--auth-header", "Bearer x"], ["--client-secret=***", "--auth-header", "***"]],
+      [["DB_CREDENTIALS=a:b"], ["DB_CREDENTIALS=***"]],
+      [["https://user:pass@host/x"], ["https://***@host/x"]],
+      [["postgres://admin:s3cr3t@db:5432/app"], ["postgres://***@db:5432/app"]],
+      [["--url=https://u:p@h"], ["--url=https://***@h"]],
+      [["http://h/?a=1&token=abc&b=2"], ["http://h/?a=1&token=***&b=2"]],
+      [["sh", "-c", "API_KEY=x ./run --token y"], ["sh", "-c", "API_KEY=*** ./run --token ***"]],
+      [["--token", "--verbose"], ["--token", "--verbose"]],
+      [["--verbose", "name=value", "plain"], ["--verbose", "name=value", "plain"]],
+      [["https://example.com/path"], ["https://example.com/path"]],
+      [["--keyfile", "/etc/x.pem"], ["--keyfile", "***"]],
+      [[], []],
+      // Leaks of the first edition.
+      [["curl", "-H", "Authorization: Bearer X"], ["curl", "-H", "Authorization: ***"]],
+      [["curl", "--header", "X-Api-Key: k1"], ["curl", "--header", "X-Api-Key: ***"]],
+      [["--config", '{"password":"x"}'], ["--config", '{"password":"***"}']],
+      [["--config", '{"user": "a", "password": "x", "n": 3}'], [
+        "--config",
+        '{"user": "a", "password": "***", "n": 3}',
+      ]],
+      [["https://h.example/cb#access_token=x"], ["https://h.example/cb#access_token=***"]],
+      [["https://h.example/?sig=1&api_key=k"], ["https://h.example/?sig=1&api_key=***"]],
+      [["curl", "-u", "user:pass"], ["curl", "-u", "user:***"]],
+      [["--user", "a:b"], ["--user", "a:***"]],
+      [["--user=a:b"], ["--user=a:***"]],
+      [["openssl", "-passin", "pass:x"], ["openssl", "-passin", "***"]],
+      [["openssl", "-passin", "env:VAR"], ["openssl", "-passin", "***"]],
+      [["openssl", "enc", "-k", "x", "-pass", "pass:y"], ["openssl", "enc", "-k", "x", "-pass", "***"]],
+      [["--pass=x"], ["--pass=***"]],
+      [["--pw=x"], ["--pw=***"]],
+      [["apiKey=1", "Server=db;User=a;Password=x;"], ["apiKey=***", "Server=db;User=a;Password=***;"]],
+      [
+        ["sh", "-c", "curl -H 'Authorization: Bearer abc' -u me:pw https://x/?token=1"],
+        ["sh", "-c", "curl -H 'Authorization: Bearer ***' -u me:*** https://x/?token=***"],
+      ],
+      // False positives of the first edition: none of these is a secret.
+      [["sort", "--key", "2"], ["sort", "--key", "2"]],
+      [["sort", "--key=2,3n"], ["sort", "--key=2,3n"]],
+      [["sort", "-k", "2"], ["sort", "-k", "2"]],
+      [["--monkey", "x"], ["--monkey", "x"]],
+      [["--author", "me"], ["--author", "me"]],
+      [["--keyboard=us", "--turkey", "y"], ["--keyboard=us", "--turkey", "y"]],
+      [["--key", "abcdef"], ["--key", "***"]],
+    ];
+    for (const [input, expected] of cases) {
+      assert.deepEqual(platform.redactArgv(input), expected, JSON.stringify(input));
+    }
+  });
+});
+
 describe("createBackoff()", () => {
   it("createBackoff() doubles from minMs up to maxMs", () => {
     const backoff = platform.createBackoff({ minMs: 1, maxMs: 4 });
@@ -163,7 +230,7 @@ describe("createBackoff()", () => {
   });
 });
 
-describe("platform: files", () => {
+describe("openAppend()", () => {
   it("openAppend() creates with the exact mode whatever the umask, and appends", () => {
     const file = path.join(dir, "append.log");
     const previous = process.umask(0o077);
@@ -197,7 +264,9 @@ describe("platform: files", () => {
       (e) => platform.errorCode(e) === "ENOENT",
     );
   });
+});
 
+describe("createExclusive()", () => {
   it("createExclusive() creates once with the mode, then throws EEXIST", () => {
     const file = path.join(dir, "exclusive");
     const fd = platform.createExclusive(file, { mode: 0o600 });
@@ -205,7 +274,9 @@ describe("platform: files", () => {
     assert.equal(fs.statSync(file).mode & 0o777, 0o600);
     assert.throws(() => platform.createExclusive(file), (e) => platform.errorCode(e) === "EEXIST");
   });
+});
 
+describe("link()", () => {
   it("link() publishes a file and fails with EEXIST when anything is there", () => {
     const tmp = path.join(dir, "link.tmp");
     const target = path.join(dir, "link.target");
@@ -218,7 +289,9 @@ describe("platform: files", () => {
     assert.throws(() => platform.link(other, target), (e) => platform.errorCode(e) === "EEXIST");
     assert.equal(fs.readFileSync(target, "utf8"), "first\n");
   });
+});
 
+describe("rename(), unlink(), unlinkIfExists()", () => {
   it("rename() replaces the target; unlink() and unlinkIfExists() remove", () => {
     const a = path.join(dir, "rename.a");
     const b = path.join(dir, "rename.b");
@@ -234,7 +307,9 @@ describe("platform: files", () => {
     fs.writeFileSync(b, "again");
     assert.equal(platform.unlinkIfExists(b), true);
   });
+});
 
+describe("chmod(), fchmod()", () => {
   it("chmod() and fchmod() set exact bits", () => {
     const file = path.join(dir, "chmod");
     fs.writeFileSync(file, "");
@@ -245,7 +320,9 @@ describe("platform: files", () => {
     platform.closeFd(fd);
     assert.equal(fs.statSync(file).mode & 0o777, 0o604);
   });
+});
 
+describe("stat(), fstat()", () => {
   it("stat() and fstat() agree on dev, ino, size, mode and nlink; unlinked → nlink 0", () => {
     const file = path.join(dir, "stat.log");
     const fd = platform.openAppend(file, { mode: 0o600 });
@@ -266,7 +343,9 @@ describe("platform: files", () => {
     platform.closeFd(fd);
     assert.equal(platform.stat(dir).isDirectory, true);
   });
+});
 
+describe("statOrNull()", () => {
   it("statOrNull() is null for ENOENT and ENOTDIR", () => {
     assert.equal(platform.statOrNull(path.join(dir, "nothing")), null);
     const file = path.join(dir, "plain");
@@ -274,7 +353,30 @@ describe("platform: files", () => {
     assert.equal(platform.statOrNull(path.join(file, "below")), null);
     assert.equal(platform.statOrNull(file)?.size, 0);
   });
+});
 
+describe("statIdentity()", () => {
+  it("statIdentity() gives dev, ino, the current size and the type of a path", () => {
+    const file = path.join(freshDir(dir), "app.log");
+    fs.writeFileSync(file, "12345");
+    const fd = fs.openSync(file, "a");
+    fs.writeSync(fd, "678");
+    const seen = platform.statIdentity(file);
+    const real = fs.fstatSync(fd);
+    fs.closeSync(fd);
+    assert.deepEqual(seen, { dev: real.dev, ino: real.ino, size: 8, isFile: true });
+    assert.equal(platform.statIdentity(path.dirname(file))!.isFile, false);
+  });
+
+  it("statIdentity() returns null for a missing path or a file used as a folder", () => {
+    const file = path.join(freshDir(dir), "app.log");
+    assert.equal(platform.statIdentity(file), null);
+    fs.writeFileSync(file, "");
+    assert.equal(platform.statIdentity(path.join(file, "below")), null);
+  });
+});
+
+describe("ftruncate(), fsync()", () => {
   it("ftruncate() and fsync() act on the descriptor", () => {
     const file = path.join(dir, "ftruncate");
     const fd = platform.openAppend(file);
@@ -284,7 +386,9 @@ describe("platform: files", () => {
     platform.closeFd(fd);
     assert.equal(fs.readFileSync(file, "utf8"), "ab");
   });
+});
 
+describe("openRead(), readTextFileOrNull()", () => {
   it("openRead(), readTextFileOrNull() read what was written", () => {
     const file = path.join(dir, "read.txt");
     fs.writeFileSync(file, "héllo\n");
@@ -295,7 +399,9 @@ describe("platform: files", () => {
     assert.equal(platform.readTextFileOrNull(path.join(dir, "absent")), null);
     assert.throws(() => platform.readTextFileOrNull(dir), (e) => platform.errorCode(e) === "EISDIR");
   });
+});
 
+describe("readHead()", () => {
   it("readHead() reads at most N bytes, fewer from a short file, none from an empty one", () => {
     const file = path.join(dir, "head.bin");
     fs.writeFileSync(file, "0123456789");
@@ -308,7 +414,9 @@ describe("platform: files", () => {
       (e) => platform.errorCode(e) === "ENOENT",
     );
   });
+});
 
+describe("writeTextFile(), writeFileAtomic()", () => {
   it("writeTextFile() replaces with the exact mode; writeFileAtomic() leaves no temporary", () => {
     const file = path.join(dir, "whole.txt");
     const previous = process.umask(0o077);
@@ -331,13 +439,17 @@ describe("platform: files", () => {
       (e) => platform.errorCode(e) === "ENOENT",
     );
   });
+});
 
+describe("tempPathBeside()", () => {
   it("tempPathBeside() names unique paths in the same folder", () => {
     const names = new Set(Array.from({ length: 100 }, () => platform.tempPathBeside("/run/app.pid")));
     assert.equal(names.size, 100);
     for (const name of names) assert.ok(name.startsWith("/run/app.pid."));
   });
+});
 
+describe("mkdirp(), readDir()", () => {
   it("mkdirp() creates parents and accepts an existing folder; readDir() lists", () => {
     const deep = path.join(dir, "a", "b", "c");
     platform.mkdirp(deep);
@@ -345,7 +457,9 @@ describe("platform: files", () => {
     assert.equal(fs.statSync(deep).isDirectory(), true);
     assert.deepEqual(platform.readDir(path.join(dir, "a")), ["b"]);
   });
+});
 
+describe("writeOnce(), writeAll()", () => {
   it("writeOnce() is one write; writeAll() on /dev/full throws ENOSPC", () => {
     const file = path.join(dir, "once");
     const fd = platform.openAppend(file);
@@ -387,7 +501,9 @@ describe("platform: files", () => {
     assert.equal(result.stdout.length, size + 1);
     assert.equal(result.stdout, "x".repeat(size) + "\n");
   });
+});
 
+describe("sleepSync()", () => {
   it("sleepSync() blocks for about the time asked", () => {
     const started = performance.now();
     platform.sleepSync(20);
@@ -397,13 +513,15 @@ describe("platform: files", () => {
   });
 });
 
-describe("platform: processes", () => {
+describe("getPid(), getPpid(), processArgv()", () => {
   it("getPid() and getPpid() match the process; processArgv() has the script", () => {
     assert.equal(platform.getPid(), process.pid);
     assert.equal(platform.getPpid(), process.ppid);
     assert.ok(platform.processArgv().length >= 1);
   });
+});
 
+describe("isAlive()", () => {
   it("isAlive(): self alive, pid 1 alive (EPERM or ours), a reaped child dead, nonsense false", async () => {
     assert.equal(platform.isAlive(process.pid), true);
     assert.equal(platform.isAlive(1), true);
@@ -419,14 +537,8 @@ describe("platform: processes", () => {
   it("isAlive() is true for another user's process (EPERM) when we are not root", async (t) => {
     if (platform.getUid() === 0) {
       // As root kill(pid, 0) never answers EPERM; run the probe as nobody through setpriv if we can.
-      const probe = await platform.runCommand("setpriv", [
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        "kill",
-        "-0",
-        "1",
-      ]);
+      const [setpriv, ...asNobody] = AS_NOBODY;
+      const probe = await platform.runCommand(setpriv!, [...asNobody, "kill", "-0", "1"]);
       if (probe.error) return t.skip("setpriv not available to provoke EPERM");
       assert.notEqual(probe.code, 0);
       assert.match(probe.stderr, /not permitted/i);
@@ -434,7 +546,9 @@ describe("platform: processes", () => {
     }
     assert.equal(platform.isAlive(1), true);
   });
+});
 
+describe("kill()", () => {
   it("kill() sends a real signal; ESRCH for a gone pid; RangeError for a bad pid", async () => {
     const child = spawn("sleep", ["30"]);
     const closed = new Promise<string | null>((resolve) =>
@@ -446,7 +560,9 @@ describe("platform: processes", () => {
     assert.throws(() => platform.kill(0, "SIGTERM"), RangeError);
     assert.throws(() => platform.kill(-1, "SIGTERM"), RangeError);
   });
+});
 
+describe("readProcStat()", () => {
   it("readProcStat() parses a command name with spaces and parentheses", async (t) => {
     if (!platform.isLinux) return t.skip("no /proc");
     const weird = path.join(dir, "we ird) (name");
@@ -457,7 +573,7 @@ describe("platform: processes", () => {
     try {
       let stat = platform.readProcStat(child.pid!);
       for (let i = 0; i < 50 && stat?.comm !== "we ird) (name"; i++) {
-        await new Promise((r) => setTimeout(r, 20));
+        await sleep(20);
         stat = platform.readProcStat(child.pid!);
       }
       assert.ok(stat);
@@ -481,7 +597,7 @@ describe("platform: processes", () => {
     try {
       let zombie: number | null = null;
       for (let i = 0; i < 100 && zombie === null; i++) {
-        await new Promise((r) => setTimeout(r, 20));
+        await sleep(20);
         for (const entry of fs.readdirSync("/proc").filter((n) => /^\d+$/.test(n))) {
           const stat = platform.readProcStat(Number(entry));
           if (stat && stat.ppid === child.pid && stat.state === "Z") zombie = Number(entry);
@@ -495,7 +611,9 @@ describe("platform: processes", () => {
       await closed;
     }
   });
+});
 
+describe("processStartTime()", () => {
   it("processStartTime() is stable for one process and differs for a later one", async (t) => {
     if (!platform.isLinux) return t.skip("no /proc");
     const self = platform.processStartTime(process.pid);
@@ -503,7 +621,7 @@ describe("platform: processes", () => {
     assert.equal(platform.processStartTime(process.pid), self);
     // Not performance.now(): Deno counts it from the test file's worker, started long after the process.
     assert.ok(self <= Date.now() + 1000 && Date.now() - self < 3_600_000, "start time within the last hour");
-    await new Promise((r) => setTimeout(r, 30));
+    await sleep(30);
     const child = spawn("sleep", ["30"]);
     const closed = new Promise((resolve) => child.on("close", resolve));
     try {
@@ -518,7 +636,9 @@ describe("platform: processes", () => {
     assert.ok(boot !== null && boot < self);
     assert.equal(platform.CLOCK_TICKS_PER_SECOND, 100);
   });
+});
 
+describe("readProcStatus(), readProcCmdline()", () => {
   it("readProcStatus() and readProcCmdline() describe a real child", async (t) => {
     if (!platform.isLinux) return t.skip("no /proc");
     const child = spawn("sleep", ["30"]);
@@ -526,7 +646,7 @@ describe("platform: processes", () => {
     try {
       let cmdline = platform.readProcCmdline(child.pid!);
       for (let i = 0; i < 50 && !cmdline?.[0].endsWith("sleep"); i++) {
-        await new Promise((r) => setTimeout(r, 20));
+        await sleep(20);
         cmdline = platform.readProcCmdline(child.pid!);
       }
       // Some runtimes pass the resolved path as argv[0].
@@ -544,14 +664,18 @@ describe("platform: processes", () => {
     assert.equal(platform.readProcStatus(child.pid!), null);
     assert.equal(platform.readProcCmdline(child.pid!), null);
   });
+});
 
+describe("loadAverage(), hostname(), getUid()", () => {
   it("loadAverage(), hostname(), getUid() report the machine", () => {
     const load = platform.loadAverage();
     assert.ok(load && load.length === 3 && load.every((n) => Number.isFinite(n) && n >= 0));
     assert.equal(platform.hostname(), os.hostname());
     assert.equal(platform.getUid(), process.getuid?.() ?? null);
   });
+});
 
+describe("getEnv()", () => {
   it("getEnv() reads this process's environment as it is now (set and removed at run time)", () => {
     const name = "KEELSON_PLATFORM_TEST";
     process.env[name] = "value 1";
@@ -559,7 +683,9 @@ describe("platform: processes", () => {
     delete process.env[name];
     assert.equal(platform.getEnv(name), undefined);
   });
+});
 
+describe("onExit()", () => {
   it("onExit() runs at a natural end and at exit(); an unsubscribed handler never runs", async () => {
     const natural = await runFixture(fixture("platform_on_exit.ts"), ["natural"]);
     assert.equal(natural.code, 0, natural.stderr);
@@ -568,11 +694,9 @@ describe("platform: processes", () => {
     assert.equal(exited.code, 3, exited.stderr);
     assert.equal(exited.stdout, "main done\nexit handler ran\n");
   });
+});
 
-  it("runCommand() has a documented default time limit", () => {
-    assert.equal(platform.DEFAULT_COMMAND_TIMEOUT_MS, 10_000);
-  });
-
+describe("exit()", () => {
   it("exit() ends the process with the code, even with timers pending", async () => {
     const result = await runFixture(fixture("platform_exit.ts"), ["7"]);
     assert.equal(result.code, 7);
@@ -580,11 +704,12 @@ describe("platform: processes", () => {
   });
 });
 
-describe("platform: process identity", () => {
-  const judgeIdentity = platform.judgeIdentity;
-  const me = () => platform.selfIdentity();
-  const linux = platform.isLinux;
+// The identity cases share these.
+const judgeIdentity = platform.judgeIdentity;
+const me = () => platform.selfIdentity();
+const linux = platform.isLinux;
 
+describe("selfIdentity()", () => {
   it("selfIdentity() reads pid, start ticks and time, boot id, PID namespace and host name", (t) => {
     const self = me();
     assert.equal(self.pid, process.pid);
@@ -596,7 +721,9 @@ describe("platform: process identity", () => {
     assert.equal(self.pidNamespace, fs.readlinkSync("/proc/self/ns/pid"));
     assert.equal(platform.identityPermissionProblem(), null);
   });
+});
 
+describe("identityOf()", () => {
   it("identityOf() names a live child with its start ticks, and null once it is reaped", async (t) => {
     if (!linux) return t.skip("no /proc off Linux");
     const child = spawn("sleep", ["30"]);
@@ -610,7 +737,9 @@ describe("platform: process identity", () => {
     assert.equal(platform.identityOf(child.pid!), null);
     assert.equal(platform.identityOf(0), null);
   });
+});
 
+describe("judgeIdentity()", () => {
   it("judgeIdentity() in this boot and PID namespace judges by pid and start ticks, whatever the host name", async (t) => {
     if (!linux) return t.skip("no /proc off Linux");
     const self = judgeIdentity({ ...me(), hostname: "renamed-host" });
@@ -697,7 +826,7 @@ describe("platform: process identity", () => {
     "judgeIdentity() on Deno without -A names the missing permission once on stderr",
     { timeout: 60_000 },
     async (t) => {
-      const deno = path.join(import.meta.dirname ?? "tests", "..", "node_modules", ".bin", "deno");
+      const deno = path.join(ROOT, "node_modules", ".bin", "deno");
       if (!fs.existsSync(deno)) return t.skip("the pinned Deno is not installed");
       if (!linux) return t.skip("no /proc off Linux");
       const result = await platform.runCommand(deno, [
@@ -719,7 +848,7 @@ describe("platform: process identity", () => {
   );
 });
 
-describe("platform: signals", () => {
+describe("signalNumber(), signalName()", () => {
   it("signalNumber() and signalName() map both ways; unknown → undefined", () => {
     const linux: Record<string, number> = {
       SIGHUP: 1,
@@ -738,7 +867,9 @@ describe("platform: signals", () => {
     assert.equal(platform.signalNumber("toString"), undefined);
     assert.equal(platform.signalName(999), undefined);
   });
+});
 
+describe("onSignal()", () => {
   it("onSignal() rejects signals it does not handle", () => {
     assert.throws(() => platform.onSignal("SIGKILL", () => {}), TypeError);
     assert.throws(() => platform.onSignal("nope", () => {}), /SIGTERM/);
@@ -774,14 +905,14 @@ describe("signalListenerCount()", () => {
 
   it("signalListenerCount() counts alike in two copies of platform.ts loaded by one process", async () => {
     const copy = path.join(fs.mkdtempSync(path.join(dir, "copy-")), "platform.ts");
-    fs.copyFileSync(path.join(import.meta.dirname ?? "tests", "..", "platform.ts"), copy);
+    fs.copyFileSync(path.join(ROOT, "platform.ts"), copy);
     const result = await runFixture(fixture("platform_two_copies.ts"), [copy]);
     assert.equal(result.code, 0, result.stderr);
     assert.equal(result.stdout, "2 2 0 0\n");
   });
 });
 
-describe("platform: child processes", () => {
+describe("runCommand()", () => {
   it("runCommand() captures output and the exit code", async () => {
     const result = await platform.runCommand("sh", ["-c", "echo out; echo err >&2; exit 3"]);
     assert.deepEqual(
@@ -809,6 +940,12 @@ describe("platform: child processes", () => {
     assert.equal(platform.errorCode(result.error), "ENOENT");
   });
 
+  it("runCommand() has a documented default time limit", () => {
+    assert.equal(platform.DEFAULT_COMMAND_TIMEOUT_MS, 10_000);
+  });
+});
+
+describe("spawnDetached()", () => {
   it("spawnDetached() starts a child in its own session writing to our descriptor", {
     timeout: 30_000,
   }, async () => {
@@ -821,7 +958,7 @@ describe("platform: child processes", () => {
     assert.ok(pid !== null && pid > 0);
     let text = "";
     for (let i = 0; i < 200 && !text.includes("\n"); i++) {
-      await new Promise((r) => setTimeout(r, 20));
+      await sleep(20);
       text = fs.readFileSync(out, "utf8");
     }
     // Its own session: the session id is its own pid, not ours.
@@ -835,7 +972,7 @@ describe("platform: child processes", () => {
     const orphanPid = Number(result.stdout.trim());
     let text = "";
     for (let i = 0; i < 200 && !text.includes("done"); i++) {
-      await new Promise((r) => setTimeout(r, 25));
+      await sleep(25);
       text = fs.existsSync(out) ? fs.readFileSync(out, "utf8") : "";
     }
     assert.equal(text, `alive ${orphanPid}\ndone\n`);
@@ -844,7 +981,9 @@ describe("platform: child processes", () => {
   it("spawnDetached() returns null or a pid that fails for a missing program, never throws", () => {
     assert.doesNotThrow(() => platform.spawnDetached("keelson-no-such-program", []));
   });
+});
 
+describe("scriptCommand()", () => {
   it("scriptCommand() runs a script with this runtime", async () => {
     const { command, args } = platform.scriptCommand(fixture("platform_exit.ts"), ["0"]);
     assert.equal(command, process.execPath);
@@ -854,14 +993,16 @@ describe("platform: child processes", () => {
   });
 });
 
-describe("platform: stdin and context", () => {
+describe("stdinChunks()", () => {
   it("stdinChunks() yields the bytes piped to a child's stdin", { timeout: 30_000 }, async () => {
     const { command, args } = platform.scriptCommand(fixture("platform_stdin.ts"));
     const result = await platform.runCommand(command, args, { input: "héllo\nworld\n".repeat(1000) });
     assert.equal(result.code, 0, result.stderr);
     assert.equal(result.stdout.trim(), String(encoder.encode("héllo\nworld\n".repeat(1000)).length));
   });
+});
 
+describe("createContextStore()", () => {
   it("createContextStore() binds a value across awaits and timers, isolated per call tree", async () => {
     const store = platform.createContextStore<string>();
     assert.equal(store.get(), undefined);

@@ -2,17 +2,15 @@
 // program of its own on the current runtime (its `./mod.ts` import resolved to this repository's mod.ts),
 // in an empty working folder with stdin closed. It must exit 0, and every `// prints: TEXT` comment in the
 // block names a line the program must print.
-import { after, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import process from "node:process";
 import { runCommand, scriptCommand } from "../platform.ts";
-import { tempDir } from "./_helpers.ts";
+import { freshDir, ROOT, tempRoot } from "./_helpers.ts";
 
-const root = path.join(import.meta.dirname ?? "tests", "..");
-const work = tempDir("keelson-readme-");
-after(() => fs.rmSync(work, { recursive: true, force: true }));
+const work = tempRoot("keelson-readme-");
 
 interface Example {
   title: string;
@@ -21,7 +19,7 @@ interface Example {
 
 /** The ```ts blocks of the README, named by their first comment line. */
 function readmeExamples(): Example[] {
-  const readme = fs.readFileSync(path.join(root, "README.md"), "utf8");
+  const readme = fs.readFileSync(path.join(ROOT, "README.md"), "utf8");
   return [...readme.matchAll(/^```ts\n([\s\S]*?)^```$/gm)].map(([, code = ""], index) => ({
     title: /^\/\/ (.+)$/m.exec(code)?.[1] ?? `block ${index + 1}`,
     code,
@@ -40,10 +38,10 @@ describe("README.md", () => {
 
   for (const [index, example] of examples.entries()) {
     it(`runs its example verbatim: ${example.title}`, { timeout: 60_000 }, async () => {
-      const folder = fs.mkdtempSync(path.join(work, "example-"));
+      const folder = freshDir(work, "example");
       // The program lives beside mod.ts's folder only through its import; everything it writes stays in
       // its own working folder.
-      const program = path.join(root, `.readme-example-${process.pid}-${index}.ts`);
+      const program = path.join(ROOT, `.readme-example-${process.pid}-${index}.ts`);
       fs.writeFileSync(program, example.code);
       try {
         const { command, args } = scriptCommand(program);

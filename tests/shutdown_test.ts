@@ -6,9 +6,9 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { spawnSync } from "node:child_process";
 import process from "node:process";
-import { fileURLToPath } from "node:url";
 import { readProcCmdline, scriptCommand, signalListenerCount } from "../platform.ts";
 import {
+  fixture,
   killChild,
   type Running,
   signalTwice,
@@ -31,10 +31,9 @@ import {
   spawnShutdownDiagnostic,
 } from "../shutdown.ts";
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-const SNAPSHOT_FIXTURE = path.join(here, "fixtures", "shutdown_snapshot.ts");
-const INSTALL_FIXTURE = path.join(here, "fixtures", "shutdown_install.ts");
-const ORPHAN_FIXTURE = path.join(here, "fixtures", "shutdown_diag_orphan.ts");
+const SNAPSHOT_FIXTURE = fixture("shutdown_snapshot.ts");
+const INSTALL_FIXTURE = fixture("shutdown_install.ts");
+const ORPHAN_FIXTURE = fixture("shutdown_diag_orphan.ts");
 const SLOW = { timeout: 60_000 };
 const MIB = 1024 * 1024;
 /** The most one diagnostic run appends to its log (documented on DiagnosticOptions.maxLogBytes). */
@@ -46,20 +45,6 @@ const DIAGNOSTIC_RUN_MAX_BYTES = 256 * 1024;
 
 function signal(pid: number, name: NodeJS.Signals): void {
   process.kill(pid, name);
-}
-
-/** Parses a formatShutdownContext() line back into pairs (quoted values are JSON strings). */
-function parseLine(line: string): Array<[string, string]> {
-  const pairs: Array<[string, string]> = [];
-  const pattern = /([a-z_0-9]+)=("(?:[^"\\]|\\.)*"|[^ ]*)( |$)/gy;
-  let match: RegExpExecArray | null;
-  while ((match = pattern.exec(line)) !== null) {
-    const raw = match[2];
-    pairs.push([match[1], raw.startsWith('"') ? JSON.parse(raw) : raw]);
-    if (pattern.lastIndex >= line.length) break;
-  }
-  assert.equal(pattern.lastIndex, line.length, `unparsed rest of line: ${line.slice(pattern.lastIndex)}`);
-  return pairs;
 }
 
 function snapshotArgs(pidFile: string | undefined, mode = "redacted"): string[] {
@@ -354,70 +339,22 @@ describe("snapshotShutdownContext()", () => {
 });
 
 // ---------------------------------------------------------------------------------------------------
-// redactArgv
-// ---------------------------------------------------------------------------------------------------
-
-describe("redactArgv()", () => {
-  it("redactArgv() hides values of credential-like flags, KEY=value pairs and URL user-info", () => {
-    const cases: Array<[string[], string[]]> = [
-      [["--token", "abc"], ["--token", "***"]],
-      [["--api-key=abc"], ["--api-key=***"]],
-      [["API_KEY=x"], ["API_KEY=***"]],
-      [["--Password", "p"], ["--Password", "***"]],
-      [["-passwd", "p"], ["-passwd", "***"]],
-      [["--client-secret=s", "--auth-header", "Bearer x"], ["--client-secret=***", "--auth-header", "***"]],
-      [["DB_CREDENTIALS=a:b"], ["DB_CREDENTIALS=***"]],
-      [["https://user:pass@host/x"], ["https://***@host/x"]],
-      [["postgres://admin:s3cr3t@db:5432/app"], ["postgres://***@db:5432/app"]],
-      [["--url=https://u:p@h"], ["--url=https://***@h"]],
-      [["http://h/?a=1&token=abc&b=2"], ["http://h/?a=1&token=***&b=2"]],
-      [["sh", "-c", "API_KEY=x ./run --token y"], ["sh", "-c", "API_KEY=*** ./run --token ***"]],
-      [["--token", "--verbose"], ["--token", "--verbose"]],
-      [["--verbose", "name=value", "plain"], ["--verbose", "name=value", "plain"]],
-      [["https://example.com/path"], ["https://example.com/path"]],
-      [["--keyfile", "/etc/x.pem"], ["--keyfile", "***"]],
-      [[], []],
-      // Leaks of the first edition.
-      [["curl", "-H", "Authorization: Bearer X"], ["curl", "-H", "Authorization: ***"]],
-      [["curl", "--header", "X-Api-Key: k1"], ["curl", "--header", "X-Api-Key: ***"]],
-      [["--config", '{"password":"x"}'], ["--config", '{"password":"***"}']],
-      [["--config", '{"user": "a", "password": "x", "n": 3}'], [
-        "--config",
-        '{"user": "a", "password": "***", "n": 3}',
-      ]],
-      [["https://h.example/cb#access_token=x"], ["https://h.example/cb#access_token=***"]],
-      [["https://h.example/?sig=1&api_key=k"], ["https://h.example/?sig=1&api_key=***"]],
-      [["curl", "-u", "user:pass"], ["curl", "-u", "user:***"]],
-      [["--user", "a:b"], ["--user", "a:***"]],
-      [["--user=a:b"], ["--user=a:***"]],
-      [["openssl", "-passin", "pass:x"], ["openssl", "-passin", "***"]],
-      [["openssl", "-passin", "env:VAR"], ["openssl", "-passin", "***"]],
-      [["openssl", "enc", "-k", "x", "-pass", "pass:y"], ["openssl", "enc", "-k", "x", "-pass", "***"]],
-      [["--pass=x"], ["--pass=***"]],
-      [["--pw=x"], ["--pw=***"]],
-      [["apiKey=1", "Server=db;User=a;Password=x;"], ["apiKey=***", "Server=db;User=a;Password=***;"]],
-      [
-        ["sh", "-c", "curl -H 'Authorization: Bearer abc' -u me:pw https://x/?token=1"],
-        ["sh", "-c", "curl -H 'Authorization: Bearer ***' -u me:*** https://x/?token=***"],
-      ],
-      // False positives of the first edition: none of these is a secret.
-      [["sort", "--key", "2"], ["sort", "--key", "2"]],
-      [["sort", "--key=2,3n"], ["sort", "--key=2,3n"]],
-      [["sort", "-k", "2"], ["sort", "-k", "2"]],
-      [["--monkey", "x"], ["--monkey", "x"]],
-      [["--author", "me"], ["--author", "me"]],
-      [["--keyboard=us", "--turkey", "y"], ["--keyboard=us", "--turkey", "y"]],
-      [["--key", "abcdef"], ["--key", "***"]],
-    ];
-    for (const [input, expected] of cases) {
-      assert.deepEqual(redactArgv(input), expected, JSON.stringify(input));
-    }
-  });
-});
-
-// ---------------------------------------------------------------------------------------------------
 // formatShutdownContext
 // ---------------------------------------------------------------------------------------------------
+
+/** Parses a formatShutdownContext() line back into pairs (quoted values are JSON strings). */
+function parseLine(line: string): Array<[string, string]> {
+  const pairs: Array<[string, string]> = [];
+  const pattern = /([a-z_0-9]+)=("(?:[^"\\]|\\.)*"|[^ ]*)( |$)/gy;
+  let match: RegExpExecArray | null;
+  while ((match = pattern.exec(line)) !== null) {
+    const raw = match[2];
+    pairs.push([match[1], raw.startsWith('"') ? JSON.parse(raw) : raw]);
+    if (pattern.lastIndex >= line.length) break;
+  }
+  assert.equal(pattern.lastIndex, line.length, `unparsed rest of line: ${line.slice(pattern.lastIndex)}`);
+  return pairs;
+}
 
 function sampleContext(): ShutdownContext {
   return {

@@ -1,12 +1,19 @@
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import { createRequire } from "node:module";
 import * as path from "node:path";
 import { constants as sqliteConstants, DatabaseSync } from "node:sqlite";
-import { runtime, scriptCommand } from "../platform.ts";
-import { freshDir, freshPath as freshPathIn, tempDir } from "./_helpers.ts";
+import { runtime } from "../platform.ts";
+import {
+  fixture,
+  freshDir,
+  freshPath as freshPathIn,
+  type Outcome,
+  startFixture,
+  tempRoot,
+} from "./_helpers.ts";
 import {
   applyWal,
   checkJournalMode,
@@ -22,8 +29,7 @@ import {
 // Helpers
 // ---------------------------------------------------------------------------------------------------
 
-const FIXTURE = path.join(import.meta.dirname ?? path.dirname(new URL(import.meta.url).pathname), "fixtures");
-const WRITER = path.join(FIXTURE, "sqlite_wal_writer.ts");
+const WRITER = fixture("sqlite_wal_writer.ts");
 
 const SQLITE3_CLI = spawnSync("sqlite3", ["-version"], { encoding: "utf8" }).status === 0;
 const NO_CLI = "the sqlite3 command-line tool is not installed (CI installs it): skipped";
@@ -62,15 +68,7 @@ function betterSqlite3(): { open: OpenDatabase | null; reason: string } {
 }
 const BETTER = betterSqlite3();
 
-let root = "";
-
-before(() => {
-  root = tempDir();
-});
-
-after(() => {
-  fs.rmSync(root, { recursive: true, force: true });
-});
+const root = tempRoot();
 
 /** A fresh path (no file yet) in this run's temp dir. */
 function freshPath(name = "db"): string {
@@ -1481,46 +1479,24 @@ describe("checkJournalMode()", () => {
 // Several processes on one file
 // ---------------------------------------------------------------------------------------------------
 
-interface WriterResult {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
 /** Starts the writers, releases them together once all are open, and collects what they printed. */
 async function runWriters(
   file: string,
   drivers: string[],
   rows: number,
   start: "busy" | "defaults" = "busy",
-): Promise<WriterResult[]> {
+): Promise<Outcome[]> {
   const goFile = `${file}.go`;
-  const children = drivers.map((driver, index) => {
-    const { command, args } = scriptCommand(WRITER, [file, goFile, `w${index}`, String(rows), driver, start]);
-    const child = spawn(command, args, { stdio: ["ignore", "pipe", "pipe"] });
-    let stdout = "";
-    let stderr = "";
-    let announceReady: () => void = () => {};
-    const ready = new Promise<void>((resolve) => (announceReady = resolve));
-    const done = new Promise<WriterResult>((resolve) => {
-      child.on("close", (code) => {
-        announceReady();
-        resolve({ code, stdout, stderr });
-      });
-    });
-    child.stdout.on("data", (chunk: Uint8Array) => {
-      stdout += new TextDecoder().decode(chunk);
-      if (stdout.includes("ready\n")) announceReady();
-    });
-    child.stderr.on("data", (chunk: Uint8Array) => (stderr += new TextDecoder().decode(chunk)));
-    return { ready, done };
-  });
-  await Promise.all(children.map((child) => child.ready));
+  const children = drivers.map((driver, index) =>
+    startFixture(WRITER, [file, goFile, `w${index}`, String(rows), driver, start])
+  );
+  // A writer that ends before it is ready is released too: its outcome tells why.
+  await Promise.all(children.map((child) => child.waitFor("stdout", /ready$/).catch(() => {})));
   fs.writeFileSync(goFile, "go");
   return await Promise.all(children.map((child) => child.done));
 }
 
-function assertSharedDatabase(file: string, drivers: string[], results: WriterResult[], rows: number): void {
+function assertSharedDatabase(file: string, drivers: string[], results: Outcome[], rows: number): void {
   for (const [index, result] of results.entries()) {
     assert.equal(result.code, 0, `writer failed: ${result.stderr}`);
     const last = JSON.parse(result.stdout.trim().split("\n").at(-1) ?? "{}");

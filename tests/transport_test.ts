@@ -1,13 +1,11 @@
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
-import * as os from "node:os";
 import * as path from "node:path";
 import process from "node:process";
 import { execFileSync, spawn } from "node:child_process";
-import { fileURLToPath } from "node:url";
 import { runtime, scriptCommand } from "../platform.ts";
-import { fixtureArgv, runFixture, runToEnd, tempDir } from "./_helpers.ts";
+import { fixture, fixtureArgv, freshDir, runFixture, runToEnd, sleep, tempRoot } from "./_helpers.ts";
 import {
   createStdioTransport,
   currentTransport,
@@ -20,19 +18,12 @@ import {
   withTransport,
 } from "../transport.ts";
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-const WRITER = path.join(here, "fixtures", "transport_writer.ts");
-const PEER = path.join(here, "fixtures", "transport_peer.ts");
+const WRITER = fixture("transport_writer.ts");
+const PEER = fixture("transport_peer.ts");
 const SLOW = { timeout: 60_000 };
 const encoder = new TextEncoder();
 
-let dir = "";
-before(() => {
-  dir = tempDir();
-});
-after(() => {
-  fs.rmSync(dir, { recursive: true, force: true });
-});
+const dir = tempRoot();
 
 // ---------------------------------------------------------------------------------------------------
 // Helpers
@@ -975,7 +966,7 @@ describe("withTransport()", () => {
     assert.equal(currentTransport(), undefined);
     const seen: unknown[] = [];
     const task = async (expected: Transport) => {
-      await new Promise((resolve) => setTimeout(resolve, 5));
+      await sleep(5);
       seen.push(currentTransport() === expected);
       await Promise.resolve();
       currentTransport()!.write({ from: expected === a ? "a" : "b" });
@@ -1085,7 +1076,7 @@ describe("readFrames()", () => {
     SLOW,
     async () => {
       const input = Buffer.from('garbage\n{"id":1}\n{"id":\n\xff\n{"id":2}\n', "latin1");
-      const outcome = await runFixture(PEER, ["plain"], input);
+      const outcome = await runFixture(PEER, ["plain"], { input });
       assert.equal(outcome.code, 0, outcome.stderr);
       assert.equal(outcome.stdout, '{"id":1,"result":"ok"}\n{"id":2,"result":"ok"}\n');
       const reports = outcome.stderr.trim().split("\n");
@@ -1241,7 +1232,7 @@ describe("readFrames()", () => {
 // Round trips with real peers
 // ---------------------------------------------------------------------------------------------------
 
-describe("exactly once, any descriptor, wedged peers (second edition)", () => {
+describe("createStdioTransport() exactly once, any descriptor, wedged peers", () => {
   for (const kind of ["unix", "tcp"]) {
     it(
       `createStdioTransport() delivers every frame exactly once through a non-blocking ${kind} socket with a small SO_SNDBUF and a slow reader`,
@@ -1320,7 +1311,7 @@ describe("exactly once, any descriptor, wedged peers (second edition)", () => {
     async () => {
       const frames = [{ hello: 1 }, { n: 2 }, { n: 3 }, { n: "four" }, { n: 5 }];
       const input = frames.map((frame) => JSON.stringify(frame)).join("\n") + "\n";
-      const outcome = await runFixture(PEER, ["two-loops"], input);
+      const outcome = await runFixture(PEER, ["two-loops"], { input });
       assert.equal(outcome.code, 0, outcome.stderr);
       assert.equal(outcome.stderr, "");
       assert.deepEqual(outcome.stdout.trim().split("\n").map((line) => JSON.parse(line)), [
@@ -1456,7 +1447,7 @@ describe("exactly once, any descriptor, wedged peers (second edition)", () => {
     SLOW,
     async (t) => {
       if (process.getuid?.() !== 0) return t.skip("needs root for unshare and a tmpfs mount");
-      const mount = fs.mkdtempSync(path.join(os.tmpdir(), "keelson-full-"));
+      const mount = freshDir(dir, "full");
       const script = `mount -t tmpfs -o size=128k keelson-full "$0" || exit 90
 head -c $((116 * 1024)) /dev/zero > "$0/filler"
 "$@" > "$0/out"
@@ -1494,7 +1485,7 @@ exit $status`;
   );
 });
 
-describe("round trip", () => {
+describe("readFrames() and createStdioTransport() round trip", () => {
   it(
     "readFrames() and createStdioTransport() serve a python3 client in lock-step over stdio",
     SLOW,

@@ -1,15 +1,13 @@
 // Each module vendored alone: `<module>.ts` + `platform.ts` copied into an empty folder must import
 // and expose its contract names on the runtime running this test, with nothing else beside them.
-import { after, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { runCommand, scriptCommand } from "../platform.ts";
-import { tempDir } from "./_helpers.ts";
+import { freshDir, ROOT, tempRoot } from "./_helpers.ts";
 
-const root = path.join(import.meta.dirname ?? "tests", "..");
-const work = tempDir("keelson-vendor-");
-after(() => fs.rmSync(work, { recursive: true, force: true }));
+const work = tempRoot("keelson-vendor-");
 
 /** The contract names of ../shared/DESIGN.md that each vendored module must export. */
 const CONTRACT: Record<string, string[]> = {
@@ -44,9 +42,9 @@ const CONTRACT: Record<string, string[]> = {
 describe("vendoring", () => {
   for (const [module, names] of Object.entries(CONTRACT)) {
     it(`${module}.ts + platform.ts alone import and export the contract`, { timeout: 60_000 }, async () => {
-      const folder = fs.mkdtempSync(path.join(work, `${module}-`));
-      fs.copyFileSync(path.join(root, `${module}.ts`), path.join(folder, `${module}.ts`));
-      fs.copyFileSync(path.join(root, "platform.ts"), path.join(folder, "platform.ts"));
+      const folder = freshDir(work, module);
+      fs.copyFileSync(path.join(ROOT, `${module}.ts`), path.join(folder, `${module}.ts`));
+      fs.copyFileSync(path.join(ROOT, "platform.ts"), path.join(folder, "platform.ts"));
       // A module that reached for anything but ./platform.ts would fail to resolve here.
       const imports = fs.readFileSync(path.join(folder, `${module}.ts`), "utf8")
         .matchAll(/^\s*(?:import|export)\b[^;]*?from\s+["']([^"']+)["']/gm);

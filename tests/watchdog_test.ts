@@ -2,23 +2,27 @@
 // busy loop, a write to a pipe nobody reads), real signals, real exit statuses.
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
-import * as path from "node:path";
 import process from "node:process";
-import { type ChildProcess, spawn } from "node:child_process";
-import { fileURLToPath } from "node:url";
 import {
   DEFAULT_WATCHDOG_SECOND_SIGNAL_EXIT,
   DEFAULT_WATCHDOG_SECOND_SIGNAL_GRACE_MS,
   DEFAULT_WATCHDOG_SIGNALS,
   MAX_WATCHDOG_MS,
   runtime,
-  scriptCommand,
   startWatchdog,
   type WatchdogCapabilities,
 } from "../platform.ts";
-import { killChild, signalTwice, sleep } from "./_helpers.ts";
+import {
+  fixture,
+  killChild,
+  runFixture,
+  type Running,
+  signalTwice,
+  sleep,
+  startFixture,
+} from "./_helpers.ts";
 
-const FIXTURE = path.join(path.dirname(fileURLToPath(import.meta.url)), "fixtures", "watchdog_child.ts");
+const FIXTURE = fixture("watchdog_child.ts");
 const SLOW = { timeout: 60_000 };
 
 /** What each runtime is documented to achieve (see startWatchdog in platform.ts). */
@@ -34,82 +38,48 @@ const NOT_WHILE_BLOCKED = expected.secondSignalWhileBlocked
   ? false
   : `${runtime}: capabilities.secondSignalWhileBlocked is false, a blocked main thread cannot be ended by a signal`;
 
-interface Run {
-  child: ChildProcess;
-  /** Resolves with the child's ending. */
-  ended: Promise<{ code: number | null; signal: string | null }>;
-  /** Resolves with the first stderr line that starts with `prefix`. */
-  line(prefix: string): Promise<string>;
-  stderr(): string;
-}
-
-/** Spawns the fixture with this runtime; stdout is a pipe the test never reads. */
-function run(scenario: string): Run {
-  const { command, args } = scriptCommand(FIXTURE, [scenario]);
-  const child = spawn(command, args, { stdio: ["ignore", "pipe", "pipe"] });
-  // Listener first: a child that ends at once must still settle.
-  const ended = new Promise<{ code: number | null; signal: string | null }>((resolve) => {
-    child.on("close", (code, signal) => resolve({ code, signal }));
-  });
-  let text = "";
-  let waiters: Array<() => boolean> = [];
-  child.stderr!.setEncoding("utf8");
-  child.stderr!.on("data", (chunk: string) => {
-    text += chunk;
-    waiters = waiters.filter((check) => !check());
-  });
-  const line = (prefix: string) =>
-    new Promise<string>((resolve, reject) => {
-      const check = () => {
-        const found = text.split("\n").slice(0, -1).find((l) => l.startsWith(prefix));
-        if (found !== undefined) resolve(found);
-        return found !== undefined;
-      };
-      if (check()) return;
-      waiters.push(check);
-      // "close" comes after the last stderr chunk: nothing more can arrive.
-      ended.then(() => check() || reject(new Error(`child ended without "${prefix}"; stderr: ${text}`)));
-    });
-  return { child, ended, line, stderr: () => text };
+/** Starts the fixture with this runtime; stdout is a pipe the test never reads. */
+function run(scenario: string): Running {
+  return startFixture(FIXTURE, [scenario], { stdoutMode: "ignore-reading" });
 }
 
 describe("startWatchdog() deadline", () => {
   it("startWatchdog() arm() ends a main thread blocked in Atomics.wait with SIGKILL", SLOW, async () => {
     const r = run("deadline-wait");
-    await r.line("armed");
-    assert.deepEqual(await r.ended, { code: null, signal: "SIGKILL" });
+    await r.waitFor("stderr", /^armed/);
+    assert.deepEqual(await r.exited, { code: null, signal: "SIGKILL" });
   });
 
   it("startWatchdog() arm() ends a main thread spinning in a busy loop with SIGKILL", SLOW, async () => {
     const r = run("deadline-busy");
-    await r.line("armed");
-    assert.deepEqual(await r.ended, { code: null, signal: "SIGKILL" });
+    await r.waitFor("stderr", /^armed/);
+    assert.deepEqual(await r.exited, { code: null, signal: "SIGKILL" });
   });
 
   it("Watchdog.arm() again replaces the deadline", SLOW, async () => {
     const r = run("rearm");
-    await r.line("survived");
-    assert.deepEqual(await r.ended, { code: null, signal: "SIGKILL" });
+    await r.waitFor("stderr", /^survived/);
+    assert.deepEqual(await r.exited, { code: null, signal: "SIGKILL" });
   });
 
   it("Watchdog.disarm() cancels the deadline and the child exits by itself with 0", SLOW, async () => {
     const r = run("disarm");
-    const ending = await r.ended;
-    assert.match(r.stderr(), /^disarmed$/m);
+    const ending = await r.exited;
+    assert.match((await r.done).stderr, /^disarmed$/m);
     assert.deepEqual(ending, { code: 0, signal: null });
   });
 
   it("Watchdog.stop() is idempotent and leaves an idle process free to exit with 0", SLOW, async () => {
     const r = run("stop");
-    const ending = await r.ended;
-    assert.match(r.stderr(), /^stopped$/m);
+    const ending = await r.exited;
+    assert.match((await r.done).stderr, /^stopped$/m);
     assert.deepEqual(ending, { code: 0, signal: null });
   });
 
   it("startWatchdog() never keeps an otherwise idle process alive, even without stop()", SLOW, async () => {
     const r = run("idle");
-    const ending = await r.ended;
-    assert.match(r.stderr(), /^started$/m);
+    const ending = await r.exited;
+    assert.match((await r.done).stderr, /^started$/m);
     assert.deepEqual(ending, { code: 0, signal: null });
   });
 });
@@ -117,16 +87,16 @@ describe("startWatchdog() deadline", () => {
 describe("startWatchdog() signals", () => {
   it("Watchdog.noteSignal() twice ends a blocked main thread with SIGKILL", SLOW, async () => {
     const r = run("note");
-    assert.equal(await r.line("seen"), "seen 1");
-    assert.deepEqual(await r.ended, { code: null, signal: "SIGKILL" });
+    assert.equal(await r.waitFor("stderr", /^seen/), "seen 1");
+    assert.deepEqual(await r.exited, { code: null, signal: "SIGKILL" });
   });
 
   it("startWatchdog() without a handler leaves SIGTERM its default action", SLOW, async () => {
     const r = run("unhandled");
     try {
-      await r.line("ready");
+      await r.waitFor("stderr", /^ready/);
       process.kill(r.child.pid!, "SIGTERM");
-      assert.deepEqual(await r.ended, { code: null, signal: "SIGTERM" });
+      assert.deepEqual(await r.exited, { code: null, signal: "SIGTERM" });
     } finally {
       killChild(r.child);
     }
@@ -138,13 +108,13 @@ describe("startWatchdog() signals", () => {
     async () => {
       const r = run("unhandled-blocked");
       try {
-        await r.line("ready");
+        await r.waitFor("stderr", /^ready/);
         await sleep(300); // let the write fill the pipe and block
         process.kill(r.child.pid!, "SIGTERM");
-        const early = await Promise.race([r.ended, sleep(500).then(() => "alive")]);
+        const early = await Promise.race([r.exited, sleep(500).then(() => "alive")]);
         assert.equal(early, "alive", "a blocked main thread cannot act on the first SIGTERM");
         process.kill(r.child.pid!, "SIGTERM");
-        assert.deepEqual(await r.ended, { code: null, signal: SECOND_SIGNAL_ENDING });
+        assert.deepEqual(await r.exited, { code: null, signal: SECOND_SIGNAL_ENDING });
       } finally {
         killChild(r.child);
       }
@@ -157,14 +127,18 @@ describe("startWatchdog() signals", () => {
     async () => {
       const r = run("second-signal-blocked");
       try {
-        const ready = await r.line("ready");
+        const ready = await r.waitFor("stderr", /^ready/);
         assert.deepEqual(JSON.parse(ready.slice("ready ".length)), expected);
         await sleep(300); // let the write fill the pipe and block
         process.kill(r.child.pid!, "SIGTERM");
         await sleep(300);
         process.kill(r.child.pid!, "SIGTERM");
-        assert.deepEqual(await r.ended, { code: null, signal: SECOND_SIGNAL_ENDING });
-        assert.doesNotMatch(r.stderr(), /handled SIGTERM/, "the main thread was blocked throughout");
+        assert.deepEqual(await r.exited, { code: null, signal: SECOND_SIGNAL_ENDING });
+        assert.doesNotMatch(
+          (await r.done).stderr,
+          /handled SIGTERM/,
+          "the main thread was blocked throughout",
+        );
       } finally {
         killChild(r.child);
       }
@@ -177,13 +151,17 @@ describe("startWatchdog() signals", () => {
     async () => {
       const r = run("second-signal-grace-blocked");
       try {
-        await r.line("ready");
+        await r.waitFor("stderr", /^ready/);
         await sleep(300); // let the write fill the pipe and block
         process.kill(r.child.pid!, "SIGTERM");
         await sleep(300);
         process.kill(r.child.pid!, "SIGTERM");
-        assert.deepEqual(await r.ended, { code: null, signal: SECOND_SIGNAL_ENDING });
-        assert.doesNotMatch(r.stderr(), /handled SIGTERM/, "the main thread was blocked throughout");
+        assert.deepEqual(await r.exited, { code: null, signal: SECOND_SIGNAL_ENDING });
+        assert.doesNotMatch(
+          (await r.done).stderr,
+          /handled SIGTERM/,
+          "the main thread was blocked throughout",
+        );
       } finally {
         killChild(r.child);
       }
@@ -196,13 +174,13 @@ describe("startWatchdog() signals", () => {
     async () => {
       const r = run("second-signal-grace-free");
       try {
-        await r.line("ready");
+        await r.waitFor("stderr", /^ready/);
         process.kill(r.child.pid!, "SIGTERM");
-        await r.line("handled 1");
+        await r.waitFor("stderr", /^handled 1/);
         await sleep(250); // past the window in which a repeat counts once
         process.kill(r.child.pid!, "SIGTERM");
-        assert.deepEqual(await r.ended, { code: 7, signal: null });
-        assert.match(r.stderr(), /handled 2/);
+        assert.deepEqual(await r.exited, { code: 7, signal: null });
+        assert.match((await r.done).stderr, /handled 2/);
       } finally {
         killChild(r.child);
       }
@@ -215,12 +193,12 @@ describe("startWatchdog() signals", () => {
     async () => {
       const r = run("second-signal-handled");
       try {
-        await r.line("ready");
+        await r.waitFor("stderr", /^ready/);
         process.kill(r.child.pid!, "SIGTERM");
-        await r.line("handled SIGTERM");
+        await r.waitFor("stderr", /^handled SIGTERM/);
         await sleep(300);
         process.kill(r.child.pid!, "SIGTERM");
-        assert.deepEqual(await r.ended, { code: null, signal: SECOND_SIGNAL_ENDING });
+        assert.deepEqual(await r.exited, { code: null, signal: SECOND_SIGNAL_ENDING });
       } finally {
         killChild(r.child);
       }
@@ -233,12 +211,12 @@ describe("startWatchdog() signals", () => {
     async () => {
       const r = run("second-signal-blocked");
       try {
-        await r.line("ready");
+        await r.waitFor("stderr", /^ready/);
         await sleep(300);
         process.kill(r.child.pid!, "SIGTERM");
         await sleep(300);
         process.kill(r.child.pid!, "SIGINT");
-        assert.deepEqual(await r.ended, { code: null, signal: "SIGKILL" });
+        assert.deepEqual(await r.exited, { code: null, signal: "SIGKILL" });
       } finally {
         killChild(r.child);
       }
@@ -248,9 +226,9 @@ describe("startWatchdog() signals", () => {
   it("Watchdog.stop() gives SIGTERM its default action back", SLOW, async () => {
     const r = run("stopped");
     try {
-      await r.line("ready");
+      await r.waitFor("stderr", /^ready/);
       process.kill(r.child.pid!, "SIGTERM");
-      assert.deepEqual(await r.ended, { code: null, signal: "SIGTERM" });
+      assert.deepEqual(await r.exited, { code: null, signal: "SIGTERM" });
     } finally {
       killChild(r.child);
     }
@@ -259,26 +237,21 @@ describe("startWatchdog() signals", () => {
   it("Watchdog.stop() leaves the program's own SIGTERM handler getting every delivery", SLOW, async () => {
     const r = run("stopped-handler");
     try {
-      await r.line("ready");
+      await r.waitFor("stderr", /^ready/);
       process.kill(r.child.pid!, "SIGTERM");
-      await r.line("handled 1");
+      await r.waitFor("stderr", /^handled 1/);
       process.kill(r.child.pid!, "SIGTERM");
-      assert.deepEqual(await r.ended, { code: 0, signal: null });
-      assert.match(r.stderr(), /^handled 2$/m);
+      assert.deepEqual(await r.exited, { code: 0, signal: null });
+      assert.match((await r.done).stderr, /^handled 2$/m);
     } finally {
       killChild(r.child);
     }
   });
 
   it("startWatchdog() capabilities are the documented ones for this runtime", SLOW, async () => {
-    const { command, args } = scriptCommand(FIXTURE, ["capabilities"]);
-    const child = spawn(command, args, { stdio: ["ignore", "pipe", "inherit"] });
-    const ended = new Promise<number | null>((resolve) => child.on("close", (code) => resolve(code)));
-    let out = "";
-    child.stdout!.setEncoding("utf8");
-    child.stdout!.on("data", (chunk: string) => out += chunk);
-    assert.equal(await ended, 0);
-    const [first, second] = out.trim().split("\n").map((l) => JSON.parse(l));
+    const result = await runFixture(FIXTURE, ["capabilities"]);
+    assert.equal(result.code, 0, result.stderr);
+    const [first, second] = result.stdout.trim().split("\n").map((l) => JSON.parse(l));
     assert.deepEqual(first.on, expected);
     assert.deepEqual(first.off, { deadline: true, secondSignalWhileBlocked: false, mechanism: "off" });
     assert.deepEqual(second.stopped, {
@@ -291,9 +264,9 @@ describe("startWatchdog() signals", () => {
   it("a child that never starts a watchdog keeps the default action of SIGTERM", SLOW, async () => {
     const r = run("plain");
     try {
-      await r.line("ready");
+      await r.waitFor("stderr", /^ready/);
       process.kill(r.child.pid!, "SIGTERM");
-      assert.deepEqual(await r.ended, { code: null, signal: "SIGTERM" });
+      assert.deepEqual(await r.exited, { code: null, signal: "SIGTERM" });
     } finally {
       killChild(r.child);
     }
@@ -308,11 +281,11 @@ describe("startWatchdog() first signal and repeats", () => {
       async () => {
         const r = run(scenario);
         try {
-          await r.line("ready");
+          await r.waitFor("stderr", /^ready/);
           await sleep(300); // let the write fill the pipe and block, or the loop spin
           const sentAt = performance.now();
           process.kill(r.child.pid!, "SIGTERM");
-          assert.deepEqual(await r.ended, { code: null, signal: "SIGKILL" });
+          assert.deepEqual(await r.exited, { code: null, signal: "SIGKILL" });
           // The guarantee is a bound: 500 ms armed from the signal, plus 1 s.
           assert.ok(
             performance.now() - sentAt < 1_500,
@@ -328,10 +301,10 @@ describe("startWatchdog() first signal and repeats", () => {
   it("startWatchdog() counts one signal delivered twice 3 ms apart once", SLOW, async () => {
     const r = run("repeat");
     try {
-      await r.line("ready");
+      await r.waitFor("stderr", /^ready/);
       signalTwice(r.child.pid!, "SIGTERM", 3);
-      assert.deepEqual(await r.ended, { code: 0, signal: null }, r.stderr());
-      assert.match(r.stderr(), /handled 1/);
+      assert.deepEqual(await r.exited, { code: 0, signal: null }, (await r.done).stderr);
+      assert.match((await r.done).stderr, /handled 1/);
     } finally {
       killChild(r.child);
     }
@@ -340,11 +313,11 @@ describe("startWatchdog() first signal and repeats", () => {
   it("startWatchdog() still counts the same signal 300 ms later as a second one", SLOW, async () => {
     const r = run("repeat");
     try {
-      await r.line("ready");
+      await r.waitFor("stderr", /^ready/);
       process.kill(r.child.pid!, "SIGTERM");
       await sleep(300);
       process.kill(r.child.pid!, "SIGTERM");
-      assert.deepEqual(await r.ended, { code: null, signal: "SIGKILL" }, r.stderr());
+      assert.deepEqual(await r.exited, { code: null, signal: "SIGKILL" }, (await r.done).stderr);
     } finally {
       killChild(r.child);
     }
