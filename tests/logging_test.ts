@@ -1451,6 +1451,27 @@ describe("openRotatingFile() in the field", () => {
   });
 
   it(
+    "openRotatingFile() without onError reports a failure that repeats on every record once per 5 s, counting the rest (tmpfs)",
+    { ...SLOW, skip: !IS_ROOT && NEEDS_ROOT },
+    async () => {
+      const dir = freshDir(root);
+      await withTmpfs(dir, "256k", async () => {
+        const result = await runFixture(fixture("logging_reporter.ts"), [path.join(dir, "app.log")]);
+        assert.equal(result.code, 0, result.stderr);
+        assert.equal(result.stdout, "done\n");
+        const lines = result.stderr.replace(/\n$/, "").split("\n");
+        assert.equal(lines.length, 2, result.stderr);
+        const report =
+          /^keelson logging: RotatingFileError: Log file ".*app\.log" \(write\): write failed; .*ENOSPC/;
+        assert.match(lines[0]!, report);
+        assert.doesNotMatch(lines[0]!, /more since the last report/);
+        assert.match(lines[1]!, report);
+        assert.match(lines[1]!, / \(4 more since the last report\)$/);
+      });
+    },
+  );
+
+  it(
     "openRotatingFile() on a full disk: a torn record is reported lost and never swallows the next (tmpfs)",
     {
       ...SLOW,

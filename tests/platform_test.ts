@@ -91,6 +91,74 @@ describe("mustBe()", () => {
   });
 });
 
+describe("checkNumber()", () => {
+  it("checkNumber() throws TypeError for a value that is not a number and RangeError for one it refuses", () => {
+    const nonNegative = (n: number) => Number.isFinite(n) && n >= 0;
+    assert.equal(platform.checkNumber("wait", "timeoutMs", 250, "a finite number >= 0", nonNegative), 250);
+    assert.throws(
+      () => platform.checkNumber("wait", "timeoutMs", "250", "a finite number >= 0", nonNegative),
+      {
+        name: "TypeError",
+        message: `Cannot wait: 'timeoutMs' must be a finite number >= 0, got "250"`,
+      },
+    );
+    for (const bad of [-1, Number.NaN, Infinity]) {
+      assert.throws(
+        () => platform.checkNumber("wait", "timeoutMs", bad, "a finite number >= 0", nonNegative),
+        {
+          name: "RangeError",
+          message: `Cannot wait: 'timeoutMs' must be a finite number >= 0, got ${bad}`,
+        },
+      );
+    }
+    assert.throws(() => platform.checkNumber("wait", "timeoutMs", 1n, "a finite number >= 0", nonNegative), {
+      name: "TypeError",
+      message: "Cannot wait: 'timeoutMs' must be a finite number >= 0, got 1n",
+    });
+  });
+});
+
+describe("checkMode()", () => {
+  it("checkMode() accepts permission bits from 0 to 0o7777 and words the rest one way", () => {
+    assert.equal(platform.checkMode("open the log", 0o640), 0o640);
+    assert.equal(platform.checkMode("open the log", 0o7777), 0o7777);
+    for (const bad of [-1, 0o10000, 1.5]) {
+      assert.throws(() => platform.checkMode("open the log", bad), {
+        name: "RangeError",
+        message: `Cannot open the log: 'mode' must be permission bits from 0 to 0o7777, got ${bad}`,
+      });
+    }
+    assert.throws(() => platform.checkMode("open the log", "644"), {
+      name: "TypeError",
+      message: `Cannot open the log: 'mode' must be permission bits from 0 to 0o7777, got "644"`,
+    });
+  });
+});
+
+describe("errorMessage(), isError()", () => {
+  it("errorMessage() gives the message alone, or the string form, and never throws", () => {
+    assert.equal(platform.errorMessage(new RangeError("too big")), "too big");
+    assert.equal(platform.errorMessage("plain"), "plain");
+    assert.equal(platform.errorMessage(42), "42");
+    const hostile = {
+      toString() {
+        throw new Error("no");
+      },
+    };
+    assert.equal(platform.errorMessage(hostile), "unprintable error");
+  });
+
+  it("isError() knows errors made in another realm, and nothing else", () => {
+    const foreign = Object.create(null);
+    Object.defineProperty(foreign, Symbol.toStringTag, { value: "Error" });
+    assert.equal(platform.isError(new TypeError("x")), true);
+    assert.equal(platform.isError(foreign), true); // what a vm context's or worker's Error looks like
+    assert.equal(platform.isError({ message: "x", name: "Error" }), false);
+    assert.equal(platform.isError("Error: x"), false);
+    assert.equal(platform.errorMessage(Object.assign(foreign, { message: "from afar" })), "from afar");
+  });
+});
+
 describe("describeError()", () => {
   it("describeError() gives Name: message, or the string form, and never throws", () => {
     assert.equal(platform.describeError(new RangeError("too big")), "RangeError: too big");
@@ -503,6 +571,22 @@ describe("writeOnce(), writeAll()", () => {
   });
 });
 
+describe("openDescriptorWriter()", () => {
+  it("openDescriptorWriter() words a bad descriptor number one way and throws EBADF for a closed one", () => {
+    assert.throws(() => platform.openDescriptorWriter(-1), {
+      name: "RangeError",
+      message: "Cannot open a descriptor writer: 'fd' must be a non-negative integer, got -1",
+    });
+    assert.throws(() => platform.openDescriptorWriter("1" as unknown as number), {
+      name: "TypeError",
+      message: `Cannot open a descriptor writer: 'fd' must be a non-negative integer, got "1"`,
+    });
+    const fd = platform.openAppend(path.join(dir, "closed-writer.log"));
+    platform.closeFd(fd);
+    assert.throws(() => platform.openDescriptorWriter(fd), (e) => platform.errorCode(e) === "EBADF");
+  });
+});
+
 describe("sleepSync()", () => {
   it("sleepSync() blocks for about the time asked", () => {
     const started = performance.now();
@@ -557,8 +641,15 @@ describe("kill()", () => {
     platform.kill(child.pid!, "SIGTERM");
     assert.equal(await closed, "SIGTERM");
     assert.throws(() => platform.kill(child.pid!, 0), (e) => platform.errorCode(e) === "ESRCH");
-    assert.throws(() => platform.kill(0, "SIGTERM"), RangeError);
+    assert.throws(() => platform.kill(0, "SIGTERM"), {
+      name: "RangeError",
+      message: "Cannot send a signal: 'pid' must be a positive integer, got 0",
+    });
     assert.throws(() => platform.kill(-1, "SIGTERM"), RangeError);
+    assert.throws(() => platform.kill("1" as unknown as number, "SIGTERM"), {
+      name: "TypeError",
+      message: `Cannot send a signal: 'pid' must be a positive integer, got "1"`,
+    });
   });
 });
 
@@ -871,7 +962,12 @@ describe("signalNumber(), signalName()", () => {
 
 describe("onSignal()", () => {
   it("onSignal() rejects signals it does not handle", () => {
-    assert.throws(() => platform.onSignal("SIGKILL", () => {}), TypeError);
+    assert.throws(() => platform.onSignal("SIGKILL", () => {}), {
+      name: "TypeError",
+      message: `Cannot subscribe to a signal: 'signal' must be one of ${
+        platform.HANDLED_SIGNALS.join(", ")
+      }, got "SIGKILL"`,
+    });
     assert.throws(() => platform.onSignal("nope", () => {}), /SIGTERM/);
   });
 

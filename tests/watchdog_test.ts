@@ -7,6 +7,7 @@ import {
   DEFAULT_WATCHDOG_SECOND_SIGNAL_EXIT,
   DEFAULT_WATCHDOG_SECOND_SIGNAL_GRACE_MS,
   DEFAULT_WATCHDOG_SIGNALS,
+  HANDLED_SIGNALS,
   MAX_WATCHDOG_MS,
   runtime,
   startWatchdog,
@@ -326,28 +327,48 @@ describe("startWatchdog() first signal and repeats", () => {
 
 describe("startWatchdog() arguments and state", () => {
   it("startWatchdog() rejects a signal it cannot count with a TypeError naming it", () => {
-    assert.throws(() => startWatchdog({ signals: ["SIGKILL"] }), { name: "TypeError", message: /"SIGKILL"/ });
-    assert.throws(() => startWatchdog({ signals: "SIGTERM" as unknown as string[] }), TypeError);
+    const cannot = "Cannot start the watchdog:";
+    assert.throws(() => startWatchdog({ signals: ["SIGKILL"] }), {
+      name: "TypeError",
+      message: `${cannot} 'signals' must be names among ${HANDLED_SIGNALS.join(", ")}, got "SIGKILL"`,
+    });
+    assert.throws(() => startWatchdog({ signals: "SIGTERM" as unknown as string[] }), {
+      name: "TypeError",
+      message: `${cannot} 'signals' must be an array of signal names, got "SIGTERM"`,
+    });
     assert.throws(
       () => startWatchdog({ secondSignalExit: "yes" as unknown as boolean }),
-      { name: "TypeError", message: /secondSignalExit/ },
+      { name: "TypeError", message: `${cannot} 'secondSignalExit' must be a boolean, got "yes"` },
     );
     assert.throws(
       () => startWatchdog({ secondSignalGraceMs: "1" as unknown as number }),
-      { name: "TypeError", message: /secondSignalGraceMs/ },
+      {
+        name: "TypeError",
+        message: `${cannot} 'secondSignalGraceMs' must be 0 to ${MAX_WATCHDOG_MS} milliseconds, got "1"`,
+      },
     );
-    assert.throws(() => startWatchdog({ secondSignalGraceMs: -1 }), { name: "RangeError", message: /-1/ });
+    assert.throws(() => startWatchdog({ secondSignalGraceMs: -1 }), {
+      name: "RangeError",
+      message: `${cannot} 'secondSignalGraceMs' must be 0 to ${MAX_WATCHDOG_MS} milliseconds, got -1`,
+    });
     assert.throws(() => startWatchdog({ secondSignalGraceMs: Number.NaN }), RangeError);
+    assert.throws(() => startWatchdog({ armOnFirstSignalMs: MAX_WATCHDOG_MS + 1 }), {
+      name: "RangeError",
+      message: /^Cannot start the watchdog: 'armOnFirstSignalMs' must be 0 to \d+ milliseconds, got \d+$/,
+    });
     assert.throws(
       () => startWatchdog({ onError: 1 as unknown as () => void }),
-      { name: "TypeError", message: /onError/ },
+      { name: "TypeError", message: `${cannot} 'onError' must be a function, got 1` },
     );
   });
 
   it("Watchdog.arm() rejects a bad deadline, and arming after stop() throws", SLOW, () => {
     const watchdog = startWatchdog({ secondSignalExit: false });
     try {
-      assert.throws(() => watchdog.arm(-1), { name: "RangeError", message: /-1/ });
+      assert.throws(() => watchdog.arm(-1), {
+        name: "RangeError",
+        message: `Cannot arm the watchdog: 'ms' must be 0 to ${MAX_WATCHDOG_MS} milliseconds, got -1`,
+      });
       assert.throws(() => watchdog.arm(Number.NaN), RangeError);
       assert.throws(() => watchdog.arm(Infinity), RangeError);
       assert.throws(() => watchdog.arm(MAX_WATCHDOG_MS + 1), RangeError);
@@ -362,7 +383,10 @@ describe("startWatchdog() arguments and state", () => {
     watchdog.stop();
     watchdog.disarm();
     assert.equal(watchdog.capabilities.deadline, false);
-    assert.throws(() => watchdog.arm(1000), { name: "Error", message: /stopped/ });
+    assert.throws(() => watchdog.arm(1000), {
+      name: "Error",
+      message: "Cannot arm the watchdog: it was stopped",
+    });
   });
 
   it("DEFAULT_WATCHDOG_SIGNALS are the four termination signals", () => {
