@@ -867,7 +867,7 @@ class RotatingFileHandle implements RotatingFile {
       this.#sinceCheck += 1;
       this.#mayBeTorn = false;
     } catch (error) {
-      this.#mayBeTorn = true; // some bytes may have gone out (Deno does not say how many)
+      this.#mayBeTorn = true; // some bytes may have gone out (`error.bytesWritten` may be a lower bound)
       this.#fail("write", "write failed; the record was dropped (any torn part is cut off)", error, true);
     }
   }

@@ -746,8 +746,9 @@ function sameFile(a: FileStat, b: FileStat): boolean {
 }
 
 /**
- * 64 bits of FNV-1a over the file's identity and content: two different files never share a claim, and
- * every runtime names one file alike (the mtime in whole milliseconds: Deno reports no fraction).
+ * A 64-bit hash over the file's identity and content (FNV-1a in one half, a Murmur-style mix in the
+ * other): two versions of the file almost surely get two claim names, and every runtime names one
+ * version alike (the mtime in whole milliseconds: Deno reports no fraction).
  */
 function fileId(stat: FileStat, content: string): string {
   const text = `${stat.dev}:${stat.ino ?? "?"}:${stat.size}:${Math.floor(stat.mtimeMs)}:${content}`;

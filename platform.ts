@@ -20,15 +20,15 @@
  * signal listeners and the watchdog thread are installed only when a function asks for them.
  *
  * Contents, in file order, and the modules that use each section:
- * - Runtime detection: `runtime`, `isLinux` (shutdown).
- * - Errors: `errorCode`, one errno name for every runtime's errors (all but shutdown).
+ * - Runtime detection: `runtime`, `isLinux` (no module: they ask the functions below instead; tests).
+ * - Errors: `errorCode`, one errno name for every runtime's errors (logging, pidfile, transport).
  * - Messages and reporting: `describeValue`, `mustBe`, `checkNumber`, `checkMode`, `describeError`,
  *   `errorMessage`, `isError`, `stderrReporter` (optionally rate-limited): the one way to word a bad
  *   argument, quote an error and report on stderr (all modules).
  * - Time: `sleepSync`, `monotonicMs`, `createBackoff`, `setUnrefInterval`, `setUnrefTimeout` (logging,
  *   pidfile, sqlite_wal).
- * - Files: thin wrappers of `node:fs` (among the stats, `statIdentity`: the cheap check before every log
- *   write), then `writeFileAtomic`, `openOwnedAppend` and `gzipFile` (all modules).
+ * - Files: thin wrappers of `node:fs`, `isAbsent` (among the stats, `statIdentity`: the cheap check before
+ *   every log write), then `writeFileAtomic`, `openOwnedAppend` and `gzipFile` (all modules).
  * - Writing to descriptors: `writeOnce`, `writeAll`, and `openDescriptorWriter` / `writeAllWithin`, exact
  *   and bounded writes to any descriptor number (logging, shutdown, transport).
  * - libc through FFI: `write(2)`, `send(2)` and `poll(2)` with their exact counts, behind the writers above.
@@ -751,8 +751,23 @@ export function fstat(fd: number): FileStat {
   return toFileStat(fs.fstatSync(fd));
 }
 
-/** Whether a path error means nothing is there: `ENOENT`, or `ENOTDIR` (a file where a folder was named). */
-function isAbsent(error: unknown): boolean {
+/**
+ * Whether a path error means nothing is there: `ENOENT`, or `ENOTDIR` (a file where a folder was named).
+ *
+ * @param error What a file operation threw.
+ * @returns `true` when the path names nothing.
+ *
+ * @example
+ * ```ts
+ * import { isAbsent, readHead } from "./platform.ts";
+ * try {
+ *   readHead("/no/such/file", 16);
+ * } catch (error) {
+ *   console.log(isAbsent(error)); // true
+ * }
+ * ```
+ */
+export function isAbsent(error: unknown): boolean {
   const code = errorCode(error);
   return code === "ENOENT" || code === "ENOTDIR";
 }

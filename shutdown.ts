@@ -30,7 +30,6 @@ import {
   getPpid,
   HANDLED_SIGNALS,
   ignoreSignalRepeats,
-  isLinux,
   judgeIdentity,
   loadAverage,
   MAX_WATCHDOG_MS,
@@ -1200,7 +1199,7 @@ function gatherContext(signal: string | number | undefined, options: SnapshotOpt
   const { name, number } = resolveSignal(signal);
   const pid = safely(getPid, 0);
 
-  const selfStatus = isLinux ? safely(() => readProcStatus(pid), null) : null;
+  const selfStatus = safely(() => readProcStatus(pid), null); // null off Linux
   const statusPpid = selfStatus ? Number.parseInt(selfStatus["PPid"] ?? "", 10) : NaN;
   const ppid = Number.isInteger(statusPpid) ? statusPpid : safely(getPpid, 0);
 
@@ -1212,7 +1211,7 @@ function gatherContext(signal: string | number | undefined, options: SnapshotOpt
     pid,
     ppid,
     self: summarize(pid, selfStatus, mode),
-    parent: summarize(ppid, isLinux ? safely(() => readProcStatus(ppid), null) : null, mode),
+    parent: summarize(ppid, safely(() => readProcStatus(ppid), null), mode),
     underSystemd: false,
   };
 

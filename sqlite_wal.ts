@@ -25,8 +25,8 @@ import {
   type Backoff,
   checkNumber,
   createBackoff,
-  errorCode,
   errorMessage,
+  isAbsent,
   mustBe,
   readHead,
   sleepSync,
@@ -409,7 +409,7 @@ export function readJournalModeOnDisk(path: string): DiskJournalMode {
   try {
     header = readHead(path, SQLITE_HEADER_BYTES);
   } catch (error) {
-    if (isNotThere(error)) return "absent"; // removed between the stat and the open
+    if (isAbsent(error)) return "absent"; // removed between the stat and the open
     throw error;
   }
   if (header.length === 0) return "empty"; // truncated between the stat and the read
@@ -966,11 +966,6 @@ function errorField(error: unknown, field: string): unknown {
 
 function isKnownVersion(byte: number | undefined): boolean {
   return byte === FORMAT_ROLLBACK || byte === FORMAT_WAL;
-}
-
-function isNotThere(error: unknown): boolean {
-  const code = errorCode(error);
-  return code === "ENOENT" || code === "ENOTDIR";
 }
 
 function walEvidenceText(evidence: WalEvidence): string {
