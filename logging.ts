@@ -1610,7 +1610,13 @@ function openLiveFile(path: string, mode: number | undefined, previous: Ownershi
       if (errorCode(error) !== "ENOENT" || attempt >= OPEN_ATTEMPTS) throw error;
     }
     try {
-      fd = openAppend(path, { ...flags, exclusive: true, mode: mode ?? previous?.mode ?? 0o666 });
+      // The bits are made exact below, where a refusal is a reported problem, not a failed open.
+      fd = openAppend(path, {
+        ...flags,
+        exclusive: true,
+        mode: mode ?? previous?.mode ?? 0o666,
+        exactMode: false,
+      });
       created = true;
     } catch (error) {
       const code = errorCode(error);

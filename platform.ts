@@ -626,6 +626,13 @@ export interface OpenOptions {
    */
   mode?: number | undefined;
   /**
+   * `false`: `mode` is only the creation mode (narrowed by the umask) and no `fchmod` follows, for a
+   * caller that sets the bits itself and goes on when that fails (a filesystem without permission
+   * bits refuses `fchmod`); `true`: a failed `fchmod` closes the file and throws.
+   * @default true
+   */
+  exactMode?: boolean | undefined;
+  /**
    * Create the file when it is missing ({@linkcode openAppend} only; `false` throws `ENOENT` instead).
    * @default true
    */
@@ -657,11 +664,15 @@ function openFlags(base: number, options: OpenOptions): number {
   return base | (options.noFollow ? O_NOFOLLOW : 0) | (options.nonBlocking ? O_NONBLOCK : 0);
 }
 
+/** An inode number, or `null` where the filesystem or runtime reports none (0, or missing). */
+function inodeOrNull(ino: unknown): number | null {
+  return typeof ino === "number" && ino > 0 ? ino : null;
+}
+
 function toFileStat(s: fs.Stats): FileStat {
-  const ino = typeof s.ino === "number" && s.ino > 0 ? s.ino : null;
   return {
     dev: s.dev,
-    ino,
+    ino: inodeOrNull(s.ino),
     size: s.size,
     mode: s.mode,
     nlink: s.nlink,
@@ -707,7 +718,7 @@ function applyMode(fd: number, mode: number | undefined): void {
 export function openAppend(path: string, options: OpenOptions = {}): number {
   const create = options.create === false ? 0 : O_CREAT | (options.exclusive ? O_EXCL : 0);
   const fd = fs.openSync(path, openFlags(O_WRONLY | O_APPEND | create, options), options.mode ?? 0o666);
-  applyMode(fd, options.mode);
+  if (options.exactMode !== false) applyMode(fd, options.mode);
   return fd;
 }
 
@@ -732,7 +743,7 @@ export function openAppend(path: string, options: OpenOptions = {}): number {
  */
 export function createExclusive(path: string, options: OpenOptions = {}): number {
   const fd = fs.openSync(path, openFlags(O_WRONLY | O_CREAT | O_EXCL, options), options.mode ?? 0o666);
-  applyMode(fd, options.mode);
+  if (options.exactMode !== false) applyMode(fd, options.mode);
   return fd;
 }
 
@@ -851,7 +862,7 @@ export function statIdentity(path: string): FileIdentity | null {
       const s = denoStatSync(path);
       return {
         dev: s.dev,
-        ino: typeof s.ino === "number" && s.ino > 0 ? s.ino : null,
+        ino: inodeOrNull(s.ino),
         size: s.size,
         isFile: s.isFile,
       };
@@ -860,7 +871,7 @@ export function statIdentity(path: string): FileIdentity | null {
     if (s === undefined) return null;
     return {
       dev: s.dev,
-      ino: typeof s.ino === "number" && s.ino > 0 ? s.ino : null,
+      ino: inodeOrNull(s.ino),
       size: s.size,
       isFile: s.isFile(),
     };

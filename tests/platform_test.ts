@@ -299,6 +299,19 @@ describe("createBackoff()", () => {
 });
 
 describe("openAppend()", () => {
+  it("openAppend() with exactMode: false creates with mode narrowed by the umask and never calls fchmod", () => {
+    const file = path.join(dir, "append-umask.log");
+    const previous = process.umask(0o077);
+    try {
+      platform.closeFd(platform.openAppend(file, { mode: 0o644, exactMode: false }));
+      platform.closeFd(platform.createExclusive(`${file}.x`, { mode: 0o644, exactMode: false }));
+    } finally {
+      process.umask(previous);
+    }
+    assert.equal(fs.statSync(file).mode & 0o777, 0o600);
+    assert.equal(fs.statSync(`${file}.x`).mode & 0o777, 0o600);
+  });
+
   it("openAppend() creates with the exact mode whatever the umask, and appends", () => {
     const file = path.join(dir, "append.log");
     const previous = process.umask(0o077);
