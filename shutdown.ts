@@ -34,6 +34,7 @@ import {
   loadAverage,
   MAX_WATCHDOG_MS,
   mkdirp,
+  monotonicMs,
   mustBe,
   onSignal,
   onUncaught,
@@ -549,7 +550,7 @@ export function snapshotShutdownContext(
     const ppid = safely(getPpid, 0);
     return {
       ts: new Date().toISOString(),
-      tsMonotonic: performance.now(),
+      tsMonotonic: monotonicMs(),
       signal: name,
       signalNumber: number,
       pid,
@@ -929,6 +930,8 @@ export function installShutdown(options: InstallShutdownOptions = {}): ShutdownH
  * second signal; if the worker counted none, the delivery was a repeat of the first.
  */
 const SECOND_SIGNAL_CONFIRM_MS = 150;
+/** How often that wait looks at the worker's count. */
+const SECOND_SIGNAL_POLL_MS = 10;
 /** Timers clamp a delay above this to 1 ms on every runtime: a larger timeout is refused. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
@@ -1065,11 +1068,11 @@ class ShutdownSequence {
     }
     // The worker stamped each delivery as it came; this handler may run late on a busy main thread, far
     // from the first one even for one Ctrl-C delivered twice. Its count decides (it may lag a little).
-    const since = performance.now();
+    const since = monotonicMs();
     const confirm = () => {
       if (this.#exited || this.#disposed) return;
       if (watchdog.signalsSeen >= 2) this.#secondSignal(name);
-      else if (performance.now() - since < SECOND_SIGNAL_CONFIRM_MS) setTimeout(confirm, 10);
+      else if (monotonicMs() - since < SECOND_SIGNAL_CONFIRM_MS) setTimeout(confirm, SECOND_SIGNAL_POLL_MS);
       // else: the worker counted one delivery, this was its repeat.
     };
     confirm();
@@ -1105,7 +1108,7 @@ class ShutdownSequence {
 
   #begin(signal: string | undefined, reason: string, ctxReason?: string): Promise<never> {
     if (this.#started) return this.#started;
-    this.#startMs = performance.now();
+    this.#startMs = monotonicMs();
     this.#reason = reason;
     this.#armForceExit();
     const ctx = snapshotShutdownContext(signal, this.#settings.snapshot);
@@ -1158,7 +1161,7 @@ class ShutdownSequence {
     this.#currentPhase = null;
     const failed = this.#failures;
     const code = this.#intended || failed === 0 ? EXIT_CLEAN : EXIT_PHASE_FAILED;
-    const total = ((performance.now() - this.#startMs) / 1000).toFixed(2);
+    const total = ((monotonicMs() - this.#startMs) / 1000).toFixed(2);
     this.#log(
       `${this.#elapsed()} shutdown total=${total}s phases=${phases.length} failed=${failed}` +
         `${this.#intended ? " intended=true" : ""} exit=${code}`,
@@ -1176,7 +1179,7 @@ class ShutdownSequence {
   }
 
   #elapsed(): string {
-    return `+${((performance.now() - this.#startMs) / 1000).toFixed(2)}s`;
+    return `+${((monotonicMs() - this.#startMs) / 1000).toFixed(2)}s`;
   }
 }
 
@@ -1193,7 +1196,7 @@ function safely<T>(fn: () => T, fallback: T): T {
 }
 
 function gatherContext(signal: string | number | undefined, options: SnapshotOptions): ShutdownContext {
-  const tsMonotonic = performance.now();
+  const tsMonotonic = monotonicMs();
   const ts = new Date().toISOString();
   const mode = cmdlineModeOf(options);
   const { name, number } = resolveSignal(signal);
