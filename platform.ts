@@ -374,8 +374,10 @@ function writeWithoutWaiting(fd: number, bytes: Uint8Array): void {
 export interface StderrReporterOptions {
   /**
    * After a report is written, hold back the next ones for this many milliseconds and count them; the
-   * next report written says how many were held back. For a failure that repeats on every call (a full
-   * disk fails every log record), so stderr gets one line every interval instead of a flood.
+   * next report written says how many were held back. When the interval ends with reports held back and
+   * none came after, the last of them is written then (an unref'd timer), so a burst that stops is still
+   * counted. For a failure that repeats on every call (a full disk fails every log record), so stderr
+   * gets one line every interval instead of a flood.
    * @default 0 (every report is written)
    */
   holdBackMs?: number | undefined;
@@ -408,20 +410,42 @@ export function stderrReporter(
   const holdBackMs = options.holdBackMs ?? 0;
   let lastAt = -Infinity;
   let heldBack = 0;
+  let lastHeld: unknown;
+  let flushPending = false;
+  const write = (report: unknown): void => {
+    const more = heldBack > 0 ? ` (${heldBack} more since the last report)` : "";
+    heldBack = 0;
+    const text = (typeof report === "string" ? report : describeError(report)).replace(/\n$/, "");
+    writeWithoutWaiting(2, reportEncoder.encode(`${prefix === "" ? "" : `${prefix}: `}${text}${more}\n`));
+  };
+  // At the end of the interval: the last report held back stands for the others (if none came since).
+  const flush = (): void => {
+    flushPending = false;
+    if (heldBack === 0) return;
+    heldBack -= 1;
+    lastAt = monotonicMs();
+    try {
+      write(lastHeld);
+    } catch {
+      // stderr is gone: nowhere left to report to.
+    }
+  };
   return (report) => {
     try {
       if (holdBackMs > 0) {
         const now = monotonicMs();
         if (now - lastAt < holdBackMs) {
           heldBack += 1;
+          lastHeld = report;
+          if (!flushPending) {
+            flushPending = true;
+            setUnrefTimeout(flush, lastAt + holdBackMs - now);
+          }
           return;
         }
         lastAt = now;
       }
-      const more = heldBack > 0 ? ` (${heldBack} more since the last report)` : "";
-      heldBack = 0;
-      const text = (typeof report === "string" ? report : describeError(report)).replace(/\n$/, "");
-      writeWithoutWaiting(2, reportEncoder.encode(`${prefix === "" ? "" : `${prefix}: `}${text}${more}\n`));
+      write(report);
     } catch {
       // stderr is the last resort: when it is gone or full there is nowhere left to report to.
     }

@@ -196,6 +196,13 @@ describe("stderrReporter()", () => {
     assert.equal(result.stderr, "keelson test: one\nkeelson test: four (2 more since the last report)\n");
   });
 
+  it("stderrReporter({ holdBackMs }) writes the last report held back when the interval ends, counting the others", async () => {
+    const result = await runFixture(fixture("platform_reporter.ts"), ["burst"]);
+    assert.equal(result.code, 0, result.stderr);
+    assert.equal(result.stdout, "done\n");
+    assert.equal(result.stderr, "keelson test: one\nkeelson test: three (1 more since the last report)\n");
+  });
+
   it("stderrReporter() drops a report rather than wait on a full stderr pipe", async () => {
     // A python3 parent gives the fixture a real pipe as stderr and never reads it (node:child_process
     // would hand it a socket pair); the fixture fills it, reports, and must still print "done".
