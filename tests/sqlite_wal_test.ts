@@ -117,84 +117,6 @@ function recording(db: SqliteLike): { db: SqliteLike; log: string[] } {
   };
 }
 
-interface FakeOptions {
-  /** The connection's mode before anything. @default "delete" */
-  mode?: string;
-  /** Thrown by PRAGMA journal_mode=WAL, one per call in order. */
-  walErrors?: unknown[];
-  /** Thrown by every PRAGMA journal_mode=WAL after those of walErrors (a lock that is never released). */
-  walErrorForever?: unknown;
-  /** What PRAGMA journal_mode=WAL answers once it no longer throws. @default "wal" */
-  walAnswer?: string;
-  /** Thrown by PRAGMA journal_mode=DELETE. */
-  deleteError?: unknown;
-  /** What PRAGMA journal_mode=DELETE answers. @default "delete" */
-  deleteAnswer?: string;
-  /** Rows as arrays of column values instead of objects. */
-  arrayRows?: boolean;
-  /** The starting busy_timeout. @default 5000 */
-  busyTimeout?: number;
-}
-
-/**
- * A driver that records every SQL it gets and plays journal-mode pragmas from a script, for the errors
- * that cannot be provoked for real (NFS "locking protocol", EIO).
- */
-class FakeDriver implements SqliteLike {
-  readonly log: string[] = [];
-  /** busy_timeout in force each time PRAGMA journal_mode=DELETE ran. */
-  readonly busyAtDelete: number[] = [];
-  mode: string;
-  busyTimeout: number;
-  walCalls = 0;
-  readonly #options: FakeOptions;
-
-  constructor(options: FakeOptions = {}) {
-    this.#options = options;
-    this.mode = options.mode ?? "delete";
-    this.busyTimeout = options.busyTimeout ?? 5000;
-  }
-
-  prepare(sql: string): { get(...params: unknown[]): unknown } {
-    this.log.push(sql);
-    return { get: () => this.#run(sql) };
-  }
-
-  /** The SQL statements that would change the journal mode to DELETE. */
-  deletes(): string[] {
-    return this.log.filter((sql) => /journal_mode\s*=\s*delete/i.test(sql));
-  }
-
-  #row(column: string, value: unknown): unknown {
-    return this.#options.arrayRows ? [value] : { [column]: value };
-  }
-
-  #run(sql: string): unknown {
-    if (sql === "PRAGMA journal_mode") return this.#row("journal_mode", this.mode);
-    if (sql === "PRAGMA journal_mode=WAL") {
-      const errors = this.#options.walErrors ?? [];
-      const index = this.walCalls++;
-      if (index < errors.length) throw errors[index];
-      if (this.#options.walErrorForever !== undefined) throw this.#options.walErrorForever;
-      this.mode = this.#options.walAnswer ?? "wal";
-      return this.#row("journal_mode", this.mode);
-    }
-    if (sql === "PRAGMA journal_mode=DELETE") {
-      this.busyAtDelete.push(this.busyTimeout);
-      if (this.#options.deleteError !== undefined) throw this.#options.deleteError;
-      this.mode = this.#options.deleteAnswer ?? "delete";
-      return this.#row("journal_mode", this.mode);
-    }
-    if (sql === "PRAGMA busy_timeout") return this.#row("timeout", this.busyTimeout);
-    const set = /^PRAGMA busy_timeout=(\d+)$/.exec(sql);
-    if (set) {
-      this.busyTimeout = Number(set[1]);
-      return this.#row("timeout", this.busyTimeout);
-    }
-    throw new Error(`FakeDriver: unexpected SQL ${sql}`);
-  }
-}
-
 /** An error shaped like one a driver throws, with extra fields. */
 function driverError(message: string, fields: Record<string, unknown> = {}): Error {
   return Object.assign(new Error(message), fields);
@@ -693,6 +615,85 @@ function denyWal(db: DatabaseSync): void {
         ? c.SQLITE_DENY
         : c.SQLITE_OK
     );
+}
+
+/** The script of a {@linkcode FakeDriver}: what its journal-mode pragmas answer and throw. */
+interface FakeOptions {
+  /** The connection's mode before anything. @default "delete" */
+  mode?: string;
+  /** Thrown by PRAGMA journal_mode=WAL, one per call in order. */
+  walErrors?: unknown[];
+  /** Thrown by every PRAGMA journal_mode=WAL after those of walErrors (a lock that is never released). */
+  walErrorForever?: unknown;
+  /** What PRAGMA journal_mode=WAL answers once it no longer throws. @default "wal" */
+  walAnswer?: string;
+  /** Thrown by PRAGMA journal_mode=DELETE. */
+  deleteError?: unknown;
+  /** What PRAGMA journal_mode=DELETE answers. @default "delete" */
+  deleteAnswer?: string;
+  /** Rows as arrays of column values instead of objects. */
+  arrayRows?: boolean;
+  /** The starting busy_timeout. @default 5000 */
+  busyTimeout?: number;
+}
+
+/**
+ * A driver that records every SQL it gets and plays journal-mode pragmas from a script, for the errors
+ * that cannot be provoked for real (NFS "locking protocol", EIO).
+ */
+class FakeDriver implements SqliteLike {
+  readonly log: string[] = [];
+  /** busy_timeout in force each time PRAGMA journal_mode=DELETE ran. */
+  readonly busyAtDelete: number[] = [];
+  mode: string;
+  busyTimeout: number;
+  walCalls = 0;
+  readonly #options: FakeOptions;
+
+  constructor(options: FakeOptions = {}) {
+    this.#options = options;
+    this.mode = options.mode ?? "delete";
+    this.busyTimeout = options.busyTimeout ?? 5000;
+  }
+
+  prepare(sql: string): { get(...params: unknown[]): unknown } {
+    this.log.push(sql);
+    return { get: () => this.#run(sql) };
+  }
+
+  /** The SQL statements that would change the journal mode to DELETE. */
+  deletes(): string[] {
+    return this.log.filter((sql) => /journal_mode\s*=\s*delete/i.test(sql));
+  }
+
+  #row(column: string, value: unknown): unknown {
+    return this.#options.arrayRows ? [value] : { [column]: value };
+  }
+
+  #run(sql: string): unknown {
+    if (sql === "PRAGMA journal_mode") return this.#row("journal_mode", this.mode);
+    if (sql === "PRAGMA journal_mode=WAL") {
+      const errors = this.#options.walErrors ?? [];
+      const index = this.walCalls++;
+      if (index < errors.length) throw errors[index];
+      if (this.#options.walErrorForever !== undefined) throw this.#options.walErrorForever;
+      this.mode = this.#options.walAnswer ?? "wal";
+      return this.#row("journal_mode", this.mode);
+    }
+    if (sql === "PRAGMA journal_mode=DELETE") {
+      this.busyAtDelete.push(this.busyTimeout);
+      if (this.#options.deleteError !== undefined) throw this.#options.deleteError;
+      this.mode = this.#options.deleteAnswer ?? "delete";
+      return this.#row("journal_mode", this.mode);
+    }
+    if (sql === "PRAGMA busy_timeout") return this.#row("timeout", this.busyTimeout);
+    const set = /^PRAGMA busy_timeout=(\d+)$/.exec(sql);
+    if (set) {
+      this.busyTimeout = Number(set[1]);
+      return this.#row("timeout", this.busyTimeout);
+    }
+    throw new Error(`FakeDriver: unexpected SQL ${sql}`);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------
