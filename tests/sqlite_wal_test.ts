@@ -67,6 +67,11 @@ function betterSqlite3(): { open: OpenDatabase | null; reason: string } {
   }
 }
 const BETTER = betterSqlite3();
+/** The drivers other than node:sqlite: name, loader, and why they are skipped here (or false). */
+const OTHER_DRIVERS: Array<[string, () => Promise<OpenDatabase | null>, string | false]> = [
+  ["bun:sqlite", bunSqlite, runtime !== "bun" && NO_BUN],
+  ["better-sqlite3", () => Promise.resolve(BETTER.open), BETTER.open === null && BETTER.reason],
+];
 
 const root = tempRoot();
 
@@ -815,11 +820,7 @@ describe("applyWal() on every driver", () => {
     }
   });
 
-  const literalDrivers: Array<[string, () => Promise<OpenDatabase | null>, string | false]> = [
-    ["bun:sqlite", bunSqlite, runtime !== "bun" && NO_BUN],
-    ["better-sqlite3", () => Promise.resolve(BETTER.open), BETTER.open === null && BETTER.reason],
-  ];
-  for (const [driver, load, skip] of literalDrivers) {
+  for (const [driver, load, skip] of OTHER_DRIVERS) {
     it(
       `applyWal() on ${driver}: a literal file:-named WAL file failing 'locking protocol' is refused, still WAL`,
       {
@@ -913,11 +914,7 @@ describe("applyWal() on every driver", () => {
     });
   }
 
-  const otherDrivers: Array<[string, () => Promise<OpenDatabase | null>, string | false]> = [
-    ["bun:sqlite", bunSqlite, runtime !== "bun" && NO_BUN],
-    ["better-sqlite3", () => Promise.resolve(BETTER.open), BETTER.open === null && BETTER.reason],
-  ];
-  for (const [driver, load, skip] of otherDrivers) {
+  for (const [driver, load, skip] of OTHER_DRIVERS) {
     it(
       `applyWal() on ${driver} ":memory:" and "": delete, said plainly; a fresh file: wal`,
       { skip },
